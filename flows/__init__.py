@@ -1,0 +1,1 @@
+"""Prefect flows that run the DVC stages (they arrive with the Prefect issue)."""

@@ -1,0 +1,104 @@
+"""Typed, validated view of params.yaml: each stage gets its own frozen section."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Self
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from pipeline.errors import UserError
+
+DEFAULT_PARAMS = Path("params.yaml")
+
+Positive = Annotated[int, Field(gt=0)]
+Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DemoSiteParams(_Section):
+    seed: int
+    images_per_class: Annotated[int, Field(ge=8)]
+    min_side: Annotated[int, Field(ge=32)]
+    max_side: Positive
+    jpeg_quality: tuple[Annotated[int, Field(ge=1, le=100)], Annotated[int, Field(ge=1, le=100)]]
+    png_fraction: Fraction
+    results_per_page: Positive
+    slow_response_s: Annotated[float, Field(ge=0.0)]
+
+    @model_validator(mode="after")
+    def _ranges(self) -> Self:
+        if self.min_side > self.max_side:
+            raise ValueError("min_side must not exceed max_side")
+        if self.jpeg_quality[0] > self.jpeg_quality[1]:
+            raise ValueError("jpeg_quality must be [low, high]")
+        return self
+
+
+class ClassSource(_Section):
+    query: str = ""
+    start_urls: Annotated[list[str], Field(min_length=1)]
+    image_selector: str
+    detail_selector: str | None = None
+    detail_image_selector: str | None = None
+    next_page_selector: str | None = None
+    max_pages: Positive
+    max_images: Positive
+    licence: str | None = None
+    attribution: str | None = None
+    allowed_domains: list[str] = []
+
+
+class CrawlParams(_Section):
+    obey_robots: bool
+    autothrottle: bool
+    autothrottle_start_delay_s: Annotated[float, Field(ge=0.0)]
+    autothrottle_max_delay_s: Annotated[float, Field(gt=0.0)]
+    autothrottle_target_concurrency: Annotated[float, Field(gt=0.0)]
+    concurrent_requests: Positive
+    concurrent_requests_per_domain: Positive
+    download_delay_s: Annotated[float, Field(ge=0.0)]
+    download_timeout_s: Annotated[float, Field(gt=0.0)]
+    max_bytes: Positive
+    retries: Annotated[int, Field(ge=0)]
+    user_agent: Annotated[str, Field(min_length=1)]
+    progress_every_s: Annotated[float, Field(gt=0.0)]
+
+
+class ScrapeParams(_Section):
+    demo_site: bool
+    classes: Annotated[dict[str, ClassSource], Field(min_length=2)]
+    crawl: CrawlParams
+
+
+class Params(_Section):
+    seed: int
+    demo_site: DemoSiteParams
+    scrape: ScrapeParams
+
+
+def _where(error: dict) -> str:
+    return ".".join(str(part) for part in error["loc"]) or "(top level)"
+
+
+def load_params(path: Path = DEFAULT_PARAMS) -> Params:
+    """Read and validate the whole params file, or raise a one-line ``UserError``."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError(f"{path}: not found; run from the repository root or pass --params") from None
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise UserError(f"{path}:{where} is not valid YAML; fix the syntax there") from None
+    try:
+        return Params.model_validate(raw or {})
+    except ValidationError as err:
+        first = err.errors()[0]
+        more = f" (and {err.error_count() - 1} more)" if err.error_count() > 1 else ""
+        raise UserError(f"{path}: {_where(first)}: {first['msg']}{more}; fix that key") from None

@@ -1,0 +1,149 @@
+"""The scrape stage: crawl the configured sources into data/raw, in a Scrapy subprocess.
+
+When ``scrape.demo_site`` is on, the bundled demo site is generated (once per
+config) and served on a free loopback port for the length of the crawl; start
+URLs name it as ``{demo}``, and the manifest records its URLs that way too.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from parsel import Selector
+from parsel.csstranslator import css2xpath
+
+from pipeline.errors import UserError
+from pipeline.params import DemoSiteParams, ScrapeParams
+from pipeline.raw import read_manifest
+from scraper.demo.server import DemoSiteServer
+from scraper.demo.site import DemoSiteConfig, ensure_site
+
+logger = logging.getLogger(__name__)
+
+DEMO_PLACEHOLDER = "{demo}"
+SELECTOR_KEYS = ("image_selector", "detail_selector", "detail_image_selector",
+                 "next_page_selector")
+
+
+@dataclass(frozen=True)
+class ScrapeReport:
+    """What one crawl did, and what data/raw holds after it."""
+
+    pages: dict[str, int]
+    images_stored: int
+    new_files: int
+    already_had: int
+    blocked: int
+    errors: int
+    errors_by_kind: dict[str, int]
+    raw_records: dict[str, int]
+    raw_files: dict[str, int]
+    elapsed_s: float
+
+
+def check_selectors(params: ScrapeParams) -> None:
+    """Fail before crawling if a selector in params.yaml cannot be parsed."""
+    probe = Selector(text="<html></html>")
+    for label, source in params.classes.items():
+        for key in SELECTOR_KEYS:
+            selector = getattr(source, key)
+            if not selector:
+                continue
+            try:
+                if selector.lstrip().startswith(("/", "(", "./")):
+                    probe.xpath(selector)
+                else:
+                    css2xpath(selector)
+            except Exception as err:  # noqa: BLE001 - parsel raises several types
+                raise UserError(f"params.yaml: scrape.classes.{label}.{key}: cannot parse "
+                                f"{selector!r} ({err}); fix the selector") from None
+
+
+def _crawl_config(params: ScrapeParams, raw_dir: Path, work: Path,
+                  demo_url: str | None) -> dict[str, Any]:
+    classes = {}
+    for label, source in params.classes.items():
+        data = source.model_dump()
+        urls = data["start_urls"]
+        if demo_url is None and any(DEMO_PLACEHOLDER in u for u in urls):
+            raise UserError(f"params.yaml: scrape.classes.{label}.start_urls use {DEMO_PLACEHOLDER} "
+                            "but scrape.demo_site is off; turn it on or give real URLs")
+        if demo_url is not None:
+            data["start_urls"] = [u.replace(DEMO_PLACEHOLDER, demo_url) for u in urls]
+        classes[label] = data
+    return {
+        "source": "demo" if demo_url else "web",
+        "classes": classes,
+        "crawl": params.crawl.model_dump(),
+        "raw_dir": str(raw_dir.resolve()),
+        "errors_path": str(work / "errors.jsonl"),
+        "stats_path": str(work / "stats.json"),
+        "url_aliases": {demo_url: DEMO_PLACEHOLDER} if demo_url else {},
+    }
+
+
+def run_crawl_subprocess(config: dict[str, Any], work: Path) -> dict[str, Any]:
+    """Run ``python -m scraper.crawl`` on ``config``; its log goes to our stderr."""
+    config_path = work / "crawl.json"
+    config_path.write_text(json.dumps(config, indent=1))
+    result = subprocess.run([sys.executable, "-m", "scraper.crawl", str(config_path)],
+                            check=False)
+    stats_path = Path(config["stats_path"])
+    if result.returncode != 0 or not stats_path.exists():
+        raise UserError(f"the crawl failed (exit code {result.returncode}); its log above "
+                        "says why. Data already stored in data/raw is kept; run again to resume")
+    return json.loads(stats_path.read_text())
+
+
+def _raw_summary(raw_dir: Path) -> tuple[dict[str, int], dict[str, int]]:
+    records = Counter(r.label for r in read_manifest(raw_dir))
+    files = {d.name: sum(1 for f in d.iterdir() if not f.name.startswith("."))
+             for d in sorted(raw_dir.iterdir()) if d.is_dir()}
+    return dict(sorted(records.items())), files
+
+
+def scrape(params: ScrapeParams, demo: DemoSiteParams, raw_dir: Path, report_dir: Path,
+           site_dir: Path) -> ScrapeReport:
+    """Crawl every class's source into ``raw_dir``; write the crawl's report files."""
+    check_selectors(params)
+    raw_dir.mkdir(parents=True, exist_ok=True)
+    report_dir.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="happysad-scrape-") as tmp:
+        work = Path(tmp)
+        if params.demo_site:
+            ensure_site(site_dir, DemoSiteConfig(**demo.model_dump()))
+            with DemoSiteServer(site_dir) as server:
+                logger.info("demo site serving %s at %s", site_dir, server.base_url)
+                stats = run_crawl_subprocess(_crawl_config(params, raw_dir, work, server.base_url),
+                                             work)
+        else:
+            stats = run_crawl_subprocess(_crawl_config(params, raw_dir, work, None), work)
+        errors_file = work / "errors.jsonl"
+        errors_text = errors_file.read_text() if errors_file.exists() else ""
+    (report_dir / "errors.jsonl").write_text(errors_text)
+    records, files = _raw_summary(raw_dir)
+    report = ScrapeReport(
+        pages={label: int(stats.get(f"happysad/pages/{label}", 0)) for label in params.classes},
+        images_stored=int(stats.get("happysad/images_stored", 0)),
+        new_files=int(stats.get("happysad/files_new", 0)),
+        already_had=int(stats.get("happysad/images_known", 0)),
+        blocked=int(stats.get("happysad/blocked", 0)),
+        errors=int(stats.get("happysad/errors", 0)),
+        errors_by_kind={k.rsplit("/", 1)[1]: int(v) for k, v in sorted(stats.items())
+                        if k.startswith("happysad/errors/")},
+        raw_records=records,
+        raw_files=files,
+        elapsed_s=round(time.perf_counter() - started, 2),
+    )
+    (report_dir / "metrics.json").write_text(json.dumps(asdict(report), indent=2) + "\n")
+    return report

@@ -1,0 +1,73 @@
+"""``python -m scraper.crawl CONFIG.json``: one crawl in its own process.
+
+The scrape stage writes the config (classes with resolved start URLs, crawl
+politeness, output paths) and runs this module in a subprocess, because
+Twisted's reactor cannot be restarted inside one process.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from scrapy.crawler import CrawlerProcess
+from scrapy.settings import Settings
+
+from scraper.spiders.gallery import GallerySpider
+
+
+def crawl_settings(config: dict[str, Any]) -> Settings:
+    """Project settings with the politeness knobs of params.yaml's `scrape.crawl` applied."""
+    settings = Settings()
+    settings.setmodule("scraper.settings", priority="project")
+    crawl = config["crawl"]
+    settings.setdict({
+        "ROBOTSTXT_OBEY": crawl["obey_robots"],
+        "AUTOTHROTTLE_ENABLED": crawl["autothrottle"],
+        "AUTOTHROTTLE_START_DELAY": crawl["autothrottle_start_delay_s"],
+        "AUTOTHROTTLE_MAX_DELAY": crawl["autothrottle_max_delay_s"],
+        "AUTOTHROTTLE_TARGET_CONCURRENCY": crawl["autothrottle_target_concurrency"],
+        "CONCURRENT_REQUESTS": crawl["concurrent_requests"],
+        "CONCURRENT_REQUESTS_PER_DOMAIN": crawl["concurrent_requests_per_domain"],
+        "DOWNLOAD_DELAY": crawl["download_delay_s"],
+        "DOWNLOAD_TIMEOUT": crawl["download_timeout_s"],
+        "DOWNLOAD_MAXSIZE": crawl["max_bytes"],
+        "DOWNLOAD_WARNSIZE": min(crawl["max_bytes"], 10 * 1024 * 1024),
+        "RETRY_TIMES": crawl["retries"],
+        "USER_AGENT": crawl["user_agent"],
+        "HAPPYSAD_PROGRESS_EVERY_S": crawl["progress_every_s"],
+        "HAPPYSAD_RAW_DIR": config["raw_dir"],
+        "HAPPYSAD_ERRORS_PATH": config.get("errors_path"),
+        "HAPPYSAD_URL_ALIASES": config.get("url_aliases", {}),
+    }, priority="cmdline")
+    return settings
+
+
+def run_crawl(config: dict[str, Any]) -> dict[str, Any]:
+    """Crawl to completion in this process and return Scrapy's final stats."""
+    process = CrawlerProcess(crawl_settings(config))
+    crawler = process.create_crawler(GallerySpider)
+    process.crawl(crawler, config=config)
+    process.start()
+    stats = {k: v for k, v in crawler.stats.get_stats().items()
+             if isinstance(v, int | float | str)}
+    stats_path = config.get("stats_path")
+    if stats_path:
+        Path(stats_path).parent.mkdir(parents=True, exist_ok=True)
+        Path(stats_path).write_text(json.dumps(stats, indent=1, sort_keys=True, default=str))
+    return stats
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        sys.stderr.write("usage: python -m scraper.crawl CONFIG.json\n")
+        return 2
+    stats = run_crawl(json.loads(Path(args[0]).read_text()))
+    return 0 if stats.get("finish_reason") == "finished" else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""The bundled demo image-search site: a face generator, the site builder, a loopback server."""

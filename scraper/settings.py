@@ -1,0 +1,26 @@
+"""Scrapy settings shared by every crawl; params.yaml's `scrape.crawl` section overrides them."""
+
+BOT_NAME = "happysad"
+SPIDER_MODULES = ["scraper.spiders"]
+NEWSPIDER_MODULE = "scraper.spiders"
+
+# Polite by default: robots.txt, AutoThrottle, bounded concurrency and sizes.
+ROBOTSTXT_OBEY = True
+AUTOTHROTTLE_ENABLED = True
+CONCURRENT_REQUESTS = 16
+CONCURRENT_REQUESTS_PER_DOMAIN = 8
+DOWNLOAD_TIMEOUT = 15
+DOWNLOAD_MAXSIZE = 25 * 1024 * 1024
+DOWNLOAD_WARNSIZE = 10 * 1024 * 1024
+RETRY_TIMES = 2
+USER_AGENT = "happysad/0.1 (image dataset builder)"
+COOKIES_ENABLED = False
+TELNETCONSOLE_ENABLED = False  # it would open a port nobody asked for
+
+ITEM_PIPELINES = {"scraper.pipelines.RawImagePipeline": 300}
+EXTENSIONS = {"scraper.extensions.CrawlProgress": 500}
+LOGSTATS_INTERVAL = 0  # CrawlProgress reports pages, images and errors instead
+
+LOG_LEVEL = "INFO"
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+STATS_DUMP = False  # CrawlProgress logs the summary that matters
