@@ -6,7 +6,9 @@ from pathlib import Path
 from typing import Annotated, Self
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from parsel import Selector
+from parsel.csstranslator import css2xpath
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pipeline.errors import UserError
 
@@ -39,6 +41,13 @@ class DemoSiteParams(_Section):
         return self
 
 
+DEMO_PLACEHOLDER = "{demo}"
+
+
+def is_xpath(selector: str) -> bool:
+    return selector.lstrip().startswith(("/", "(", "./"))
+
+
 class ClassSource(_Section):
     query: str = ""
     start_urls: Annotated[list[str], Field(min_length=1)]
@@ -51,6 +60,20 @@ class ClassSource(_Section):
     licence: str | None = None
     attribution: str | None = None
     allowed_domains: list[str] = []
+
+    @field_validator("image_selector", "detail_selector", "detail_image_selector",
+                     "next_page_selector")
+    @classmethod
+    def _parses(cls, selector: str | None) -> str | None:
+        if selector:
+            try:
+                if is_xpath(selector):
+                    Selector(text="<html></html>").xpath(selector)
+                else:
+                    css2xpath(selector)
+            except Exception as err:  # noqa: BLE001 - parsel raises several types
+                raise ValueError(f"cannot parse selector {selector!r} ({err})") from None
+        return selector
 
 
 class CrawlParams(_Section):
@@ -73,6 +96,14 @@ class ScrapeParams(_Section):
     demo_site: bool
     classes: Annotated[dict[str, ClassSource], Field(min_length=2)]
     crawl: CrawlParams
+
+    @model_validator(mode="after")
+    def _demo_urls_need_the_demo(self) -> Self:
+        for label, source in self.classes.items():
+            if not self.demo_site and any(DEMO_PLACEHOLDER in u for u in source.start_urls):
+                raise ValueError(f"classes.{label}.start_urls use {DEMO_PLACEHOLDER} but "
+                                 "demo_site is off; turn it on or give real URLs")
+        return self
 
 
 class Params(_Section):
@@ -101,4 +132,5 @@ def load_params(path: Path = DEFAULT_PARAMS) -> Params:
     except ValidationError as err:
         first = err.errors()[0]
         more = f" (and {err.error_count() - 1} more)" if err.error_count() > 1 else ""
-        raise UserError(f"{path}: {_where(first)}: {first['msg']}{more}; fix that key") from None
+        message = first["msg"].removeprefix("Value error, ")
+        raise UserError(f"{path}: {_where(first)}: {message}{more}; fix that key") from None

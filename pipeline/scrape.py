@@ -18,20 +18,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from parsel import Selector
-from parsel.csstranslator import css2xpath
-
 from pipeline.errors import UserError
-from pipeline.params import DemoSiteParams, ScrapeParams
+from pipeline.params import DEMO_PLACEHOLDER, DemoSiteParams, ScrapeParams
 from pipeline.raw import read_manifest
 from scraper.demo.server import DemoSiteServer
 from scraper.demo.site import DemoSiteConfig, ensure_site
 
 logger = logging.getLogger(__name__)
 
-DEMO_PLACEHOLDER = "{demo}"
-SELECTOR_KEYS = ("image_selector", "detail_selector", "detail_image_selector",
-                 "next_page_selector")
 
 
 @dataclass(frozen=True)
@@ -50,33 +44,12 @@ class ScrapeReport:
     elapsed_s: float
 
 
-def check_selectors(params: ScrapeParams) -> None:
-    """Fail before crawling if a selector in params.yaml cannot be parsed."""
-    probe = Selector(text="<html></html>")
-    for label, source in params.classes.items():
-        for key in SELECTOR_KEYS:
-            selector = getattr(source, key)
-            if not selector:
-                continue
-            try:
-                if selector.lstrip().startswith(("/", "(", "./")):
-                    probe.xpath(selector)
-                else:
-                    css2xpath(selector)
-            except Exception as err:  # noqa: BLE001 - parsel raises several types
-                raise UserError(f"params.yaml: scrape.classes.{label}.{key}: cannot parse "
-                                f"{selector!r} ({err}); fix the selector") from None
-
-
-def _crawl_config(params: ScrapeParams, raw_dir: Path, work: Path,
+def crawl_config(params: ScrapeParams, raw_dir: Path, work: Path,
                   demo_url: str | None) -> dict[str, Any]:
     classes = {}
     for label, source in params.classes.items():
         data = source.model_dump()
         urls = data["start_urls"]
-        if demo_url is None and any(DEMO_PLACEHOLDER in u for u in urls):
-            raise UserError(f"params.yaml: scrape.classes.{label}.start_urls use {DEMO_PLACEHOLDER} "
-                            "but scrape.demo_site is off; turn it on or give real URLs")
         if demo_url is not None:
             data["start_urls"] = [u.replace(DEMO_PLACEHOLDER, demo_url) for u in urls]
         classes[label] = data
@@ -114,7 +87,6 @@ def _raw_summary(raw_dir: Path) -> tuple[dict[str, int], dict[str, int]]:
 def scrape(params: ScrapeParams, demo: DemoSiteParams, raw_dir: Path, report_dir: Path,
            site_dir: Path) -> ScrapeReport:
     """Crawl every class's source into ``raw_dir``; write the crawl's report files."""
-    check_selectors(params)
     raw_dir.mkdir(parents=True, exist_ok=True)
     report_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
@@ -124,10 +96,10 @@ def scrape(params: ScrapeParams, demo: DemoSiteParams, raw_dir: Path, report_dir
             ensure_site(site_dir, DemoSiteConfig(**demo.model_dump()))
             with DemoSiteServer(site_dir) as server:
                 logger.info("demo site serving %s at %s", site_dir, server.base_url)
-                stats = run_crawl_subprocess(_crawl_config(params, raw_dir, work, server.base_url),
+                stats = run_crawl_subprocess(crawl_config(params, raw_dir, work, server.base_url),
                                              work)
         else:
-            stats = run_crawl_subprocess(_crawl_config(params, raw_dir, work, None), work)
+            stats = run_crawl_subprocess(crawl_config(params, raw_dir, work, None), work)
         errors_file = work / "errors.jsonl"
         errors_text = errors_file.read_text() if errors_file.exists() else ""
     (report_dir / "errors.jsonl").write_text(errors_text)

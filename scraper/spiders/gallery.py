@@ -14,6 +14,7 @@ import scrapy
 from parsel import Selector, SelectorList
 from scrapy.http import Response
 
+from pipeline.params import is_xpath
 from scraper.items import ImageItem
 
 _SRCSET_CANDIDATE = re.compile(r"^\s*(\S+)(?:\s+(\d+(?:\.\d+)?)([wx]))?\s*$")
@@ -21,7 +22,7 @@ _SRCSET_CANDIDATE = re.compile(r"^\s*(\S+)(?:\s+(\d+(?:\.\d+)?)([wx]))?\s*$")
 
 def select(node: Selector | Response, selector: str) -> SelectorList:
     """CSS by default; XPath when the selector starts like one."""
-    if selector.lstrip().startswith(("/", "(", "./")):
+    if is_xpath(selector):
         return node.xpath(selector)
     return node.css(selector)
 

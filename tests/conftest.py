@@ -1,0 +1,41 @@
+"""Shared fixtures: a tiny demo site generated in a temporary folder, and test params."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pipeline.params import Params, load_params
+from scraper.demo.site import DemoSiteConfig, generate_site
+
+REPO = Path(__file__).resolve().parents[1]
+
+TINY_SITE = DemoSiteConfig(seed=11, images_per_class=10, min_side=48, max_side=80,
+                           results_per_page=6, slow_response_s=0.5, workers=1)
+
+
+@pytest.fixture(scope="session")
+def repo_params() -> Params:
+    return load_params(REPO / "params.yaml")
+
+
+@pytest.fixture(scope="session")
+def tiny_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A demo site with 10 faces per class and every planted fault."""
+    site = tmp_path_factory.mktemp("site") / "demo_site"
+    generate_site(site, TINY_SITE)
+    return site
+
+
+@pytest.fixture(scope="session")
+def fast_params(repo_params: Params) -> Params:
+    """The repository's params with politeness delays off, so tests crawl quickly."""
+    crawl = repo_params.scrape.crawl.model_copy(update={
+        "autothrottle": False, "download_delay_s": 0.0, "progress_every_s": 1.0,
+        "download_timeout_s": 5.0,
+    })
+    scrape = repo_params.scrape.model_copy(update={"crawl": crawl})
+    demo = repo_params.demo_site.model_copy(update={
+        k: v for k, v in TINY_SITE.__dict__.items() if k != "workers"})
+    return repo_params.model_copy(update={"scrape": scrape, "demo_site": demo})
