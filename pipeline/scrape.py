@@ -66,6 +66,7 @@ def crawl_config(params: ScrapeParams, raw_dir: Path, work: Path,
 
 def run_crawl_subprocess(config: dict[str, Any], work: Path) -> dict[str, Any]:
     """Run ``python -m scraper.crawl`` on ``config``; its log goes to our stderr."""
+    work.mkdir(parents=True, exist_ok=True)
     config_path = work / "crawl.json"
     config_path.write_text(json.dumps(config, indent=1))
     result = subprocess.run([sys.executable, "-m", "scraper.crawl", str(config_path)],

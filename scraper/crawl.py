@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import sys
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -51,8 +52,9 @@ def run_crawl(config: dict[str, Any]) -> dict[str, Any]:
     crawler = process.create_crawler(GallerySpider)
     process.crawl(crawler, config=config)
     process.start()
-    stats = {k: v for k, v in crawler.stats.get_stats().items()
-             if isinstance(v, int | float | str)}
+    stats = {k: v.isoformat() if isinstance(v, datetime) else v
+             for k, v in crawler.stats.get_stats().items()
+             if isinstance(v, int | float | str | datetime)}
     stats_path = config.get("stats_path")
     if stats_path:
         Path(stats_path).parent.mkdir(parents=True, exist_ok=True)

@@ -15,7 +15,9 @@ DOWNLOAD_WARNSIZE = 10 * 1024 * 1024
 RETRY_TIMES = 2
 USER_AGENT = "happysad/0.1 (image dataset builder)"
 COOKIES_ENABLED = False
-TELNETCONSOLE_ENABLED = False  # it would open a port nobody asked for
+# Neither would open a port nobody asked for.
+TELNETCONSOLE_ENABLED = False
+REMOTE_CONTROL_ENABLED = False
 
 ITEM_PIPELINES = {"scraper.pipelines.RawImagePipeline": 300}
 EXTENSIONS = {"scraper.extensions.CrawlProgress": 500}

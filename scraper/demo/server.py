@@ -43,6 +43,9 @@ class _Handler(SimpleHTTPRequestHandler):
 
 class _DemoHTTPServer(ThreadingHTTPServer):
     daemon_threads = True
+    # socketserver's default backlog of 5 drops connections from any crawler with
+    # more than 5 in flight, and each dropped SYN costs a 1 s retransmit.
+    request_queue_size = 128
     requests: list[str]
     routes: dict[str, dict[str, object]]
 
