@@ -21,7 +21,7 @@ FAULT_KINDS = {
     "near_duplicate_cropped", "cross_class_same_url", "cross_class_copy", "truncated_jpeg",
     "zero_byte", "html_as_jpeg", "non_image", "tiny_thumbnail", "animated_gif", "cmyk_jpeg",
     "png16_alpha", "palette_png_alpha", "exif_rotated", "over_pixel_limit", "http_404",
-    "http_500", "redirect", "slow", "robots_disallowed",
+    "http_500", "redirect", "slow", "robots_disallowed", "offsite",
 }
 
 

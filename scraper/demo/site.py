@@ -29,7 +29,7 @@ from scraper.demo.faces import LABELS, FaceStyle, draw_face
 
 logger = logging.getLogger(__name__)
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 DISALLOWED_PREFIX = "/private/"
 
 
@@ -242,6 +242,9 @@ def _plant_http_faults(w: _SiteWriter, extra: Iterator[tuple[str, _Built]],
         _, built = next(extra)
         w.add(w.new_path("private", built.ext), built.data, label=label,
               kind="robots_disallowed", fetch="blocked")
+    # A hotlinked image on another host: the spider keeps to the configured domains.
+    w.images.append(SiteImage(url="http://images.example.net/stock/smile-1.jpg", label="happy",
+                              kind="offsite", fetch="blocked"))
 
 
 def _figure(entry: SiteImage, thumb: str | None) -> str:
