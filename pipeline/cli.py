@@ -25,6 +25,15 @@ def _scrape(args: argparse.Namespace) -> None:
                 sum(report.raw_files.values()))
 
 
+def _clean(args: argparse.Namespace) -> None:
+    from pipeline.clean import clean
+
+    report = clean(args.raw, args.out, load_params(args.params).clean)
+    logger.info("clean: kept %s; rejected %s; %d near-duplicate groups, %d label conflicts; "
+                "outputs in %s", report.kept, report.rejected, report.near_duplicate_groups,
+                report.label_conflicts, args.out)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="happysad", description=__doc__)
     parser.add_argument("--params", type=Path, default=DEFAULT_PARAMS,
@@ -38,6 +47,11 @@ def build_parser() -> argparse.ArgumentParser:
     scrape.add_argument("--site-dir", type=Path, default=Path("data/demo_site"),
                         help="where the demo site is generated (default: %(default)s)")
     scrape.set_defaults(run=_scrape)
+
+    clean = sub.add_parser("clean", help="validate and deduplicate data/raw into data/clean")
+    clean.add_argument("--raw", type=Path, default=Path("data/raw"))
+    clean.add_argument("--out", type=Path, default=Path("data/clean"))
+    clean.set_defaults(run=_clean)
     return parser
 
 

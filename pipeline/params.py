@@ -106,10 +106,27 @@ class ScrapeParams(_Section):
         return self
 
 
+class CleanParams(_Section):
+    formats: Annotated[list[str], Field(min_length=1)]
+    min_side: Positive
+    max_pixels: Positive
+    aspect_ratio: tuple[Annotated[float, Field(gt=0)], Annotated[float, Field(gt=0)]]
+    min_std: Annotated[float, Field(ge=0.0)]
+    near_duplicate_bits: Annotated[int, Field(ge=0, le=32)]
+    workers: Annotated[int, Field(ge=0)]
+
+    @model_validator(mode="after")
+    def _aspect(self) -> Self:
+        if self.aspect_ratio[0] > self.aspect_ratio[1]:
+            raise ValueError("aspect_ratio must be [min, max]")
+        return self
+
+
 class Params(_Section):
     seed: int
     demo_site: DemoSiteParams
     scrape: ScrapeParams
+    clean: CleanParams
 
 
 def _where(error: dict) -> str:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.params import Params, load_params
+from pipeline.params import CleanParams, Params, load_params
 from scraper.demo.site import DemoSiteConfig, generate_site
 
 REPO = Path(__file__).resolve().parents[1]
@@ -39,3 +39,19 @@ def fast_params(repo_params: Params) -> Params:
     demo = repo_params.demo_site.model_copy(update={
         k: v for k, v in TINY_SITE.__dict__.items() if k != "workers"})
     return repo_params.model_copy(update={"scrape": scrape, "demo_site": demo})
+
+
+@pytest.fixture(scope="session")
+def tiny_raw(tiny_site: Path, fast_params: Params, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """data/raw as the scrape stage leaves it after crawling the tiny demo site."""
+    from pipeline.scrape import scrape
+
+    raw = tmp_path_factory.mktemp("tiny_raw") / "raw"
+    scrape(fast_params.scrape, fast_params.demo_site, raw, raw.parent / "reports", tiny_site)
+    return raw
+
+
+@pytest.fixture(scope="session")
+def tiny_clean_params(repo_params: Params) -> CleanParams:
+    """Clean params for the tiny site's 48-80 px faces."""
+    return repo_params.clean.model_copy(update={"min_side": 32, "workers": 1})

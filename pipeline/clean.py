@@ -1,0 +1,216 @@
+"""The clean stage: validate every raw image, drop exact and near duplicates, hold out conflicts.
+
+Reads ``data/raw`` (manifest and files) and writes ``data/clean``:
+``images.jsonl`` (one kept image per near-duplicate group, with the group id),
+``rejected.jsonl`` (every record left out, with a reason code) and
+``report.json`` (counts per class and reason). Images are not copied.
+
+A group's id and representative are its earliest-fetched member; the manifest is
+append-only, so both stay put when later crawls add images.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from collections import Counter, defaultdict
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from pipeline.errors import UserError
+from pipeline.images import ImageRules, UnusableImageError, open_rgb
+from pipeline.near_duplicates import near_duplicate_pairs, phash
+from pipeline.params import CleanParams
+from pipeline.raw import RawRecord, read_manifest
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Inspection:
+    """One raw file's verdict: its hash and size, or why it was rejected."""
+
+    reason: str | None
+    detail: str
+    width: int | None = None
+    height: int | None = None
+    phash: int | None = None
+
+
+@dataclass(frozen=True)
+class CleanReport:
+    raw_records: int
+    unique_files: int
+    kept: dict[str, int]
+    rejected: dict[str, int]
+    rejected_by_class: dict[str, dict[str, int]]
+    near_duplicate_groups: int
+    label_conflicts: int
+
+
+def rules_from(params: CleanParams) -> ImageRules:
+    return ImageRules(formats=tuple(params.formats), min_side=params.min_side,
+                      max_pixels=params.max_pixels, aspect_ratio=params.aspect_ratio,
+                      min_std=params.min_std)
+
+
+def inspect_file(path: Path, rules: ImageRules) -> Inspection:
+    """Decode and check one file; never raises for a bad image."""
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        return Inspection("unreadable", f"{path}: {err.strerror or err}")
+    try:
+        rgb = open_rgb(data, rules)
+    except UnusableImageError as err:
+        return Inspection(err.reason, err.detail)
+    return Inspection(None, "", rgb.width, rgb.height, phash(rgb))
+
+
+def _inspect_job(job: tuple[Path, ImageRules]) -> Inspection:
+    return inspect_file(*job)
+
+
+def _inspect_all(paths: list[Path], rules: ImageRules, workers: int) -> Iterator[Inspection]:
+    jobs = [(p, rules) for p in paths]
+    bar = dict(total=len(jobs), desc="clean", unit="img", disable=None)
+    if workers == 1 or len(jobs) < 64:
+        yield from tqdm(map(_inspect_job, jobs), **bar)
+        return
+    with ProcessPoolExecutor(workers) as pool:
+        yield from tqdm(pool.map(_inspect_job, jobs, chunksize=16), **bar)
+
+
+class _UnionFind:
+    def __init__(self, n: int) -> None:
+        self.parent = list(range(n))
+
+    def find(self, i: int) -> int:
+        while self.parent[i] != i:
+            self.parent[i] = self.parent[self.parent[i]]
+            i = self.parent[i]
+        return i
+
+    def union(self, a: int, b: int) -> None:
+        ra, rb = self.find(a), self.find(b)
+        if ra != rb:  # the earlier member stays the root: ids follow fetch order
+            self.parent[max(ra, rb)] = min(ra, rb)
+
+
+def _row(record: RawRecord, **extra: object) -> dict[str, object]:
+    return {"file": record.path, "url": record.url, "label": record.label,
+            "sha256": record.sha256, **extra}
+
+
+def _write_atomically(out_dir: Path, files: dict[str, str]) -> None:
+    """Write all outputs into a sibling folder, then swap it in: never half an output."""
+    tmp = out_dir.with_name(out_dir.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for name, text in files.items():
+        (tmp / name).write_text(text, encoding="utf-8")
+    shutil.rmtree(out_dir, ignore_errors=True)
+    os.replace(tmp, out_dir)
+
+
+def _jsonl(rows: list[dict[str, object]]) -> str:
+    return "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows)
+
+
+def clean(raw_dir: Path, out_dir: Path, params: CleanParams) -> CleanReport:
+    """Validate and deduplicate ``raw_dir`` into ``out_dir``; see the module docstring."""
+    manifest = raw_dir / "manifest.jsonl"
+    if not manifest.exists():
+        raise UserError(f"{manifest}: not found; run the scrape stage first (dvc repro scrape)")
+    try:
+        records = list(read_manifest(raw_dir))
+    except (ValueError, TypeError) as err:
+        raise UserError(f"{manifest}: a record is not valid JSON ({err}); "
+                        "restore the file from DVC (dvc checkout data/raw)") from None
+    rejected: list[dict[str, object]] = []
+    unique: dict[tuple[str, str], RawRecord] = {}
+    for record in records:  # manifest order: the first record of a file is its original
+        key = (record.label, record.sha256)
+        if key in unique:
+            rejected.append(_row(record, reason="exact_duplicate", detail="same bytes",
+                                 of=unique[key].url))
+        else:
+            unique[key] = record
+    files = list(unique.values())
+    workers = params.workers or os.cpu_count() or 1
+    inspections = list(_inspect_all([raw_dir / r.path for r in files], rules_from(params), workers))
+
+    valid = [(r, i) for r, i in zip(files, inspections, strict=True) if i.reason is None]
+    for record, inspection in zip(files, inspections, strict=True):
+        if inspection.reason is not None:
+            rejected.append(_row(record, reason=inspection.reason, detail=inspection.detail))
+
+    groups = _UnionFind(len(valid))
+    hashes = np.array([i.phash for _, i in valid], dtype=np.uint64)
+    for a, b in near_duplicate_pairs(hashes, params.near_duplicate_bits):
+        groups.union(int(a), int(b))
+    by_sha: dict[str, int] = {}
+    for index, (record, _) in enumerate(valid):  # the same bytes under two classes
+        groups.union(by_sha.setdefault(record.sha256, index), index)
+    members: dict[int, list[int]] = defaultdict(list)
+    for index in range(len(valid)):
+        members[groups.find(index)].append(index)
+
+    kept: list[dict[str, object]] = []
+    conflicts = 0
+    for root, indices in sorted(members.items()):
+        group_id = valid[root][0].sha256
+        labels = sorted({valid[i][0].label for i in indices})
+        if len(labels) > 1:
+            conflicts += 1
+            for i in indices:
+                rejected.append(_row(valid[i][0], reason="label_conflict", group=group_id,
+                                     detail=f"near-duplicate group spans {', '.join(labels)}"))
+            continue
+        representative, inspection = valid[root]
+        kept.append(_row(representative, group=group_id, group_size=len(indices),
+                         width=inspection.width, height=inspection.height,
+                         phash=f"{inspection.phash:016x}"))
+        for i in indices[1:]:
+            rejected.append(_row(valid[i][0], reason="near_duplicate", group=group_id,
+                                 of=representative.url, detail="perceptual hash within "
+                                 f"{params.near_duplicate_bits} bits"))
+
+    report = _report(records, files, kept, rejected, members, conflicts)
+    for label in sorted({r.label for r in records}):
+        if not report.kept.get(label):
+            raise UserError(f"{raw_dir}: class {label!r} has no usable image after cleaning "
+                            f"({report.rejected_by_class.get(label, {})}); crawl more or relax clean")
+    if len(report.kept) < 2:
+        raise UserError(f"{raw_dir}: found images of {len(report.kept)} class(es), need 2; "
+                        "check scrape.classes")
+    _write_atomically(out_dir, {
+        "images.jsonl": _jsonl(kept),
+        "rejected.jsonl": _jsonl(rejected),
+        "report.json": json.dumps(asdict(report), indent=2, sort_keys=True) + "\n",
+    })
+    return report
+
+
+def _report(records: list[RawRecord], files: list[RawRecord], kept: list[dict[str, object]],
+            rejected: list[dict[str, object]], members: dict[int, list[int]],
+            conflicts: int) -> CleanReport:
+    by_class: dict[str, Counter[str]] = defaultdict(Counter)
+    for row in rejected:
+        by_class[str(row["label"])][str(row["reason"])] += 1
+    return CleanReport(
+        raw_records=len(records),
+        unique_files=len(files),
+        kept=dict(sorted(Counter(str(r["label"]) for r in kept).items())),
+        rejected=dict(sorted(Counter(str(r["reason"]) for r in rejected).items())),
+        rejected_by_class={k: dict(sorted(v.items())) for k, v in sorted(by_class.items())},
+        near_duplicate_groups=sum(1 for m in members.values() if len(m) > 1),
+        label_conflicts=conflicts,
+    )
