@@ -11,6 +11,7 @@ append-only, so both stay put when later crawls add images.
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import os
@@ -27,7 +28,7 @@ from tqdm import tqdm
 from pipeline.errors import UserError
 from pipeline.images import ImageRules, UnusableImageError, open_rgb
 from pipeline.near_duplicates import near_duplicate_pairs, phash
-from pipeline.params import CleanParams
+from pipeline.params import CleanParams, load_params
 from pipeline.raw import RawRecord, read_manifest
 
 logger = logging.getLogger(__name__)
@@ -214,3 +215,15 @@ def _report(records: list[RawRecord], files: list[RawRecord], kept: list[dict[st
         near_duplicate_groups=sum(1 for m in members.values() if len(m) > 1),
         label_conflicts=conflicts,
     )
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--raw", type=Path, default=Path("data/raw"))
+    parser.add_argument("--out", type=Path, default=Path("data/clean"))
+
+
+def run(args: argparse.Namespace) -> None:
+    report = clean(args.raw, args.out, load_params(args.params).clean)
+    logger.info("clean: kept %s; rejected %s; %d near-duplicate groups, %d label conflicts; "
+                "outputs in %s", report.kept, report.rejected, report.near_duplicate_groups,
+                report.label_conflicts, args.out)

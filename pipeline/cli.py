@@ -1,62 +1,58 @@
-"""``happysad <stage>`` / ``python -m pipeline <stage>``: thin shells over the stage functions."""
+"""``happysad <stage>`` / ``python -m pipeline <stage>``: dispatch to a stage module's CLI.
+
+A stage is a module ``pipeline/<stage>.py`` with ``add_arguments(parser)`` and
+``run(args)``. This file names no stage, so adding one never changes it (and
+never makes DVC rerun the stages that depend on it).
+"""
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
+import re
 import sys
 from pathlib import Path
 
 from pipeline.errors import UserError
 from pipeline.log import setup_logging
-from pipeline.params import DEFAULT_PARAMS, load_params
+from pipeline.params import DEFAULT_PARAMS
 
-logger = logging.getLogger("happysad")
-
-
-def _scrape(args: argparse.Namespace) -> None:
-    from pipeline.scrape import scrape
-
-    params = load_params(args.params)
-    report = scrape(params.scrape, params.demo_site, args.raw, args.reports, args.site_dir)
-    logger.info("scrape: %d images stored (%d new files), %d already had, %d blocked, "
-                "%d errors; %s now holds %s files", report.images_stored, report.new_files,
-                report.already_had, report.blocked, report.errors, args.raw,
-                sum(report.raw_files.values()))
+_PACKAGE = Path(__file__).resolve().parent
+_RUN = re.compile(r"^def run\(", re.MULTILINE)
 
 
-def _clean(args: argparse.Namespace) -> None:
-    from pipeline.clean import clean
-
-    report = clean(args.raw, args.out, load_params(args.params).clean)
-    logger.info("clean: kept %s; rejected %s; %d near-duplicate groups, %d label conflicts; "
-                "outputs in %s", report.kept, report.rejected, report.near_duplicate_groups,
-                report.label_conflicts, args.out)
+def available_stages() -> list[str]:
+    """Modules of this package that define ``run`` (read as text: nothing is imported)."""
+    return sorted(p.stem for p in _PACKAGE.glob("*.py")
+                  if p.stem not in ("cli", "__main__") and _RUN.search(p.read_text()))
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="happysad", description=__doc__)
+def build_parser(stage: str | None = None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="happysad", description=__doc__.splitlines()[0])
     parser.add_argument("--params", type=Path, default=DEFAULT_PARAMS,
                         help="params file (default: %(default)s)")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = parser.add_subparsers(dest="stage", required=True, metavar="STAGE")
-
-    scrape = sub.add_parser("scrape", help="crawl images into data/raw")
-    scrape.add_argument("--raw", type=Path, default=Path("data/raw"))
-    scrape.add_argument("--reports", type=Path, default=Path("reports/scrape"))
-    scrape.add_argument("--site-dir", type=Path, default=Path("data/demo_site"),
-                        help="where the demo site is generated (default: %(default)s)")
-    scrape.set_defaults(run=_scrape)
-
-    clean = sub.add_parser("clean", help="validate and deduplicate data/raw into data/clean")
-    clean.add_argument("--raw", type=Path, default=Path("data/raw"))
-    clean.add_argument("--out", type=Path, default=Path("data/clean"))
-    clean.set_defaults(run=_clean)
+    sub = parser.add_subparsers(dest="stage", required=True)
+    for name in available_stages():
+        if stage is None or name != stage:
+            sub.add_parser(name, add_help=False)
+            continue
+        module = importlib.import_module(f"pipeline.{name}")
+        stage_parser = sub.add_parser(name, help=(module.__doc__ or "").splitlines()[0])
+        module.add_arguments(stage_parser)
+        stage_parser.set_defaults(run=module.run)
     return parser
 
 
+def _stage_named(argv: list[str]) -> str | None:
+    stages = set(available_stages())
+    return next((a for a in argv if a in stages), None)
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser(_stage_named(argv)).parse_args(argv)
     setup_logging(args.verbose)
     try:
         args.run(args)
@@ -66,4 +62,5 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         sys.stderr.write(f"happysad {args.stage}: interrupted; finished work is kept\n")
         return 130
+    logging.getLogger("happysad").debug("stage %s done", args.stage)
     return 0

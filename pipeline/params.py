@@ -122,11 +122,28 @@ class CleanParams(_Section):
         return self
 
 
+SPLITS = ("train", "val", "test")
+
+
+class SplitParams(_Section):
+    seed: int
+    fractions: dict[str, Annotated[float, Field(gt=0.0, lt=1.0)]]
+
+    @model_validator(mode="after")
+    def _fractions(self) -> Self:
+        if tuple(self.fractions) != SPLITS:
+            raise ValueError(f"fractions must name {', '.join(SPLITS)} in that order")
+        if abs(sum(self.fractions.values()) - 1.0) > 1e-6:
+            raise ValueError("fractions must add up to 1")
+        return self
+
+
 class Params(_Section):
     seed: int
     demo_site: DemoSiteParams
     scrape: ScrapeParams
     clean: CleanParams
+    split: SplitParams
 
 
 def _where(error: dict) -> str:

@@ -7,6 +7,7 @@ URLs name it as ``{demo}``, and the manifest records its URLs that way too.
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import subprocess
@@ -19,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.errors import UserError
-from pipeline.params import DEMO_PLACEHOLDER, DemoSiteParams, ScrapeParams
+from pipeline.params import DEMO_PLACEHOLDER, DemoSiteParams, ScrapeParams, load_params
 from pipeline.raw import read_manifest
 from scraper.demo.server import DemoSiteServer
 from scraper.demo.site import DemoSiteConfig, ensure_site
@@ -120,3 +121,19 @@ def scrape(params: ScrapeParams, demo: DemoSiteParams, raw_dir: Path, report_dir
     )
     (report_dir / "metrics.json").write_text(json.dumps(asdict(report), indent=2) + "\n")
     return report
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--raw", type=Path, default=Path("data/raw"))
+    parser.add_argument("--reports", type=Path, default=Path("reports/scrape"))
+    parser.add_argument("--site-dir", type=Path, default=Path("data/demo_site"),
+                        help="where the demo site is generated (default: %(default)s)")
+
+
+def run(args: argparse.Namespace) -> None:
+    params = load_params(args.params)
+    report = scrape(params.scrape, params.demo_site, args.raw, args.reports, args.site_dir)
+    logger.info("scrape: %d images stored (%d new files), %d already had, %d blocked, "
+                "%d errors; %s now holds %s files", report.images_stored, report.new_files,
+                report.already_had, report.blocked, report.errors, args.raw,
+                sum(report.raw_files.values()))

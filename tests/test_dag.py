@@ -82,6 +82,7 @@ def _tiny_params(text: str) -> str:
     params["demo_site"]["jpeg_quality"] = list(TINY_SITE.jpeg_quality)
     params["scrape"]["crawl"].update({"autothrottle": False, "download_timeout_s": 5.0})
     params["clean"].update({"min_side": 32, "workers": 1})
+    params["split"]["fractions"] = {"train": 0.5, "val": 0.25, "test": 0.25}
     return yaml.safe_dump(params, sort_keys=False)
 
 
@@ -111,7 +112,7 @@ def test_dvc_repro_runs_the_dag_then_is_a_no_op(tmp_path: Path) -> None:
     assert "Running stage" not in second and "didn't change, skipping" in second
 
 
-@pytest.mark.parametrize("stage", ["scrape", "clean"])
+@pytest.mark.parametrize("stage", ["scrape", "clean", "split"])
 def test_stage_cli_help_runs(stage: str) -> None:
     result = subprocess.run([sys.executable, "-m", "pipeline", stage, "--help"], cwd=REPO,
                             capture_output=True, text=True, check=True)
