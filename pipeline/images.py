@@ -45,6 +45,33 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
+def _decoded_rgb(img: Image.Image) -> Image.Image:
+    img.seek(0)  # animated: the first frame
+    img.load()
+    img = ImageOps.exif_transpose(img) or img
+    return _to_rgb(img)
+
+
+def decode_rgb(data: bytes) -> Image.Image:
+    """Upright RGB pixels of an image that the clean stage already accepted."""
+    return _decoded_rgb(Image.open(io.BytesIO(data)))
+
+
+RESIZE_POLICIES = ("pad", "crop", "stretch")
+
+
+def resize_square(img: Image.Image, size: int, policy: str) -> Image.Image:
+    """``size`` x ``size`` RGB: pad (letterbox in black), centre-crop, or stretch."""
+    resample = Image.Resampling.BILINEAR
+    if policy == "stretch":
+        return img.resize((size, size), resample)
+    if policy == "crop":
+        return ImageOps.fit(img, (size, size), resample)
+    if policy == "pad":
+        return ImageOps.pad(img, (size, size), resample, color=(0, 0, 0))
+    raise ValueError(f"unknown resize policy {policy!r}: expected one of {RESIZE_POLICIES}")
+
+
 def open_rgb(data: bytes, rules: ImageRules) -> Image.Image:
     """Decode ``data`` fully into an upright RGB image, or raise :class:`UnusableImageError`.
 
@@ -74,10 +101,7 @@ def open_rgb(data: bytes, rules: ImageRules) -> Image.Image:
     if not rules.aspect_ratio[0] <= aspect <= rules.aspect_ratio[1]:
         raise UnusableImageError("bad_aspect_ratio", f"{width}x{height} (aspect {aspect:.2f})")
     try:
-        img.seek(0)
-        img.load()
-        img = ImageOps.exif_transpose(img) or img
-        rgb = _to_rgb(img)
+        rgb = _decoded_rgb(img)
     except (OSError, SyntaxError, ValueError, EOFError) as err:
         raise UnusableImageError("corrupt", str(err) or type(err).__name__) from None
     spread = float(np.asarray(rgb.convert("L"), dtype=np.float32).std())

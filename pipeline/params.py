@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Self
+from typing import Annotated, Literal, Self
 
 import yaml
 from parsel import Selector
@@ -138,12 +138,22 @@ class SplitParams(_Section):
         return self
 
 
+class TfrecordsParams(_Section):
+    image_size: Annotated[int, Field(ge=8, le=2048)]
+    resize: Literal["pad", "crop", "stretch"]
+    encoding: Literal["jpeg", "png"]
+    jpeg_quality: Annotated[int, Field(ge=1, le=100)]
+    shard_size: Positive
+    workers: Annotated[int, Field(ge=0)]
+
+
 class Params(_Section):
     seed: int
     demo_site: DemoSiteParams
     scrape: ScrapeParams
     clean: CleanParams
     split: SplitParams
+    tfrecords: TfrecordsParams
 
 
 def _where(error: dict) -> str:

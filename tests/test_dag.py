@@ -83,6 +83,7 @@ def _tiny_params(text: str) -> str:
     params["scrape"]["crawl"].update({"autothrottle": False, "download_timeout_s": 5.0})
     params["clean"].update({"min_side": 32, "workers": 1})
     params["split"]["fractions"] = {"train": 0.5, "val": 0.25, "test": 0.25}
+    params["tfrecords"].update({"image_size": 32, "workers": 1})
     return yaml.safe_dump(params, sort_keys=False)
 
 
@@ -110,9 +111,14 @@ def test_dvc_repro_runs_the_dag_then_is_a_no_op(tmp_path: Path) -> None:
     assert (project / "dvc.lock").exists()
     second = repro()
     assert "Running stage" not in second and "didn't change, skipping" in second
+    lock = (project / "dvc.lock").read_text()
+    forced = subprocess.run(["dvc", "repro", "-f"], cwd=project,
+                            env=env, capture_output=True, text=True, timeout=300)
+    assert forced.returncode == 0, forced.stdout + forced.stderr
+    assert (project / "dvc.lock").read_text() == lock  # bit-identical outputs
 
 
-@pytest.mark.parametrize("stage", ["scrape", "clean", "split"])
+@pytest.mark.parametrize("stage", ["scrape", "clean", "split", "tfrecords"])
 def test_stage_cli_help_runs(stage: str) -> None:
     result = subprocess.run([sys.executable, "-m", "pipeline", stage, "--help"], cwd=REPO,
                             capture_output=True, text=True, check=True)

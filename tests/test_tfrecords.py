@@ -1,0 +1,129 @@
+"""The tfrecords stage: records parse back to the right pixels, labels and splits; no partials."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pipeline.errors import UserError
+from pipeline.images import decode_rgb, resize_square
+from pipeline.params import Params, SplitParams
+from pipeline.tfrecords import tfrecords
+
+SPLIT = SplitParams(seed=3, fractions={"train": 0.5, "val": 0.25, "test": 0.25})
+
+
+@pytest.fixture(scope="module")
+def split_file(tiny_raw: Path, tiny_clean_params, tmp_path_factory) -> Path:
+    from pipeline.clean import clean
+    from pipeline.split import split
+
+    work = tmp_path_factory.mktemp("records")
+    clean(tiny_raw, work / "clean", tiny_clean_params)
+    split(work / "clean" / "images.jsonl", work / "split", SPLIT)
+    return work / "split" / "split.jsonl"
+
+
+def small(repo_params: Params, **changes: object):
+    return repo_params.tfrecords.model_copy(update={"image_size": 32, "shard_size": 5,
+                                                    "workers": 1, **changes})
+
+
+def read_records(out: Path, split_name: str, size: int) -> list[dict]:
+    from pipeline import features
+
+    return [{"image": r["image"].numpy(), "label": int(r["label"]),
+             "sha256": r["sha256"].numpy().decode()}
+            for r in features.dataset(out, split_name, size)]
+
+
+def test_records_parse_back_to_pixels_labels_and_splits(split_file: Path, tiny_raw: Path,
+                                                        repo_params: Params, tmp_path: Path) -> None:
+    params = small(repo_params, encoding="png")  # lossless, so pixels compare exactly
+    report = tfrecords(split_file, tiny_raw, tmp_path / "rec", params)
+    meta = json.loads((tmp_path / "rec" / "meta.json").read_text())
+    rows = [json.loads(line) for line in split_file.read_text().splitlines()]
+    assert meta["class_names"] == ["happy", "sad"] and meta["image_size"] == 32
+    assert meta["counts"] == report.counts and meta["pixels"]["model_input_range"] == [0.0, 1.0]
+    for split_name in ("train", "val", "test"):
+        expected = {r["sha256"]: r for r in rows if r["split"] == split_name}
+        records = read_records(tmp_path / "rec", split_name, 32)
+        assert sorted(r["sha256"] for r in records) == sorted(expected)
+        assert report.shards[split_name] == max(1, -(-len(expected) // 5))
+        for record in records:
+            row = expected[record["sha256"]]
+            assert meta["class_names"][record["label"]] == row["label"]
+            want = resize_square(decode_rgb((tiny_raw / row["file"]).read_bytes()), 32, "pad")
+            assert record["image"].dtype == np.uint8 and record["image"].shape == (32, 32, 3)
+            assert np.array_equal(record["image"], np.asarray(want))
+
+
+def test_jpeg_records_are_close_and_runs_are_bit_identical(split_file: Path, tiny_raw: Path,
+                                                           repo_params: Params, tmp_path: Path) -> None:
+    params = small(repo_params, workers=2)
+    tfrecords(split_file, tiny_raw, tmp_path / "a", params)
+    tfrecords(split_file, tiny_raw, tmp_path / "b", small(repo_params))
+    files = sorted(p.name for p in (tmp_path / "a").iterdir())
+    assert files == sorted(p.name for p in (tmp_path / "b").iterdir())
+    for name in files:
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+    rows = {json.loads(r)["sha256"]: json.loads(r) for r in split_file.read_text().splitlines()}
+    for record in read_records(tmp_path / "a", "test", 32):
+        want = np.asarray(resize_square(decode_rgb(
+            (tiny_raw / rows[record["sha256"]]["file"]).read_bytes()), 32, "pad"), dtype=float)
+        grey = np.abs(record["image"].mean(axis=2) - want.mean(axis=2))  # chroma is subsampled
+        assert grey.mean() < 4.0
+
+
+def test_a_crash_leaves_no_shard_under_a_final_name(split_file: Path, tiny_raw: Path,
+                                                    repo_params: Params, tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    from pipeline import features
+
+    out = tmp_path / "rec"
+    tfrecords(split_file, tiny_raw, out, small(repo_params))
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    written = []
+
+    def failing(image: bytes, label: int, sha256: str) -> bytes:
+        if len(written) == 7:
+            raise KeyboardInterrupt  # as if the user pressed Ctrl-C mid-shard
+        written.append(sha256)
+        return real(image, label, sha256)
+
+    real = features.to_example
+    monkeypatch.setattr(features, "to_example", failing)
+    with pytest.raises(KeyboardInterrupt):
+        tfrecords(split_file, tiny_raw, out, small(repo_params, image_size=24))
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # old output intact
+    partial = out.with_name("rec.partial")
+    finished = [p.name for p in partial.iterdir() if p.name.endswith(".tfrecord")
+                and not p.name.startswith(".")]
+    assert finished == ["train-00000-of-00002.tfrecord"]  # the one shard that completed
+    assert [p.name for p in partial.iterdir() if p.name.startswith(".")]  # the cut one
+
+
+def test_missing_raw_file_is_one_line_and_writes_nothing(split_file: Path, tiny_raw: Path,
+                                                         repo_params: Params, tmp_path: Path) -> None:
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    with pytest.raises(UserError, match=r"raw/(happy|sad)/[0-9a-f]{64}\.\w+: cannot read"):
+        tfrecords(split_file, raw, tmp_path / "rec", small(repo_params))
+    assert not (tmp_path / "rec").exists()
+    with pytest.raises(UserError, match=r"split.jsonl: not found; run the split stage"):
+        tfrecords(tmp_path / "split.jsonl", raw, tmp_path / "rec", small(repo_params))
+
+
+@pytest.mark.parametrize(("policy", "check"), [
+    ("pad", lambda a: a[:8].max() == 0 and a[24:].max() == 0 and a[12:20].min() > 0),
+    ("crop", lambda a: a.min() > 0),
+    ("stretch", lambda a: a.min() > 0),
+])
+def test_resize_policies(policy: str, check) -> None:
+    wide = Image.new("RGB", (200, 100), (200, 100, 50))
+    square = np.asarray(resize_square(wide, 32, policy))
+    assert square.shape == (32, 32, 3) and check(square)
