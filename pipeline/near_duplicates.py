@@ -6,9 +6,10 @@ resizing and small crops move few bits; unrelated images differ in about half.
 
 The search is multi-index hashing: split the 64 bits into m chunks; two hashes
 within r bits agree to within floor(r/m) bits on at least one chunk (pigeonhole),
-so only pairs whose chunk values are that close are compared. Each chunk is a
-sorted array probed with every flip mask of at most floor(r/m) bits, all in
-numpy; m is chosen from the number of hashes so probes and candidates balance.
+so only pairs whose chunk values are that close are compared. Each chunk's values
+index a bucket table (counting sort: an offset per possible value), probed with
+every flip mask of at most floor(r/m) bits, all in numpy; m is chosen from the
+number of hashes so that probes and candidate pairs balance.
 """
 
 from __future__ import annotations
@@ -54,17 +55,20 @@ def _chunks(m: int) -> list[tuple[int, int]]:
     return [(int(s), w) for s, w in zip(shifts, widths, strict=True)]
 
 
+MAX_TABLE_BITS = 24  # a bucket table of 2**24 offsets is 128 MiB
+
+
 def _plan(n: int, max_bits: int) -> int:
     """The chunk count with the least estimated work for n hashes and radius max_bits."""
-    best, best_cost = 1, math.inf
-    for m in range(1, 9):
+    best, best_cost = 0, math.inf
+    for m in range(1, 17):
         radius = max_bits // m
+        if max(w for _, w in _chunks(m)) > MAX_TABLE_BITS:
+            continue
         cost = 0.0
         for _, width in _chunks(m):
             masks = sum(math.comb(width, k) for k in range(radius + 1))
-            probes = masks * n * math.log2(max(n, 2))
-            candidates = masks * n * n / 2.0 ** width
-            cost += probes + 4 * candidates
+            cost += 2.0 ** width + masks * (n + 4 * n * n / 2.0 ** width)
         if cost < best_cost:
             best, best_cost = m, cost
     return best
@@ -87,14 +91,15 @@ def near_duplicate_pairs(hashes: np.ndarray, max_bits: int) -> np.ndarray:
     m = _plan(n, max_bits)
     radius = max_bits // m
     for shift, width in _chunks(m):
-        values = (hashes >> np.uint64(shift)) & np.uint64((1 << width) - 1)
+        values = ((hashes >> np.uint64(shift)) & np.uint64((1 << width) - 1)).astype(np.int64)
         order = np.argsort(values, kind="stable")
-        sorted_values = values[order]
-        for mask in _flip_masks(width, radius):
+        # starts[v]..starts[v+1] are the positions in `order` of hashes whose chunk is v.
+        starts = np.zeros((1 << width) + 1, dtype=np.int64)
+        np.cumsum(np.bincount(values, minlength=1 << width), out=starts[1:])
+        for mask in _flip_masks(width, radius).astype(np.int64):
             keys = values ^ mask
-            lo = np.searchsorted(sorted_values, keys, side="left")
-            hi = np.searchsorted(sorted_values, keys, side="right")
-            counts = hi - lo
+            lo = starts[keys]
+            counts = starts[keys + 1] - lo
             if not counts.any():
                 continue
             query = np.repeat(np.arange(n), counts)

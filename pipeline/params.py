@@ -131,8 +131,8 @@ class SplitParams(_Section):
 
     @model_validator(mode="after")
     def _fractions(self) -> Self:
-        if tuple(self.fractions) != SPLITS:
-            raise ValueError(f"fractions must name {', '.join(SPLITS)} in that order")
+        if set(self.fractions) != set(SPLITS):
+            raise ValueError(f"fractions must name exactly {', '.join(SPLITS)}")
         if abs(sum(self.fractions.values()) - 1.0) > 1e-6:
             raise ValueError("fractions must add up to 1")
         return self
