@@ -2,6 +2,6 @@
 
 import sys
 
-from bench import crawl
+from bench import crawl, data_stages
 
-sys.exit(crawl.main([]))
+sys.exit(crawl.main([]) or data_stages.main([]))
