@@ -32,6 +32,7 @@ from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 
+from bench import print_table
 from pipeline.params import Params, load_params
 from pipeline.scrape import crawl_config, run_crawl_subprocess
 from scraper.demo.server import DemoSiteServer
@@ -183,10 +184,7 @@ def main(argv: list[str] | None = None) -> int:
         rows.append((f"  bare Scrapy, same URLs, concurrency {level}", f"{bare[level]:.0f} img/s",
                      f"ratio {bare[level] / best:.2f}: the framework's ceiling here; the spider "
                      f"reaches {rate / bare[level]:.2f} of it"))
-    width = max(len(r[0]) for r in rows)
-    print("happysad crawl benchmark (politeness off; robots.txt still obeyed)")  # noqa: T201
-    for name, value, note in rows:
-        print(f"  {name:<{width}}  {value:>10}  {note}")  # noqa: T201
+    print_table("happysad crawl benchmark (politeness off; robots.txt still obeyed)", rows)
     return 0
 
 

@@ -31,6 +31,7 @@ import numpy as np
 import yaml
 from PIL import Image
 
+from bench import print_table
 from bench.crawl import impolite
 from pipeline.clean import clean
 from pipeline.near_duplicates import hamming, near_duplicate_pairs, phash
@@ -294,10 +295,7 @@ def main(argv: list[str] | None = None) -> int:
         params_file.write_text(yaml.safe_dump(data))
         rows += memory_rows(work / "raw", work / "memory", memory_sizes, params_file)
 
-    width = max(len(r[0]) for r in rows)
-    print("happysad data-stages benchmark")  # noqa: T201
-    for name, value, note in rows:
-        print(f"  {name:<{width}}  {value:>11}  {note}")  # noqa: T201
+    print_table("happysad data-stages benchmark", rows)
     return 0
 
 
