@@ -21,6 +21,8 @@ run: setup
 	@echo
 	@echo "Done. Raw images and their manifest: data/raw/ (manifest.jsonl)"
 	@echo "Crawl report: reports/scrape/metrics.json, failed links: reports/scrape/errors.jsonl"
+	@echo "Kept and rejected images: data/clean/ (report.json); splits: data/split/"
+	@echo "Training records: data/tfrecords/ (meta.json); all metrics: uv run dvc metrics show"
 	@echo "The demo site that was crawled: data/demo_site/ (ground_truth.json lists its planted faults)"
 
 lint: setup
