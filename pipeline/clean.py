@@ -14,22 +14,18 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
-import shutil
 from collections import Counter, defaultdict
-from collections.abc import Iterator
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from pipeline.errors import UserError
 from pipeline.images import ImageRules, UnusableImageError, open_rgb
 from pipeline.near_duplicates import near_duplicate_pairs, phash
 from pipeline.params import CleanParams, load_params
 from pipeline.raw import RawRecord, read_manifest
+from pipeline.stage_io import parallel_map, replacing_dir, write_jsonl
 
 logger = logging.getLogger(__name__)
 
@@ -79,16 +75,6 @@ def _inspect_job(job: tuple[Path, ImageRules]) -> Inspection:
     return inspect_file(*job)
 
 
-def _inspect_all(paths: list[Path], rules: ImageRules, workers: int) -> Iterator[Inspection]:
-    jobs = [(p, rules) for p in paths]
-    bar = dict(total=len(jobs), desc="clean", unit="img", disable=None)
-    if workers == 1 or len(jobs) < 64:
-        yield from tqdm(map(_inspect_job, jobs), **bar)
-        return
-    with ProcessPoolExecutor(workers) as pool:
-        yield from tqdm(pool.map(_inspect_job, jobs, chunksize=16), **bar)
-
-
 class _UnionFind:
     def __init__(self, n: int) -> None:
         self.parent = list(range(n))
@@ -108,21 +94,6 @@ class _UnionFind:
 def _row(record: RawRecord, **extra: object) -> dict[str, object]:
     return {"file": record.path, "url": record.url, "label": record.label,
             "sha256": record.sha256, **extra}
-
-
-def _write_atomically(out_dir: Path, files: dict[str, str]) -> None:
-    """Write all outputs into a sibling folder, then swap it in: never half an output."""
-    tmp = out_dir.with_name(out_dir.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    for name, text in files.items():
-        (tmp / name).write_text(text, encoding="utf-8")
-    shutil.rmtree(out_dir, ignore_errors=True)
-    os.replace(tmp, out_dir)
-
-
-def _jsonl(rows: list[dict[str, object]]) -> str:
-    return "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows)
 
 
 def clean(raw_dir: Path, out_dir: Path, params: CleanParams) -> CleanReport:
@@ -145,8 +116,9 @@ def clean(raw_dir: Path, out_dir: Path, params: CleanParams) -> CleanReport:
         else:
             unique[key] = record
     files = list(unique.values())
-    workers = params.workers or os.cpu_count() or 1
-    inspections = list(_inspect_all([raw_dir / r.path for r in files], rules_from(params), workers))
+    rules = rules_from(params)
+    inspections = list(parallel_map(_inspect_job, [(raw_dir / r.path, rules) for r in files],
+                                    params.workers, "clean"))
 
     valid = [(r, i) for r, i in zip(files, inspections, strict=True) if i.reason is None]
     for record, inspection in zip(files, inspections, strict=True):
@@ -192,11 +164,10 @@ def clean(raw_dir: Path, out_dir: Path, params: CleanParams) -> CleanReport:
     if len(report.kept) < 2:
         raise UserError(f"{raw_dir}: found images of {len(report.kept)} class(es), need 2; "
                         "check scrape.classes")
-    _write_atomically(out_dir, {
-        "images.jsonl": _jsonl(kept),
-        "rejected.jsonl": _jsonl(rejected),
-        "report.json": json.dumps(asdict(report), indent=2, sort_keys=True) + "\n",
-    })
+    with replacing_dir(out_dir) as tmp:
+        write_jsonl(tmp / "images.jsonl", kept)
+        write_jsonl(tmp / "rejected.jsonl", rejected)
+        (tmp / "report.json").write_text(json.dumps(asdict(report), indent=2, sort_keys=True) + "\n")
     return report
 
 

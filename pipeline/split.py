@@ -13,14 +13,13 @@ import argparse
 import hashlib
 import json
 import logging
-import os
-import shutil
 from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from pipeline.errors import UserError
 from pipeline.params import SPLITS, SplitParams, load_params
+from pipeline.stage_io import read_records, replacing_dir, write_jsonl
 
 logger = logging.getLogger(__name__)
 
@@ -43,26 +42,12 @@ def assign(group: str, params: SplitParams) -> str:
     return SPLITS[-1]
 
 
-def read_images(path: Path) -> list[dict[str, object]]:
-    if not path.exists():
-        raise UserError(f"{path}: not found; run the clean stage first (dvc repro clean)")
-    rows = []
-    with open(path, encoding="utf-8") as fh:
-        for number, line in enumerate(fh, start=1):
-            try:
-                row = json.loads(line)
-                rows.append({k: row[k] for k in ("file", "label", "sha256", "group")})
-            except (ValueError, KeyError) as err:
-                raise UserError(f"{path}:{number}: not a clean image record ({err}); "
-                                "rerun the clean stage") from None
-    return rows
-
-
 def split(images_path: Path, out_dir: Path, params: SplitParams) -> SplitReport:
     """Write ``out_dir/split.jsonl`` (each kept image with its split) and ``report.json``."""
-    rows = read_images(images_path)
+    rows = read_records(images_path, ("file", "label", "sha256", "group"), "clean",
+                        "clean image")
     for row in rows:
-        row["split"] = assign(str(row["group"]), params)
+        row["split"] = assign(row["group"], params)
     counts = {name: dict(sorted(Counter(str(r["label"]) for r in rows if r["split"] == name).items()))
               for name in SPLITS}
     labels = sorted({str(r["label"]) for r in rows})
@@ -76,14 +61,10 @@ def split(images_path: Path, out_dir: Path, params: SplitParams) -> SplitReport:
     fractions = {label: {name: round(counts[name].get(label, 0) / totals[label], 4)
                          for name in SPLITS} for label in labels}
     report = SplitReport(counts=counts, fractions=fractions)
-    tmp = out_dir.with_name(out_dir.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    rows.sort(key=lambda r: (str(r["split"]), str(r["label"]), str(r["sha256"])))
-    (tmp / "split.jsonl").write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
-    (tmp / "report.json").write_text(json.dumps(asdict(report), indent=2, sort_keys=True) + "\n")
-    shutil.rmtree(out_dir, ignore_errors=True)
-    os.replace(tmp, out_dir)
+    rows.sort(key=lambda r: (r["split"], r["label"], r["sha256"]))
+    with replacing_dir(out_dir) as tmp:
+        write_jsonl(tmp / "split.jsonl", rows)
+        (tmp / "report.json").write_text(json.dumps(asdict(report), indent=2, sort_keys=True) + "\n")
     return report
 
 
