@@ -6,9 +6,9 @@
 3. near-duplicate recall per edit (re-encode, resize, 4% crop, 3-degree rotation)
    and precision, on faces from the demo generator, at params.yaml's threshold.
 4. tfrecords: images/s against a plain single-process PIL decode+resize loop
-   over the same files.
+   over the same files, on the demo crawl (small images) and on photo-size faces.
 5. reading: the TFRecords through tf.data against
-   keras.utils.image_dataset_from_directory over the same images.
+   keras.utils.image_dataset_from_directory over the same images, on both sets.
 6. peak memory (RSS) of the clean and tfrecords stages at two dataset sizes.
 
 Run: ``uv run python -m bench.data_stages [--quick]``.
@@ -39,7 +39,7 @@ from pipeline.params import Params, load_params
 from pipeline.scrape import scrape
 from pipeline.split import split
 from pipeline.tfrecords import tfrecords
-from scraper.demo.faces import draw_face
+from scraper.demo.faces import FaceStyle, draw_face
 
 Row = tuple[str, str, str]
 
@@ -135,7 +135,7 @@ def pil_loop(paths: list[Path], size: int) -> None:
         Image.open(path).convert("RGB").resize((size, size), Image.Resampling.BILINEAR)
 
 
-def read_rows(records: Path, raw: Path, split_file: Path, size: int, epochs: int) -> list[Row]:
+def read_rows(name: str, records: Path, raw: Path, split_file: Path, size: int, epochs: int) -> list[Row]:
     import keras
     import tensorflow as tf
 
@@ -169,9 +169,62 @@ def read_rows(records: Path, raw: Path, split_file: Path, size: int, epochs: int
     rate(ours)  # warm both (graph tracing, file cache)
     rate(keras_dir)
     ours_rate, keras_rate = rate(ours), rate(keras_dir)
-    return [("reading TFRecords through tf.data", f"{ours_rate:.0f} img/s",
+    return [(f"reading TFRecords through tf.data, {name}", f"{ours_rate:.0f} img/s",
              f"x{ours_rate / keras_rate:.1f} image_dataset_from_directory's "
              f"{keras_rate:.0f} img/s on the same images ({epochs} epochs, batch 32)")]
+
+
+def _photo(args: tuple[Path, int]) -> None:
+    target, seed = args
+    rng = np.random.default_rng(seed)
+    label = ("happy", "sad")[seed % 2]
+    face = draw_face(rng, label, FaceStyle(min_side=640, max_side=1600))
+    (target / label).mkdir(parents=True, exist_ok=True)
+    face.save(target / label / f"{seed:05d}.jpg", "JPEG", quality=90)
+
+
+def photo_set(folder: Path, n: int) -> None:
+    """n demo faces at the sizes web photos come in, with a split file over all of them."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor() as pool:
+        list(pool.map(_photo, [(folder, i) for i in range(n)], chunksize=8))
+    rows = [{"file": f"{('happy', 'sad')[i % 2]}/{i:05d}.jpg", "label": ("happy", "sad")[i % 2],
+             "sha256": f"{i:064x}", "split": ("train", "val", "test")[i % 3]} for i in range(n)]
+    (folder / "split.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def stage_seconds(split_file: Path, raw: Path, out: Path) -> float:
+    """The tfrecords stage function's own time, run as ``python -m pipeline`` runs it.
+
+    A fresh ``-c`` process: its spawned workers import only what the stage's workers
+    import (in this process they would also import this benchmark module).
+    """
+    code = ("import sys, time; from pathlib import Path; from pipeline.params import load_params;"
+            " from pipeline.tfrecords import tfrecords; p = load_params(Path('params.yaml'));"
+            " t = time.perf_counter(); tfrecords(*map(Path, sys.argv[1:4]), p.tfrecords);"
+            " print(time.perf_counter() - t)")
+    result = subprocess.run([sys.executable, "-c", code, str(split_file), str(raw), str(out)],
+                            capture_output=True, text=True, check=True)
+    return float(result.stdout.strip().splitlines()[-1])
+
+
+def tfrecords_rows(name: str, raw: Path, split_file: Path, work: Path, params: Params,
+                   repeats: int) -> list[Row]:
+    """Write speed beside the PIL loop, then read speed beside image_dataset_from_directory."""
+    work.mkdir(parents=True)
+    lines = split_file.read_text().splitlines()
+    (work / "big.jsonl").write_text("\n".join(lines * repeats) + "\n")
+    paths = [raw / json.loads(r)["file"] for r in lines] * repeats
+    size = params.tfrecords.image_size
+    pil_s, _ = timed(pil_loop, paths, size)
+    ours_s = stage_seconds(work / "big.jsonl", raw, work / "records-big")
+    rows = [(f"tfrecords stage, {name}", f"{len(paths) / ours_s:.0f} img/s",
+             f"x{pil_s / ours_s:.2f} the single-process PIL decode+resize loop's "
+             f"{len(paths) / pil_s:.0f} img/s ({len(paths)} images to {size} px, our side "
+             "also JPEG-encodes and writes)")]
+    tfrecords(split_file, raw, work / "records", params.tfrecords)
+    return rows + read_rows(name, work / "records", raw, split_file, size, epochs=3)
 
 
 def peak_rss_mb(command: list[str], cwd: Path) -> float:
@@ -187,18 +240,22 @@ def peak_rss_mb(command: list[str], cwd: Path) -> float:
     return int(result.stdout.strip()) / 1024
 
 
-def _copy_variant(args: tuple[Path, Path, int]) -> None:
-    source, target, seed = args
+def _copy_variant(args: tuple[list[Path], Path, int]) -> None:
+    """A new image: four demo faces tiled 2x2, so copies differ in content, not just tint."""
+    sources, target, seed = args
     rng = np.random.default_rng(seed)
-    img = Image.open(source).convert("RGB")
-    pixels = np.asarray(img, dtype=np.int16) + rng.integers(-3, 4, size=(1, 1, 3))
+    tiles = [Image.open(sources[i]).convert("RGB").resize((160, 160))
+             for i in rng.choice(len(sources), 4, replace=False)]
+    mosaic = Image.new("RGB", (320, 320))
+    for k, tile in enumerate(tiles):
+        mosaic.paste(tile, (160 * (k % 2), 160 * (k // 2)))
     buf = io.BytesIO()
-    Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(buf, "JPEG", quality=90)
+    mosaic.save(buf, "JPEG", quality=90)
     target.write_bytes(buf.getvalue())
 
 
 def synthetic_raw(base_raw: Path, out: Path, n: int) -> None:
-    """A raw folder of n images: the demo crawl's faces, tinted and re-encoded, new records."""
+    """A raw folder of n distinct images (mosaics of the demo crawl's faces), new records."""
     import hashlib
     from concurrent.futures import ProcessPoolExecutor
 
@@ -207,7 +264,9 @@ def synthetic_raw(base_raw: Path, out: Path, n: int) -> None:
     kept = {json.loads(line)["sha256"] for line in
             (base_raw.parent / "clean" / "images.jsonl").read_text().splitlines()}
     faces = [r for r in read_manifest(base_raw) if r.sha256 in kept]
-    jobs = [(base_raw / faces[i % len(faces)].path, out / f"job-{i}.jpg", i) for i in range(n)]
+    by_label = {label: [base_raw / r.path for r in faces if r.label == label]
+                for label in sorted({r.label for r in faces})}
+    jobs = [(by_label[faces[i % len(faces)].label], out / f"job-{i}.jpg", i) for i in range(n)]
     out.mkdir(parents=True)
     with ProcessPoolExecutor() as pool:
         list(pool.map(_copy_variant, jobs, chunksize=64))
@@ -224,8 +283,6 @@ def synthetic_raw(base_raw: Path, out: Path, n: int) -> None:
 
 
 def memory_rows(base_raw: Path, work: Path, sizes: list[int], params_file: Path) -> list[Row]:
-    from pipeline.raw import read_manifest
-
     rows: list[Row] = []
     for n in sizes:
         raw = work / f"raw-{n}"
@@ -233,19 +290,15 @@ def memory_rows(base_raw: Path, work: Path, sizes: list[int], params_file: Path)
         cli = [sys.executable, "-m", "pipeline", "--params", str(params_file)]
         clean_mb = peak_rss_mb([*cli, "clean", "--raw", str(raw), "--out", str(work / f"c{n}")],
                                Path.cwd())
-        # The copies are near duplicates of a few hundred faces, so clean keeps few of them;
-        # split and tfrecords get every copy as its own group, to be measured at full size.
-        every = [{"file": r.path, "label": r.label, "sha256": r.sha256, "group": r.sha256}
-                 for r in read_manifest(raw)]
-        (work / f"all{n}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in every))
-        split_mb = peak_rss_mb([*cli, "split", "--images", str(work / f"all{n}.jsonl"),
+        kept = len((work / f"c{n}" / "images.jsonl").read_text().splitlines())
+        split_mb = peak_rss_mb([*cli, "split", "--images", str(work / f"c{n}" / "images.jsonl"),
                                 "--out", str(work / f"s{n}")], Path.cwd())
         records_mb = peak_rss_mb([*cli, "tfrecords", "--split", str(work / f"s{n}" / "split.jsonl"),
                                   "--raw", str(raw), "--out", str(work / f"t{n}")], Path.cwd())
         manifest_mb = (raw / "manifest.jsonl").stat().st_size / 2**20
         rows.append((f"peak memory at {n:,} images", f"{clean_mb:.0f} MB",
                      f"clean; split {split_mb:.0f} MB, tfrecords {records_mb:.0f} MB "
-                     f"(manifest {manifest_mb:.1f} MB)"))
+                     f"(manifest {manifest_mb:.1f} MB; {kept:,} images kept by clean)"))
     return rows
 
 
@@ -272,22 +325,12 @@ def main(argv: list[str] | None = None) -> int:
         split(work / "clean" / "images.jsonl", work / "split", params.split)
         import tensorflow  # noqa: F401 - imported once up front, not inside a timing
 
-        split_rows = (work / "split" / "split.jsonl").read_text().splitlines()
-        repeats = 8
-        (work / "split" / "big.jsonl").write_text("\n".join(split_rows * repeats) + "\n")
-        paths = [work / "raw" / json.loads(r)["file"] for r in split_rows] * repeats
-        size = params.tfrecords.image_size
-        pil_s, _ = timed(pil_loop, paths, size)
-        ours_s, _ = timed(tfrecords, work / "split" / "big.jsonl", work / "raw",
-                          work / "records-big", params.tfrecords)
-        rows.append(("tfrecords stage", f"{len(paths) / ours_s:.0f} img/s",
-                     f"x{pil_s / ours_s:.2f} the single-process PIL decode+resize loop's "
-                     f"{len(paths) / pil_s:.0f} img/s ({len(paths)} images, {size} px, with "
-                     "JPEG encoding and writing, which the loop skips)"))
-        tfrecords(work / "split" / "split.jsonl", work / "raw", work / "records",
-                  params.tfrecords)
-        rows += read_rows(work / "records", work / "raw", work / "split" / "split.jsonl", size,
-                          epochs=3)
+        rows += tfrecords_rows("demo crawl, 160-320 px", work / "raw", work / "split" / "split.jsonl",
+                               work / "demo", params, repeats=16)
+        photos = work / "photos"
+        photo_set(photos, 150 if args.quick else 400)
+        rows += tfrecords_rows("photo-size faces, 640-1600 px", photos, photos / "split.jsonl",
+                               work / "photo", params, repeats=4)
 
         params_file = work / "params.yaml"
         data = yaml.safe_load(Path("params.yaml").read_text())

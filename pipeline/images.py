@@ -4,11 +4,16 @@ tfrecords and predict, so they accept and convert exactly the same images."""
 from __future__ import annotations
 
 import io
+import math
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 
+import cv2
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+from pipeline.errors import UserError
 
 
 @dataclass(frozen=True)
@@ -42,34 +47,118 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     if img.mode in ("RGBA", "RGBa", "La", "PA"):
         background = Image.new("RGBA", img.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, img.convert("RGBA")).convert("RGB")
-    return img.convert("RGB")
+    return img if img.mode == "RGB" else img.convert("RGB")
 
 
 def _decoded_rgb(img: Image.Image) -> Image.Image:
     img.seek(0)  # animated: the first frame
     img.load()
-    img = ImageOps.exif_transpose(img) or img
+    ImageOps.exif_transpose(img, in_place=True)
     return _to_rgb(img)
 
 
-def decode_rgb(data: bytes) -> Image.Image:
-    """Upright RGB pixels of an image that the clean stage already accepted."""
-    return _decoded_rgb(Image.open(io.BytesIO(data)))
+def decode_rgb(data: bytes, square: tuple[int, str] | None = None) -> Image.Image:
+    """Upright RGB pixels of an image that the clean stage already accepted.
+
+    With ``square=(size, policy)`` a JPEG is decoded straight at the smallest DCT
+    scale (1/2, 1/4, 1/8) that still leaves every pixel :func:`resize_square` needs:
+    a 2000 px photo bound for 256 px costs a sixteenth of a full decode.
+    """
+    img = Image.open(io.BytesIO(data))
+    if square is not None and img.format == "JPEG":
+        size, policy = square
+        width, height = img.size
+        scale = {"pad": size / max(width, height), "crop": size / min(width, height)}.get(policy)
+        wanted = (size, size) if scale is None else (math.ceil(width * scale), math.ceil(height * scale))
+        img.draft("RGB", wanted)
+    return _decoded_rgb(img)
 
 
 RESIZE_POLICIES = ("pad", "crop", "stretch")
+ENCODINGS = ("jpeg", "png")
 
 
-def resize_square(img: Image.Image, size: int, policy: str) -> Image.Image:
-    """``size`` x ``size`` RGB: pad (letterbox in black), centre-crop, or stretch."""
-    resample = Image.Resampling.BILINEAR
+def _resized(pixels: np.ndarray, width: int, height: int) -> np.ndarray:
+    """Area averaging when shrinking 2x or more (where bilinear would alias), else bilinear.
+
+    JPEGs arrive here already DCT-scaled to within 2x of the target (see decode_rgb).
+    """
+    shrinking = 2 * width <= pixels.shape[1] and 2 * height <= pixels.shape[0]
+    return cv2.resize(pixels, (width, height),
+                      interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
+
+
+def resize_square(img: Image.Image, size: int, policy: str) -> np.ndarray:
+    """``size`` x ``size`` x 3 uint8 RGB: pad (letterbox in black), centre-crop, or stretch."""
+    if policy not in RESIZE_POLICIES:
+        raise ValueError(f"unknown resize policy {policy!r}: expected one of {RESIZE_POLICIES}")
+    pixels = np.asarray(img if img.mode == "RGB" else img.convert("RGB"))
+    height, width = pixels.shape[:2]
     if policy == "stretch":
-        return img.resize((size, size), resample)
+        return _resized(pixels, size, size)
     if policy == "crop":
-        return ImageOps.fit(img, (size, size), resample)
-    if policy == "pad":
-        return ImageOps.pad(img, (size, size), resample, color=(0, 0, 0))
-    raise ValueError(f"unknown resize policy {policy!r}: expected one of {RESIZE_POLICIES}")
+        side = min(width, height)
+        top, left = (height - side) // 2, (width - side) // 2
+        return _resized(pixels[top:top + side, left:left + side], size, size)
+    scale = size / max(width, height)
+    new_w, new_h = max(1, round(width * scale)), max(1, round(height * scale))
+    canvas = np.zeros((size, size, 3), np.uint8)
+    top, left = (size - new_h) // 2, (size - new_w) // 2
+    canvas[top:top + new_h, left:left + new_w] = _resized(pixels, new_w, new_h)
+    return canvas
+
+
+def square_rgb(data: bytes, size: int, policy: str, threads: int | None = None) -> np.ndarray:
+    """The model's view of an accepted image: the one conversion tfrecords and predict share.
+
+    ``threads=1`` in worker processes, whose parallelism is the processes themselves.
+    """
+    if threads is not None:
+        cv2.setNumThreads(threads)
+    return resize_square(decode_rgb(data, (size, policy)), size, policy)
+
+
+@dataclass(frozen=True)
+class SquareJob:
+    """One image for :func:`encoded_square`: where it is and what the records want."""
+
+    path: Path
+    size: int
+    policy: str
+    encoding: str
+    quality: int
+
+
+def encoded_square(job: SquareJob) -> bytes:
+    """The encoded square a TFRecord holds, from a file the clean stage accepted.
+
+    Raises a one-line UserError naming the file. Runs in worker processes, which is
+    why it lives here: unpickling it imports this light module, not a stage's.
+    """
+    try:
+        data = job.path.read_bytes()
+    except OSError as err:
+        raise UserError(f"{job.path}: cannot read ({err.strerror or err}); restore data/raw "
+                        "with `dvc checkout` or rerun the scrape stage") from None
+    try:
+        square = square_rgb(data, job.size, job.policy, threads=1)
+    except (OSError, SyntaxError, ValueError) as err:
+        raise UserError(f"{job.path}: no longer decodes ({err}); rerun the clean stage") from None
+    return encode(square, job.encoding, job.quality)
+
+
+def encode(pixels: np.ndarray, encoding: str, jpeg_quality: int = 95) -> bytes:
+    """RGB uint8 pixels as JPEG or PNG bytes (deterministic: same pixels, same bytes)."""
+    bgr = cv2.cvtColor(pixels, cv2.COLOR_RGB2BGR)
+    if encoding == "jpeg":
+        ok, buf = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality])
+    elif encoding == "png":
+        ok, buf = cv2.imencode(".png", bgr, [cv2.IMWRITE_PNG_COMPRESSION, 6])
+    else:
+        raise ValueError(f"unknown encoding {encoding!r}: expected one of {ENCODINGS}")
+    if not ok:
+        raise ValueError(f"OpenCV could not encode a {pixels.shape} image as {encoding}")
+    return buf.tobytes()
 
 
 def open_rgb(data: bytes, rules: ImageRules) -> Image.Image:

@@ -6,8 +6,6 @@ from pathlib import Path
 from typing import Annotated, Literal, Self
 
 import yaml
-from parsel import Selector
-from parsel.csstranslator import css2xpath
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pipeline.errors import UserError
@@ -66,6 +64,9 @@ class ClassSource(_Section):
     @classmethod
     def _parses(cls, selector: str | None) -> str | None:
         if selector:
+            from parsel import Selector  # here, not at the top: stage workers import this module
+            from parsel.csstranslator import css2xpath
+
             try:
                 if is_xpath(selector):
                     Selector(text="<html></html>").xpath(selector)

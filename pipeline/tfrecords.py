@@ -1,7 +1,8 @@
 """The tfrecords stage: resize each split's images and write them as sharded TFRecords.
 
-Worker processes decode, orient, convert and resize (the CPU-heavy part, free of
-TensorFlow); this process serialises and writes. Each shard is written under a
+Worker processes decode, orient, convert, resize and encode (the CPU-heavy part,
+in pipeline/images.py so that a worker imports nothing else); this process
+serialises and writes, without TensorFlow. Each shard is written under a
 temporary name and renamed when complete, inside a folder that replaces the old
 output only when every shard is done. Outputs are bit-identical run to run.
 """
@@ -9,7 +10,6 @@ output only when every shard is done. Outputs are bit-identical run to run.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import logging
 import math
@@ -19,8 +19,8 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from pipeline.errors import UserError
-from pipeline.images import decode_rgb, resize_square
+from pipeline import features
+from pipeline.images import SquareJob, encoded_square
 from pipeline.params import SPLITS, TfrecordsParams, load_params
 from pipeline.stage_io import parallel_map, read_records, replacing_dir
 
@@ -34,46 +34,16 @@ class TfrecordsReport:
     bytes: int
 
 
-@dataclass(frozen=True)
-class _Job:
-    path: Path
-    size: int
-    policy: str
-    encoding: str
-    quality: int
-
-
-def prepare(job: _Job) -> bytes:
-    """One image as the encoded square the records hold; raises UserError naming the file."""
-    try:
-        data = job.path.read_bytes()
-    except OSError as err:
-        raise UserError(f"{job.path}: cannot read ({err.strerror or err}); restore data/raw "
-                        "with `dvc checkout` or rerun the scrape stage") from None
-    try:
-        square = resize_square(decode_rgb(data), job.size, job.policy)
-    except (OSError, SyntaxError, ValueError) as err:
-        raise UserError(f"{job.path}: no longer decodes ({err}); rerun the clean stage") from None
-    buf = io.BytesIO()
-    if job.encoding == "png":
-        square.save(buf, "PNG", compress_level=6)
-    else:
-        square.save(buf, "JPEG", quality=job.quality)
-    return buf.getvalue()
-
-
 def tfrecords(split_path: Path, raw_dir: Path, out_dir: Path,
               params: TfrecordsParams) -> TfrecordsReport:
     """Write ``out_dir/<split>-NNNNN-of-NNNNN.tfrecord`` shards and ``meta.json``."""
-    from pipeline import features  # TensorFlow loads only when records are written
-
     rows = read_records(split_path, ("file", "label", "sha256", "split"), "split", "split")
     class_names = sorted({r["label"] for r in rows})
     ordered = sorted(rows, key=lambda r: (SPLITS.index(r["split"]), r["sha256"], r["label"]))
-    jobs = [_Job(raw_dir / r["file"], params.image_size, params.resize, params.encoding,
+    jobs = [SquareJob(raw_dir / r["file"], params.image_size, params.resize, params.encoding,
                  params.jpeg_quality) for r in ordered]
     with replacing_dir(out_dir) as tmp:
-        shards = _write_shards(tmp, ordered, parallel_map(prepare, jobs, params.workers,
+        shards = _write_shards(tmp, ordered, parallel_map(encoded_square, jobs, params.workers,
                                                            "tfrecords"), class_names, params)
         counts = {s: dict(sorted(Counter(r["label"] for r in rows if r["split"] == s).items()))
                   for s in SPLITS}
@@ -88,8 +58,6 @@ def tfrecords(split_path: Path, raw_dir: Path, out_dir: Path,
 def _write_shards(folder: Path, ordered: list[dict[str, str]], encoded: Iterator[bytes],
                   class_names: list[str], params: TfrecordsParams) -> dict[str, int]:
     """Write each split's shards, each under a temporary name until it is complete."""
-    from pipeline import features
-
     shards: dict[str, int] = {}
     for split_name in SPLITS:
         members = [r for r in ordered if r["split"] == split_name]
@@ -98,7 +66,7 @@ def _write_shards(folder: Path, ordered: list[dict[str, str]], encoded: Iterator
         for index in range(count):
             name = features.shard_name(split_name, index, count)
             partial = folder / f".{name}.partial"
-            with features.tf.io.TFRecordWriter(str(partial)) as writer:
+            with features.RecordWriter(partial) as writer:
                 for row in members[index * params.shard_size:(index + 1) * params.shard_size]:
                     writer.write(features.to_example(next(encoded), class_names.index(row["label"]),
                                                      row["sha256"]))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import pytest
 from PIL import Image
 
 from pipeline.errors import UserError
-from pipeline.images import decode_rgb, resize_square
+from pipeline.images import encode, resize_square, square_rgb
 from pipeline.params import Params, SplitParams
 from pipeline.tfrecords import tfrecords
 
@@ -57,7 +58,7 @@ def test_records_parse_back_to_pixels_labels_and_splits(split_file: Path, tiny_r
         for record in records:
             row = expected[record["sha256"]]
             assert meta["class_names"][record["label"]] == row["label"]
-            want = resize_square(decode_rgb((tiny_raw / row["file"]).read_bytes()), 32, "pad")
+            want = square_rgb((tiny_raw / row["file"]).read_bytes(), 32, "pad")
             assert record["image"].dtype == np.uint8 and record["image"].shape == (32, 32, 3)
             assert np.array_equal(record["image"], np.asarray(want))
 
@@ -73,10 +74,10 @@ def test_jpeg_records_are_close_and_runs_are_bit_identical(split_file: Path, tin
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
     rows = {json.loads(r)["sha256"]: json.loads(r) for r in split_file.read_text().splitlines()}
     for record in read_records(tmp_path / "a", "test", 32):
-        want = np.asarray(resize_square(decode_rgb(
-            (tiny_raw / rows[record["sha256"]]["file"]).read_bytes()), 32, "pad"), dtype=float)
-        grey = np.abs(record["image"].mean(axis=2) - want.mean(axis=2))  # chroma is subsampled
-        assert grey.mean() < 4.0
+        square = square_rgb((tiny_raw / rows[record["sha256"]]["file"]).read_bytes(), 32, "pad")
+        assert np.abs(record["image"] - square.astype(float)).mean() < 8.0  # lossy, but close
+        jpeg = np.asarray(Image.open(io.BytesIO(encode(square, "jpeg", 95))), dtype=float)
+        assert np.abs(record["image"] - jpeg).mean() < 3.0  # that JPEG (TF and PIL decode it)
 
 
 def test_a_crash_leaves_no_shard_under_a_final_name(split_file: Path, tiny_raw: Path,
@@ -127,3 +128,39 @@ def test_resize_policies(policy: str, check) -> None:
     wide = Image.new("RGB", (200, 100), (200, 100, 50))
     square = np.asarray(resize_square(wide, 32, policy))
     assert square.shape == (32, 32, 3) and check(square)
+
+
+def test_examples_and_framing_match_tensorflow_byte_for_byte(tmp_path: Path) -> None:
+    import tensorflow as tf
+
+    from pipeline import features
+
+    for image, label, sha in [(b"\xff\xd8" + bytes(range(256)) * 3, 1, "ab" * 32), (b"", 0, "")]:
+        ours = features.to_example(image, label, sha)
+        theirs = tf.train.Example(features=tf.train.Features(feature={
+            "image": tf.train.Feature(bytes_list=tf.train.BytesList(value=[image])),
+            "label": tf.train.Feature(int64_list=tf.train.Int64List(value=[label])),
+            "sha256": tf.train.Feature(bytes_list=tf.train.BytesList(value=[sha.encode()])),
+        })).SerializeToString(deterministic=True)
+        assert ours == theirs
+    records = [features.to_example(bytes([i]) * (i * 300), i, f"{i:064x}") for i in range(5)]
+    with features.RecordWriter(tmp_path / "ours.tfrecord") as writer:
+        for record in records:
+            writer.write(record)
+    with tf.io.TFRecordWriter(str(tmp_path / "tf.tfrecord")) as writer:
+        for record in records:
+            writer.write(record)
+    assert (tmp_path / "ours.tfrecord").read_bytes() == (tmp_path / "tf.tfrecord").read_bytes()
+
+
+def test_large_jpeg_decodes_scaled_down_to_nearly_the_same_pixels() -> None:
+    from pipeline.images import decode_rgb
+    from scraper.demo.faces import FaceStyle, draw_face
+
+    photo = draw_face(np.random.default_rng(3), "happy", FaceStyle(min_side=1100, max_side=1100))
+    buf = io.BytesIO()
+    photo.save(buf, "JPEG", quality=92)
+    data = buf.getvalue()
+    assert decode_rgb(data, (128, "pad")).size == (138, 138)  # DCT-scaled by 1/8 in decoding
+    full = resize_square(decode_rgb(data), 128, "pad").astype(float)
+    assert np.abs(square_rgb(data, 128, "pad") - full).mean() < 2.0
