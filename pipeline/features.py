@@ -118,3 +118,31 @@ def dataset(directory: Path, split: str, image_size: int) -> tf.data.Dataset:
         raise FileNotFoundError(f"{directory}: no {split} shards")
     records = tf.data.TFRecordDataset(files, num_parallel_reads=min(len(files), 8))
     return records.map(lambda s: parse(s, image_size), num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def read_meta(directory: Path) -> dict:
+    """meta.json of a records folder, or a one-line UserError saying how to make it."""
+    import json
+
+    from pipeline.errors import UserError
+
+    path = Path(directory) / "meta.json"
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError(f"{path}: not found; run the tfrecords stage first (dvc repro tfrecords)") from None
+    except json.JSONDecodeError as err:
+        raise UserError(f"{path}: not valid JSON ({err}); rerun the tfrecords stage") from None
+    if len(meta.get("class_names", [])) != 2:
+        raise UserError(f"{path}: the model needs exactly 2 classes, found "
+                        f"{meta.get('class_names')}; check scrape.classes in params.yaml")
+    return meta
+
+
+def labelled(directory: Path, split: str, image_size: int) -> tf.data.Dataset:
+    """(uint8 image, float32 [label]) pairs of one split, as Keras' fit and evaluate take them."""
+    import tensorflow as tf
+
+    return dataset(directory, split, image_size).map(
+        lambda r: (r["image"], tf.cast(r["label"], tf.float32)[None]),
+        num_parallel_calls=tf.data.AUTOTUNE)

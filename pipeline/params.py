@@ -148,6 +148,39 @@ class TfrecordsParams(_Section):
     workers: Annotated[int, Field(ge=0)]
 
 
+class AugmentParams(_Section):
+    rotation: Annotated[float, Field(ge=0.0, le=0.5)]
+    flip: bool
+    zoom: Annotated[float, Field(ge=0.0, lt=1.0)]
+
+
+class TrainParams(_Section):
+    filters: Annotated[list[Positive], Field(min_length=1, max_length=8)]
+    kernel_size: Annotated[int, Field(ge=1, le=11)]
+    batchnorm_momentum: Annotated[float, Field(gt=0.0, lt=1.0)]
+    head: Literal["global_average", "flatten"]
+    dense_units: Annotated[int, Field(ge=0)]
+    dropout: Annotated[float, Field(ge=0.0, lt=1.0)]
+    l2: Annotated[float, Field(ge=0.0)]
+    augment: AugmentParams
+    learning_rate: Annotated[float, Field(gt=0.0)]
+    batch_size: Positive
+    epochs: Positive
+    early_stopping_patience: Positive
+    reduce_lr_patience: Positive
+    reduce_lr_factor: Annotated[float, Field(gt=0.0, lt=1.0)]
+    min_learning_rate: Annotated[float, Field(ge=0.0)]
+    class_weight: Literal["balanced", "none"]
+    shuffle_buffer: Positive
+    cache_max_mb: Annotated[int, Field(ge=0)]
+
+
+class EvaluateParams(_Section):
+    threshold: Annotated[float, Field(gt=0.0, lt=1.0)]
+    worst_mistakes: Annotated[int, Field(ge=0, le=100)]
+    batch_size: Positive
+
+
 class Params(_Section):
     seed: int
     demo_site: DemoSiteParams
@@ -155,6 +188,8 @@ class Params(_Section):
     clean: CleanParams
     split: SplitParams
     tfrecords: TfrecordsParams
+    train: TrainParams
+    evaluate: EvaluateParams
 
 
 def _where(error: dict) -> str:

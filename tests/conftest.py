@@ -55,3 +55,28 @@ def tiny_raw(tiny_site: Path, fast_params: Params, tmp_path_factory: pytest.Temp
 def tiny_clean_params(repo_params: Params) -> CleanParams:
     """Clean params for the tiny site's 48-80 px faces."""
     return repo_params.clean.model_copy(update={"min_side": 32, "workers": 1})
+
+
+@pytest.fixture(scope="session")
+def tiny_records(tiny_raw: Path, tiny_clean_params: CleanParams, repo_params: Params,
+                 tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """data/tfrecords of the tiny crawl at 32 px (clean, split half/quarter/quarter, tfrecords)."""
+    from pipeline.clean import clean
+    from pipeline.params import SplitParams
+    from pipeline.split import split
+    from pipeline.tfrecords import tfrecords
+
+    work = tmp_path_factory.mktemp("tiny_records")
+    clean(tiny_raw, work / "clean", tiny_clean_params)
+    split(work / "clean" / "images.jsonl", work / "split",
+          SplitParams(seed=3, fractions={"train": 0.5, "val": 0.25, "test": 0.25}))
+    tfrecords(work / "split" / "split.jsonl", tiny_raw, work / "tfrecords",
+              repo_params.tfrecords.model_copy(update={"image_size": 32, "workers": 1}))
+    return work / "tfrecords"
+
+
+@pytest.fixture(scope="session")
+def tiny_train_params(repo_params: Params):
+    """A two-block CNN for 32 px images that trains in seconds."""
+    return repo_params.train.model_copy(update={
+        "filters": [4, 8], "dense_units": 8, "batch_size": 4, "epochs": 2})

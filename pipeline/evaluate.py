@@ -1,0 +1,182 @@
+"""The evaluate stage: the trained model on the test split, and nothing else.
+
+Reads only ``test-*`` shards. Writes ``reports/evaluate/metrics.json`` (DVC
+metrics), per-image ``predictions.csv`` and ``roc.csv`` / ``precision_recall.csv``
+(DVC plots), and PNG plots: learning curves, confusion matrix, ROC and
+precision-recall curves, and the most confident mistakes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.errors import UserError
+from pipeline.params import EvaluateParams, load_params
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Scores:
+    """Test-split predictions: record ids, true class index, probability of class 1."""
+
+    sha256: list[str]
+    actual: np.ndarray
+    probability: np.ndarray
+
+
+def roc_curve(actual: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """False and true positive rates at every distinct threshold, from (0, 0) to (1, 1)."""
+    order = np.argsort(-score, kind="stable")
+    score, actual = score[order], actual[order]
+    last = np.r_[np.flatnonzero(np.diff(score)), len(score) - 1]  # last index of each tie
+    tp = np.cumsum(actual)[last]
+    fp = (last + 1) - tp
+    positives, negatives = max(actual.sum(), 1), max(len(actual) - actual.sum(), 1)
+    return (np.r_[0.0, fp / negatives], np.r_[0.0, tp / positives], np.r_[np.inf, score[last]])
+
+
+def precision_recall_curve(actual: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    order = np.argsort(-score, kind="stable")
+    score, actual = score[order], actual[order]
+    last = np.r_[np.flatnonzero(np.diff(score)), len(score) - 1]
+    tp = np.cumsum(actual)[last]
+    precision = tp / (last + 1)
+    recall = tp / max(actual.sum(), 1)
+    return np.r_[1.0, precision], np.r_[0.0, recall]
+
+
+def summary(scores: Scores, class_names: list[str], threshold: float) -> dict:
+    """Accuracy, precision, recall, F1, ROC AUC, loss, confusion matrix and per-class figures."""
+    actual, prob = scores.actual, scores.probability
+    predicted = (prob >= threshold).astype(int)
+    matrix = np.zeros((2, 2), int)
+    np.add.at(matrix, (actual, predicted), 1)
+    per_class = {}
+    for index, name in enumerate(class_names):
+        tp = int(matrix[index, index])
+        precision = tp / max(matrix[:, index].sum(), 1)
+        recall = tp / max(matrix[index].sum(), 1)
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        per_class[name] = {"precision": round(precision, 6), "recall": round(recall, 6),
+                           "f1": round(f1, 6), "support": int(matrix[index].sum())}
+    fpr, tpr, _ = roc_curve(actual, prob)
+    clipped = np.clip(prob, 1e-7, 1 - 1e-7)
+    loss = -np.mean(actual * np.log(clipped) + (1 - actual) * np.log(1 - clipped))
+    positive = per_class[class_names[1]]
+    return {
+        "images": len(actual), "threshold": threshold, "positive_class": class_names[1],
+        "accuracy": round(float(np.trace(matrix) / max(len(actual), 1)), 6),
+        "precision": positive["precision"], "recall": positive["recall"], "f1": positive["f1"],
+        "roc_auc": round(float(np.trapezoid(tpr, fpr)), 6), "loss": round(float(loss), 6),
+        "confusion_matrix": {"rows_actual_columns_predicted": class_names, "counts": matrix.tolist()},
+        "per_class": per_class,
+    }
+
+
+def predict_test(model, records: Path, image_size: int, batch_size: int) -> Scores:
+    from pipeline import features
+
+    shas, actual, probs = [], [], []
+    for batch in features.dataset(records, "test", image_size).batch(batch_size):
+        probs.append(np.asarray(model(batch["image"], training=False), dtype=np.float64)[:, 0])
+        actual.append(batch["label"].numpy())
+        shas += [s.decode() for s in batch["sha256"].numpy()]
+    if not shas:
+        raise UserError(f"{records / 'meta.json'}: the test split is empty; scrape more images "
+                        "or change split.fractions in params.yaml")
+    return Scores(shas, np.concatenate(actual).astype(int), np.concatenate(probs))
+
+
+def _worst_mistakes(records: Path, image_size: int, scores: Scores, class_names: list[str],
+                    threshold: float, count: int) -> tuple[list[np.ndarray], list[str]]:
+    from pipeline import features
+
+    wrong = (scores.probability >= threshold).astype(int) != scores.actual
+    confidence = np.abs(scores.probability - threshold)
+    chosen = sorted(np.flatnonzero(wrong), key=lambda i: -confidence[i])[:count]
+    wanted = {scores.sha256[i]: i for i in chosen}
+    found: dict[int, np.ndarray] = {}
+    for record in features.dataset(records, "test", image_size):
+        index = wanted.get(record["sha256"].numpy().decode())
+        if index is not None:
+            found[index] = record["image"].numpy()
+    captions = [f"{class_names[scores.actual[i]]} as {class_names[1 - scores.actual[i]]}\n"
+                f"p({class_names[1]}) = {scores.probability[i]:.2f} · {scores.sha256[i][:8]}"
+                for i in chosen]
+    return [found[i] for i in chosen], captions
+
+
+def _write_csv(path: Path, header: list[str], rows) -> None:
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle, lineterminator="\n")
+        writer.writerow(header)
+        writer.writerows(rows)
+
+
+def evaluate(model_path: Path, records: Path, train_reports: Path, out: Path,
+             params: EvaluateParams) -> dict:
+    """Score the test split and write metrics, per-image predictions and plots to ``out``."""
+    import keras
+
+    from pipeline import features, plots
+
+    meta = features.read_meta(records)
+    if not model_path.exists():
+        raise UserError(f"{model_path}: not found; run the train stage first (dvc repro train)")
+    model = keras.models.load_model(model_path, safe_mode=True)
+    names, size = meta["class_names"], meta["image_size"]
+    scores = predict_test(model, records, size, params.batch_size)
+    metrics = summary(scores, names, params.threshold)
+    trained = json.loads((train_reports / "metrics.json").read_text())
+    metrics["best_epoch"] = trained["best_epoch"]
+    metrics["train_val_gap"] = trained["gap"]
+
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+    predicted = (scores.probability >= params.threshold).astype(int)
+    _write_csv(out / "predictions.csv", ["sha256", "actual", "predicted", f"p_{names[1]}"],
+               ((s, names[a], names[p], f"{q:.6f}") for s, a, p, q in
+                zip(scores.sha256, scores.actual, predicted, scores.probability, strict=True)))
+    fpr, tpr, thresholds = roc_curve(scores.actual, scores.probability)
+    _write_csv(out / "roc.csv", ["fpr", "tpr", "threshold"],
+               ((f"{f:.6f}", f"{t:.6f}", f"{min(h, 1.0):.6f}") for f, t, h in
+                zip(fpr, tpr, thresholds, strict=True)))
+    precision, recall = precision_recall_curve(scores.actual, scores.probability)
+    _write_csv(out / "precision_recall.csv", ["recall", "precision"],
+               ((f"{r:.6f}", f"{p:.6f}") for r, p in zip(recall, precision, strict=True)))
+
+    pictures = out / "plots"
+    plots.learning_curves(train_reports / "history.csv", trained["best_epoch"],
+                          pictures / "learning_curves.png")
+    plots.confusion(np.array(metrics["confusion_matrix"]["counts"]), names, pictures / "confusion.png")
+    plots.curve(fpr, tpr, "false positive rate", "true positive rate",
+                f"ROC (AUC {metrics['roc_auc']:.3f})", pictures / "roc.png", diagonal=True)
+    plots.curve(recall, precision, f"recall ({names[1]})", f"precision ({names[1]})",
+                "precision-recall", pictures / "precision_recall.png")
+    images, captions = _worst_mistakes(records, size, scores, names, params.threshold,
+                                       params.worst_mistakes)
+    plots.mistakes(images, captions, pictures / "mistakes.png")
+    return metrics
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", type=Path, default=Path("models/train/model.keras"))
+    parser.add_argument("--records", type=Path, default=Path("data/tfrecords"))
+    parser.add_argument("--train-reports", type=Path, default=Path("reports/train"))
+    parser.add_argument("--out", type=Path, default=Path("reports/evaluate"))
+
+
+def run(args: argparse.Namespace) -> None:
+    metrics = evaluate(args.model, args.records, args.train_reports, args.out,
+                       load_params(args.params).evaluate)
+    logger.info("evaluate: test accuracy %.3f, ROC AUC %.3f, F1 %.3f on %d images; "
+                "reports and plots in %s", metrics["accuracy"], metrics["roc_auc"], metrics["f1"],
+                metrics["images"], args.out)

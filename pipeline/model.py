@@ -1,0 +1,76 @@
+"""The happysad CNN: raw uint8 pixels in, the probability of the second class out.
+
+Scaling to [0, 1] and augmentation are layers of the model, so training,
+evaluation, ``predict`` and the serving export all see the same preprocessing
+(augmentation is active only while training).
+"""
+
+from __future__ import annotations
+
+import keras
+from keras import layers, regularizers
+
+from pipeline.params import AugmentParams, TrainParams
+
+
+def augmentation(params: AugmentParams, seed: int) -> keras.Sequential:
+    steps: list[layers.Layer] = []
+    if params.flip:
+        steps.append(layers.RandomFlip("horizontal", seed=seed))
+    if params.rotation:
+        steps.append(layers.RandomRotation(params.rotation, fill_mode="reflect", seed=seed + 1))
+    if params.zoom:
+        steps.append(layers.RandomZoom(params.zoom, fill_mode="reflect", seed=seed + 2))
+    return keras.Sequential(steps, name="augment")
+
+
+def build_model(params: TrainParams, image_size: int, seed: int, augment: bool = True) -> keras.Model:
+    """The CNN of params.yaml's ``train`` section for ``image_size`` square RGB inputs.
+
+    ``augment=False`` builds the same network without the augmentation block: the
+    model that is saved. Keras' random layers default to ``training=True`` when a
+    model is called as ``model(x)``, so a saved model that kept them would augment
+    the images of anyone who calls it that way.
+    """
+    l2 = regularizers.L2(params.l2) if params.l2 else None
+    inputs = keras.Input((image_size, image_size, 3), dtype="uint8", name="pixels")
+    x = layers.Rescaling(1.0 / 255, name="to_unit_range")(inputs)
+    if augment:
+        x = augmentation(params.augment, seed)(x)
+    for number, filters in enumerate(params.filters, start=1):
+        x = layers.Conv2D(filters, params.kernel_size, padding="same", use_bias=False,
+                          kernel_regularizer=l2, name=f"block{number}_conv")(x)
+        x = layers.BatchNormalization(momentum=params.batchnorm_momentum, name=f"block{number}_bn")(x)
+        x = layers.ReLU(name=f"block{number}_relu")(x)
+        x = layers.MaxPooling2D(name=f"block{number}_pool")(x)
+    x = (layers.GlobalAveragePooling2D(name="pool") if params.head == "global_average"
+         else layers.Flatten(name="flatten"))(x)
+    if params.dense_units:
+        x = layers.Dropout(params.dropout, seed=seed + 3, name="hidden_dropout")(x)
+        x = layers.Dense(params.dense_units, activation="relu", kernel_regularizer=l2, name="hidden")(x)
+    x = layers.Dropout(params.dropout, seed=seed + 4, name="dropout")(x)
+    # float32 output keeps the probabilities exact under mixed precision on a GPU.
+    outputs = layers.Dense(1, activation="sigmoid", kernel_regularizer=l2, dtype="float32",
+                           name="probability")(x)
+    return keras.Model(inputs, outputs, name="happysad_cnn")
+
+
+def without_augmentation(model: keras.Model, params: TrainParams, image_size: int) -> keras.Model:
+    """The trained weights in a float32 model with no augmentation block, for saving."""
+    keras.mixed_precision.set_global_policy("float32")  # a GPU run computed in float16
+    inference = build_model(params, image_size, seed=0, augment=False)
+    for layer in inference.layers:
+        if layer.weights:
+            layer.set_weights(model.get_layer(layer.name).get_weights())
+    return inference
+
+
+def metrics() -> list[keras.metrics.Metric]:
+    return [keras.metrics.BinaryAccuracy(name="accuracy"), keras.metrics.Precision(name="precision"),
+            keras.metrics.Recall(name="recall"), keras.metrics.AUC(name="auc")]
+
+
+def compile_model(model: keras.Model, learning_rate: float) -> keras.Model:
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate),
+                  loss=keras.losses.BinaryCrossentropy(), metrics=metrics())
+    return model

@@ -1,0 +1,74 @@
+"""The PNG plots of training and evaluation (Matplotlib, no display needed)."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; never a window
+import matplotlib.pyplot as plt  # noqa: E402 - after choosing the backend
+import numpy as np  # noqa: E402
+
+
+def _save(fig: plt.Figure, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110, metadata={"Software": None})  # no version stamp: same bytes each run
+    plt.close(fig)
+
+
+def learning_curves(history_csv: Path, best_epoch: int, path: Path) -> None:
+    """Loss and accuracy per epoch for train and val, with the kept epoch marked."""
+    with history_csv.open() as handle:
+        rows = list(csv.DictReader(handle))
+    epochs = [int(r["epoch"]) for r in rows]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for axis, metric in zip(axes, ("loss", "accuracy"), strict=True):
+        axis.plot(epochs, [float(r[metric]) for r in rows], "o-", label="train (augmented)")
+        axis.plot(epochs, [float(r[f"val_{metric}"]) for r in rows], "o-", label="val")
+        axis.axvline(best_epoch, color="grey", linestyle="--", label=f"kept: epoch {best_epoch}")
+        axis.set(xlabel="epoch", ylabel=metric, title=metric)
+        axis.grid(alpha=0.3)
+        axis.legend()
+    _save(fig, path)
+
+
+def confusion(matrix: np.ndarray, class_names: list[str], path: Path) -> None:
+    fig, axis = plt.subplots(figsize=(4.5, 4))
+    axis.imshow(matrix, cmap="Blues")
+    for (i, j), count in np.ndenumerate(matrix):
+        axis.text(j, i, str(count), ha="center", va="center",
+                  color="white" if count > matrix.max() / 2 else "black", fontsize=14)
+    axis.set(xticks=range(len(class_names)), yticks=range(len(class_names)),
+             xticklabels=class_names, yticklabels=class_names, xlabel="predicted", ylabel="actual",
+             title="test confusion matrix")
+    _save(fig, path)
+
+
+def curve(x: np.ndarray, y: np.ndarray, xlabel: str, ylabel: str, title: str, path: Path,
+          diagonal: bool = False) -> None:
+    fig, axis = plt.subplots(figsize=(4.5, 4))
+    axis.plot(x, y, lw=2)
+    if diagonal:
+        axis.plot([0, 1], [0, 1], "--", color="grey", label="chance")
+        axis.legend(loc="lower right")
+    axis.set(xlabel=xlabel, ylabel=ylabel, title=title, xlim=(0, 1), ylim=(0, 1.02))
+    axis.grid(alpha=0.3)
+    _save(fig, path)
+
+
+def mistakes(images: list[np.ndarray], captions: list[str], path: Path) -> None:
+    """A grid of the most confident wrong predictions (or a note that there were none)."""
+    columns = min(4, max(len(images), 1))
+    rows = max(1, -(-len(images) // columns))
+    fig, axes = plt.subplots(rows, columns, figsize=(3 * columns, 3.3 * rows), squeeze=False)
+    for axis in axes.flat:
+        axis.axis("off")
+    for axis, image, caption in zip(axes.flat, images, captions, strict=False):
+        axis.imshow(image)
+        axis.set_title(caption, fontsize=9)
+    if not images:
+        axes[0, 0].text(0.5, 0.5, "no mistakes on the test split", ha="center", va="center")
+    _save(fig, path)

@@ -1,0 +1,204 @@
+"""The train stage: fit the CNN on the train split, early-stopping on val, and keep the best epoch.
+
+Outputs: ``models/train/model.keras`` (best weights), ``reports/train/history.csv``
+(one row per epoch, for DVC plots), ``reports/train/metrics.json`` (train and val
+figures of the best model, measured without augmentation or dropout, and their
+gap: the overfitting signal) and TensorBoard logs. An interrupted run resumes
+from its last finished epoch (Keras' BackupAndRestore, kept under
+``models/.backup/`` and keyed by params and data).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+import json
+import logging
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from pipeline.errors import UserError
+from pipeline.params import TrainParams, load_params
+
+logger = logging.getLogger(__name__)
+METRICS = ("loss", "accuracy", "precision", "recall", "auc")
+
+
+@dataclass(frozen=True)
+class TrainReport:
+    best_epoch: int  # 1-based
+    epochs_run: int
+    train: dict[str, float]
+    val: dict[str, float]
+    gap: dict[str, float]
+    images_per_second: float
+    device: str
+
+
+def configure_runtime(seed: int) -> str:
+    """Seeds everything; deterministic ops on CPU, mixed precision on a GPU. Returns the device."""
+    import keras
+    import tensorflow as tf
+
+    keras.utils.set_random_seed(seed)
+    if tf.config.list_physical_devices("GPU"):
+        keras.mixed_precision.set_global_policy("mixed_float16")
+        return "GPU (mixed float16)"
+    keras.mixed_precision.set_global_policy("float32")
+    tf.config.experimental.enable_op_determinism()
+    return "CPU (deterministic)"
+
+
+def _inputs(records: Path, meta: dict, params: TrainParams, seed: int):
+    import tensorflow as tf
+
+    from pipeline import features
+
+    size, counts = meta["image_size"], meta["counts"]
+    for split_name in ("train", "val"):
+        if not sum(counts[split_name].values()):
+            raise UserError(f"{records / 'meta.json'}: the {split_name} split is empty; scrape more "
+                            "images or change split.fractions in params.yaml")
+    train_images = sum(counts["train"].values())
+    train = features.labelled(records, "train", size)
+    if train_images * size * size * 3 <= params.cache_max_mb * 2**20:
+        train = train.cache()  # decoded once; later epochs read memory
+    train = (train.shuffle(min(params.shuffle_buffer, train_images), seed=seed,
+                           reshuffle_each_iteration=True)
+             .batch(params.batch_size).prefetch(tf.data.AUTOTUNE))
+    val = features.labelled(records, "val", size).batch(params.batch_size).cache()
+    return train, val.prefetch(tf.data.AUTOTUNE)
+
+
+def class_weights(counts: dict[str, int], class_names: list[str], mode: str) -> dict[int, float] | None:
+    """Balanced weights n / (classes * n_c), so each class adds the same total to the loss."""
+    if mode == "none":
+        return None
+    total = sum(counts.values())
+    return {i: total / (len(class_names) * max(counts.get(name, 0), 1))
+            for i, name in enumerate(class_names)}
+
+
+def _backup_dir(model_dir: Path, records: Path, params: TrainParams, seed: int) -> Path:
+    key = hashlib.sha256(json.dumps([params.model_dump(), seed, (records / "meta.json").read_text()],
+                                    sort_keys=True).encode()).hexdigest()[:16]
+    return model_dir.parent / ".backup" / f"train-{key}"
+
+
+def _epoch_log(path: Path):
+    """A callback keeping one row per epoch in ``path``, across a resumed run."""
+    import keras
+
+    class EpochLog(keras.callbacks.Callback):
+        def on_train_begin(self, logs: dict | None = None) -> None:
+            self.rows = json.loads(path.read_text()) if path.exists() else []
+            self.started = time.perf_counter()
+
+        def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+            row = {"epoch": epoch + 1, **{k: float(v) for k, v in (logs or {}).items()}}
+            row["learning_rate"] = float(self.model.optimizer.learning_rate.numpy())
+            self.rows = [r for r in self.rows if r["epoch"] <= epoch] + [row]
+            path.write_text(json.dumps(self.rows))
+            logger.info("epoch %d: %s", epoch + 1, ", ".join(
+                f"{k} {v:.4g}" for k, v in row.items() if k != "epoch"))
+
+    return EpochLog()
+
+
+def _write_history(rows: list[dict], path: Path) -> None:
+    columns = ["epoch", *[m for m in METRICS if m in rows[0]],
+               *[f"val_{m}" for m in METRICS if f"val_{m}" in rows[0]], "learning_rate"]
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, columns, extrasaction="ignore", lineterminator="\n")
+        writer.writeheader()
+        writer.writerows({k: (r[k] if k == "epoch" else round(r[k], 6)) for k in columns} for r in rows)
+
+
+def train(records: Path, model_dir: Path, reports_dir: Path, params: TrainParams,
+          seed: int) -> TrainReport:
+    """Fit, keep the best epoch by val_loss, and write the model, history and metrics."""
+    import keras
+
+    from pipeline import features
+    from pipeline.model import build_model, compile_model, without_augmentation
+
+    meta = features.read_meta(records)
+    device = configure_runtime(seed)
+    train_data, val_data = _inputs(records, meta, params, seed)
+    backup = _backup_dir(model_dir, records, params, seed)
+    backup.mkdir(parents=True, exist_ok=True)
+    best_path, log_path = backup / "best.keras", backup / "epochs.json"
+    model = compile_model(build_model(params, meta["image_size"], seed), params.learning_rate)
+    logger.info("training %s parameters on %s: %s", f"{model.count_params():,}", device,
+                meta["counts"]["train"])
+    callbacks = [
+        keras.callbacks.BackupAndRestore(str(backup / "state")),
+        keras.callbacks.ModelCheckpoint(str(best_path), monitor="val_loss", save_best_only=True),
+        keras.callbacks.EarlyStopping(monitor="val_loss", patience=params.early_stopping_patience,
+                                      restore_best_weights=True),
+        keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=params.reduce_lr_factor,
+                                          patience=params.reduce_lr_patience,
+                                          min_lr=params.min_learning_rate),
+        keras.callbacks.TensorBoard(str(reports_dir / "tensorboard"), write_graph=False),
+        _epoch_log(log_path),
+    ]
+    train_count = sum(meta["counts"]["train"].values())
+    started = time.perf_counter()
+    model.fit(train_data, validation_data=val_data, epochs=params.epochs, callbacks=callbacks,
+              class_weight=class_weights(meta["counts"]["train"], meta["class_names"],
+                                         params.class_weight),
+              shuffle=False, verbose=1 if sys.stdout.isatty() else 0)  # tf.data shuffles
+    seconds = time.perf_counter() - started
+    rows = json.loads(log_path.read_text())
+    best = min(rows, key=lambda r: (r["val_loss"], r["epoch"]))
+    model.load_weights(best_path)  # the best epoch, also when training ran to the last one
+
+    # Figures of the best model in inference mode (no augmentation or dropout), so the
+    # train-val gap measures overfitting rather than the cost of regularisation.
+    train_eval = features.labelled(records, "train", meta["image_size"]).batch(params.batch_size)
+    on_train = model.evaluate(train_eval, return_dict=True, verbose=0)
+    on_val = model.evaluate(val_data, return_dict=True, verbose=0)
+    figures = {name: {m: round(float(d[m]), 6) for m in METRICS} for name, d in
+               (("train", on_train), ("val", on_val))}
+    gap = {"accuracy": round(figures["train"]["accuracy"] - figures["val"]["accuracy"], 6),
+           "loss": round(figures["val"]["loss"] - figures["train"]["loss"], 6),
+           "auc": round(figures["train"]["auc"] - figures["val"]["auc"], 6)}
+    report = TrainReport(best_epoch=best["epoch"], epochs_run=len(rows), train=figures["train"],
+                         val=figures["val"], gap=gap,
+                         images_per_second=train_count * (len(rows)) / seconds, device=device)
+    inference = compile_model(without_augmentation(model, params, meta["image_size"]),
+                              params.learning_rate)
+    _save(inference, meta, model_dir)
+    reports_dir.mkdir(parents=True, exist_ok=True)
+    _write_history(rows, reports_dir / "history.csv")
+    metrics = {k: v for k, v in asdict(report).items() if k not in ("images_per_second", "device")}
+    (reports_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+    shutil.rmtree(backup, ignore_errors=True)  # finished: nothing left to resume
+    return report
+
+
+def _save(model, meta: dict, model_dir: Path) -> None:
+    """The model, and the input contract that predict and the model card read beside it."""
+    model_dir.mkdir(parents=True, exist_ok=True)
+    model.save(model_dir / "model.keras")
+    contract = {k: meta[k] for k in ("image_size", "channels", "class_names", "resize", "pixels")}
+    (model_dir / "input.json").write_text(json.dumps(contract, indent=2, sort_keys=True) + "\n")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--records", type=Path, default=Path("data/tfrecords"))
+    parser.add_argument("--models", type=Path, default=Path("models/train"))
+    parser.add_argument("--reports", type=Path, default=Path("reports/train"))
+
+
+def run(args: argparse.Namespace) -> None:
+    params = load_params(args.params)
+    report = train(args.records, args.models, args.reports, params.train, params.seed)
+    logger.info("train: best epoch %d of %d on %s (%.1f images/s); val accuracy %.3f, "
+                "train-val accuracy gap %.3f; model in %s", report.best_epoch, report.epochs_run,
+                report.device, report.images_per_second, report.val["accuracy"],
+                report.gap["accuracy"], args.models / "model.keras")

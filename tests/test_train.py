@@ -1,0 +1,190 @@
+"""train, evaluate, save and predict on the tiny demo crawl at 32 px."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from pipeline.params import Params, TrainParams
+from tests.conftest import REPO
+
+
+def test_model_has_the_shapes_params_ask_for(tiny_train_params: TrainParams) -> None:
+    import keras
+
+    from pipeline.model import build_model
+
+    params = tiny_train_params.model_copy(update={"filters": [4, 8, 16], "kernel_size": 5})
+    model = build_model(params, 64, seed=1)
+    convs = [la for la in model.layers if isinstance(la, keras.layers.Conv2D)]
+    norms = [la for la in model.layers if isinstance(la, keras.layers.BatchNormalization)]
+    assert [c.filters for c in convs] == [4, 8, 16] and convs[0].kernel_size == (5, 5)
+    assert all(n.momentum == params.batchnorm_momentum for n in norms) and len(norms) == 3
+    assert model.input.dtype == "uint8" and tuple(model.input.shape) == (None, 64, 64, 3)
+    assert tuple(model.output.shape) == (None, 1)
+    assert [la.name for la in model.get_layer("augment").layers] == [
+        "random_flip", "random_rotation", "random_zoom"]
+    # inference leaves pixels alone: the same image gives the same probability twice
+    pixels = np.random.default_rng(0).integers(0, 256, (2, 64, 64, 3), dtype=np.uint8)
+    assert np.array_equal(model(pixels, training=False), model(pixels, training=False))
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_records: Path, tiny_train_params: TrainParams, tmp_path_factory) -> Path:
+    from pipeline.train import train
+
+    work = tmp_path_factory.mktemp("trained")
+    train(tiny_records, work / "models" / "train", work / "reports" / "train", tiny_train_params, seed=5)
+    return work
+
+
+def test_training_writes_model_history_and_metrics(trained: Path) -> None:
+    assert (trained / "models" / "train" / "model.keras").stat().st_size > 0
+    contract = json.loads((trained / "models" / "train" / "input.json").read_text())
+    assert contract["image_size"] == 32 and contract["class_names"] == ["happy", "sad"]
+    with (trained / "reports" / "train" / "history.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert [r["epoch"] for r in rows] == ["1", "2"]
+    assert {"loss", "val_loss", "accuracy", "val_accuracy", "learning_rate"} <= set(rows[0])
+    metrics = json.loads((trained / "reports" / "train" / "metrics.json").read_text())
+    assert metrics["epochs_run"] == 2 and metrics["best_epoch"] in (1, 2)
+    assert metrics["gap"]["accuracy"] == pytest.approx(
+        metrics["train"]["accuracy"] - metrics["val"]["accuracy"], abs=1e-5)
+    assert not (trained / "models" / ".backup").exists() or not any(
+        (trained / "models" / ".backup").iterdir())  # finished: no resume state left
+
+
+def test_same_seed_gives_identical_weights(tiny_records: Path, tiny_train_params: TrainParams,
+                                           trained: Path, tmp_path: Path) -> None:
+    import keras
+
+    from pipeline.train import train
+
+    train(tiny_records, tmp_path / "m", tmp_path / "r", tiny_train_params, seed=5)
+    first = keras.models.load_model(trained / "models" / "train" / "model.keras").get_weights()
+    again = keras.models.load_model(tmp_path / "m" / "model.keras").get_weights()
+    assert all(np.array_equal(a, b) for a, b in zip(first, again, strict=True))
+    train(tiny_records, tmp_path / "m6", tmp_path / "r6", tiny_train_params, seed=6)
+    other = keras.models.load_model(tmp_path / "m6" / "model.keras").get_weights()
+    assert not all(np.array_equal(a, b) for a, b in zip(first, other, strict=True))
+
+
+def test_the_saved_model_never_augments(trained: Path) -> None:
+    import keras
+
+    model = keras.models.load_model(trained / "models" / "train" / "model.keras", safe_mode=True)
+    assert "augment" not in [layer.name for layer in model.layers]
+    pixels = np.random.default_rng(1).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
+    assert np.array_equal(model(pixels), model(pixels, training=False))  # however it is called
+
+
+def _split_ids(records: Path, split: str) -> set[str]:
+    from pipeline import features
+
+    return {r["sha256"].numpy().decode() for r in features.dataset(records, split, 32)}
+
+
+def test_evaluation_reads_the_test_split_only(trained: Path, tiny_records: Path,
+                                              repo_params: Params) -> None:
+    from pipeline.evaluate import evaluate
+
+    out = trained / "reports" / "evaluate"
+    metrics = evaluate(trained / "models" / "train" / "model.keras", tiny_records,
+                       trained / "reports" / "train", out, repo_params.evaluate)
+    with (out / "predictions.csv").open() as handle:
+        evaluated = {r["sha256"] for r in csv.DictReader(handle)}
+    assert evaluated == _split_ids(tiny_records, "test")
+    assert not evaluated & (_split_ids(tiny_records, "train") | _split_ids(tiny_records, "val"))
+    assert metrics["images"] == len(evaluated)
+    assert sum(map(sum, metrics["confusion_matrix"]["counts"])) == len(evaluated)
+    for name in ("learning_curves", "confusion", "roc", "precision_recall", "mistakes"):
+        assert (out / "plots" / f"{name}.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_metrics_match_a_hand_count() -> None:
+    from pipeline.evaluate import Scores, roc_curve, summary
+
+    scores = Scores(["a", "b", "c", "d", "e"], np.array([0, 0, 1, 1, 1]),
+                    np.array([0.1, 0.6, 0.4, 0.8, 0.9]))
+    m = summary(scores, ["happy", "sad"], 0.5)
+    assert m["confusion_matrix"]["counts"] == [[1, 1], [1, 2]]
+    assert m["accuracy"] == pytest.approx(3 / 5) and m["precision"] == pytest.approx(2 / 3)
+    assert m["recall"] == pytest.approx(2 / 3) and m["roc_auc"] == pytest.approx(5 / 6)
+    fpr, tpr, _ = roc_curve(np.array([1, 0, 1]), np.array([0.5, 0.5, 0.2]))  # a tie counts once
+    assert fpr.tolist() == [0.0, 1.0, 1.0] and tpr.tolist() == [0.0, 0.5, 1.0]
+
+
+@pytest.fixture(scope="module")
+def saved(trained: Path, tiny_records: Path, repo_params: Params) -> Path:
+    from pipeline.evaluate import evaluate
+    from pipeline.save import save
+
+    if not (trained / "reports" / "evaluate" / "metrics.json").exists():
+        evaluate(trained / "models" / "train" / "model.keras", tiny_records,
+                 trained / "reports" / "train", trained / "reports" / "evaluate", repo_params.evaluate)
+    save(trained / "models" / "train" / "model.keras", tiny_records,
+         trained / "reports" / "evaluate" / "metrics.json", REPO / "params.yaml",
+         trained / "dvc.lock", trained / "models")
+    return trained / "models"
+
+
+def test_saved_model_and_export_predict_what_the_trained_one_does(saved: Path, trained: Path,
+                                                                  tiny_records: Path) -> None:
+    import keras
+    import tensorflow as tf
+
+    from pipeline import features
+
+    images = np.stack([r["image"].numpy() for r in features.dataset(tiny_records, "test", 32)])
+    in_memory = keras.models.load_model(trained / "models" / "train" / "model.keras")(images)
+    shipped = keras.models.load_model(saved / "model.keras", safe_mode=True)(images)
+    export = tf.saved_model.load(str(saved / "serving"))  # keep a reference: it owns the variables
+    served = export.serve(tf.constant(images))
+    np.testing.assert_allclose(shipped, in_memory, rtol=0, atol=0)
+    np.testing.assert_allclose(served, in_memory, atol=1e-6)
+    card = json.loads((saved / "model_card.json").read_text())
+    assert card["input"]["class_names"] == ["happy", "sad"] and card["metrics"]["images"] == len(images)
+    assert "no dvc.lock" in card["data_version"]["source"]
+    assert "| accuracy |" in (saved / "model_card.md").read_text()
+
+
+def test_predict_reports_a_corrupt_file_and_labels_the_rest(saved: Path, tiny_raw: Path,
+                                                            tiny_records: Path, tmp_path: Path) -> None:
+    import keras
+
+    from pipeline.images import square_rgb
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    kept = {json.loads(line)["file"] for line in
+            (tiny_records.parent / "clean" / "images.jsonl").read_text().splitlines()}
+    goods = sorted(tiny_raw / f for f in kept if f.endswith(".jpg"))[:3]
+    for good in goods:
+        shutil.copy(good, folder / good.name)
+    (folder / "broken.jpg").write_bytes(goods[0].read_bytes()[:300])
+    (folder / "notes.txt").write_text("not an image, and not picked from a folder")
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["clean"]["min_side"] = 32  # the tiny site's faces are 48-80 px
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    result = subprocess.run([sys.executable, "-m", "pipeline", "--params", str(tmp_path / "params.yaml"),
+                             "predict", str(folder), "--model-dir", str(saved)],
+                            cwd=REPO, capture_output=True, text=True)
+    assert result.returncode == 1
+    errors = [line for line in result.stderr.splitlines() if line.startswith("happysad predict:")]
+    assert len(errors) == 1 and "broken.jpg" in errors[0] and "Traceback" not in result.stderr
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert sorted(Path(p["path"]).name for p in lines) == sorted(g.name for g in goods)
+    model = keras.models.load_model(saved / "model.keras")
+    for line in lines:
+        p_sad = float(model(square_rgb(Path(line["path"]).read_bytes(), 32, "pad")[None])[0, 0])
+        assert line["probabilities"]["sad"] == pytest.approx(p_sad, abs=1e-5)
+        assert line["label"] == ("sad" if p_sad >= 0.5 else "happy")
+        assert line["probability"] == pytest.approx(max(p_sad, 1 - p_sad), abs=1e-5)
