@@ -23,6 +23,9 @@ run: setup
 	@echo "Crawl report: reports/scrape/metrics.json, failed links: reports/scrape/errors.jsonl"
 	@echo "Kept and rejected images: data/clean/ (report.json); splits: data/split/"
 	@echo "Training records: data/tfrecords/ (meta.json); all metrics: uv run dvc metrics show"
+	@echo "Model: models/model.keras, serving export models/serving/, card models/model_card.md"
+	@echo "Test metrics: reports/evaluate/metrics.json; plots: reports/evaluate/plots/*.png"
+	@echo "Label your own images: uv run happysad predict PATH..."
 	@echo "The demo site that was crawled: data/demo_site/ (ground_truth.json lists its planted faults)"
 
 lint: setup

@@ -2,6 +2,6 @@
 
 import sys
 
-from bench import crawl, data_stages
+from bench import crawl, data_stages, model
 
-sys.exit(crawl.main([]) or data_stages.main([]))
+sys.exit(crawl.main([]) or data_stages.main([]) or model.main([]))

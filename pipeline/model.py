@@ -13,7 +13,8 @@ from keras import layers, regularizers
 from pipeline.params import AugmentParams, TrainParams
 
 
-def augmentation(params: AugmentParams, seed: int) -> keras.Sequential:
+def augmentation(params: AugmentParams, seed: int) -> keras.Sequential | None:
+    """Random flips, rotations and zooms, active only while training; None if all are off."""
     steps: list[layers.Layer] = []
     if params.flip:
         steps.append(layers.RandomFlip("horizontal", seed=seed))
@@ -21,7 +22,7 @@ def augmentation(params: AugmentParams, seed: int) -> keras.Sequential:
         steps.append(layers.RandomRotation(params.rotation, fill_mode="reflect", seed=seed + 1))
     if params.zoom:
         steps.append(layers.RandomZoom(params.zoom, fill_mode="reflect", seed=seed + 2))
-    return keras.Sequential(steps, name="augment")
+    return keras.Sequential(steps, name="augment") if steps else None
 
 
 def build_model(params: TrainParams, image_size: int, seed: int, augment: bool = True) -> keras.Model:
@@ -35,8 +36,9 @@ def build_model(params: TrainParams, image_size: int, seed: int, augment: bool =
     l2 = regularizers.L2(params.l2) if params.l2 else None
     inputs = keras.Input((image_size, image_size, 3), dtype="uint8", name="pixels")
     x = layers.Rescaling(1.0 / 255, name="to_unit_range")(inputs)
-    if augment:
-        x = augmentation(params.augment, seed)(x)
+    steps = augmentation(params.augment, seed) if augment else None
+    if steps is not None:
+        x = steps(x)
     for number, filters in enumerate(params.filters, start=1):
         x = layers.Conv2D(filters, params.kernel_size, padding="same", use_bias=False,
                           kernel_regularizer=l2, name=f"block{number}_conv")(x)

@@ -64,13 +64,17 @@ def _inputs(records: Path, meta: dict, params: TrainParams, seed: int):
             raise UserError(f"{records / 'meta.json'}: the {split_name} split is empty; scrape more "
                             "images or change split.fractions in params.yaml")
     train_images = sum(counts["train"].values())
-    train = features.labelled(records, "train", size)
+    # Known cardinality: Keras then knows an epoch's length from the start (no "ran out of data").
+    train = features.labelled(records, "train", size).apply(
+        tf.data.experimental.assert_cardinality(train_images))
     if train_images * size * size * 3 <= params.cache_max_mb * 2**20:
         train = train.cache()  # decoded once; later epochs read memory
     train = (train.shuffle(min(params.shuffle_buffer, train_images), seed=seed,
                            reshuffle_each_iteration=True)
              .batch(params.batch_size).prefetch(tf.data.AUTOTUNE))
-    val = features.labelled(records, "val", size).batch(params.batch_size).cache()
+    val = (features.labelled(records, "val", size)
+           .apply(tf.data.experimental.assert_cardinality(sum(counts["val"].values())))
+           .batch(params.batch_size).cache())
     return train, val.prefetch(tf.data.AUTOTUNE)
 
 
