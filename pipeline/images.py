@@ -8,8 +8,8 @@ import math
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 
-import cv2
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
@@ -78,12 +78,20 @@ RESIZE_POLICIES = ("pad", "crop", "stretch")
 ENCODINGS = ("jpeg", "png")
 
 
+def _cv2() -> ModuleType:
+    """OpenCV, imported where pixels are resized or encoded: clean's workers never load it."""
+    import cv2
+
+    return cv2
+
+
 def _resized(pixels: np.ndarray, width: int, height: int) -> np.ndarray:
     """Area averaging when shrinking 2x or more (where bilinear would alias), else bilinear.
 
     JPEGs arrive here already DCT-scaled to within 2x of the target (see decode_rgb).
     """
     shrinking = 2 * width <= pixels.shape[1] and 2 * height <= pixels.shape[0]
+    cv2 = _cv2()
     return cv2.resize(pixels, (width, height),
                       interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
 
@@ -114,7 +122,7 @@ def square_rgb(data: bytes, size: int, policy: str, threads: int | None = None) 
     ``threads=1`` in worker processes, whose parallelism is the processes themselves.
     """
     if threads is not None:
-        cv2.setNumThreads(threads)
+        _cv2().setNumThreads(threads)
     return resize_square(decode_rgb(data, (size, policy)), size, policy)
 
 
@@ -149,6 +157,7 @@ def encoded_square(job: SquareJob) -> bytes:
 
 def encode(pixels: np.ndarray, encoding: str, jpeg_quality: int = 95) -> bytes:
     """RGB uint8 pixels as JPEG or PNG bytes (deterministic: same pixels, same bytes)."""
+    cv2 = _cv2()
     bgr = cv2.cvtColor(pixels, cv2.COLOR_RGB2BGR)
     if encoding == "jpeg":
         ok, buf = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality])
