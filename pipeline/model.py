@@ -40,10 +40,12 @@ def build_model(params: TrainParams, image_size: int, seed: int, augment: bool =
     if steps is not None:
         x = steps(x)
     for number, filters in enumerate(params.filters, start=1):
-        x = layers.Conv2D(filters, params.kernel_size, padding="same", use_bias=False,
-                          kernel_regularizer=l2, name=f"block{number}_conv")(x)
-        x = layers.BatchNormalization(momentum=params.batchnorm_momentum, name=f"block{number}_bn")(x)
-        x = layers.ReLU(name=f"block{number}_relu")(x)
+        for conv in range(1, params.convs_per_block + 1):
+            name = f"block{number}" + (f"_{conv}" if params.convs_per_block > 1 else "")
+            x = layers.Conv2D(filters, params.kernel_size, padding="same", use_bias=False,
+                              kernel_regularizer=l2, name=f"{name}_conv")(x)
+            x = layers.BatchNormalization(momentum=params.batchnorm_momentum, name=f"{name}_bn")(x)
+            x = layers.ReLU(name=f"{name}_relu")(x)
         x = layers.MaxPooling2D(name=f"block{number}_pool")(x)
     x = (layers.GlobalAveragePooling2D(name="pool") if params.head == "global_average"
          else layers.Flatten(name="flatten"))(x)

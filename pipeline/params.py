@@ -156,6 +156,7 @@ class AugmentParams(_Section):
 
 class TrainParams(_Section):
     filters: Annotated[list[Positive], Field(min_length=1, max_length=8)]
+    convs_per_block: Annotated[int, Field(ge=1, le=4)]
     kernel_size: Annotated[int, Field(ge=1, le=11)]
     batchnorm_momentum: Annotated[float, Field(gt=0.0, lt=1.0)]
     head: Literal["global_average", "flatten"]

@@ -7,6 +7,7 @@ import json
 import multiprocessing
 import os
 import shutil
+import statistics
 import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -55,12 +56,16 @@ def parallel_map(fn: Callable[[Job], Result], jobs: list[Job], workers: int,
     with tqdm(total=len(jobs), desc=desc, unit="img", disable=None) as bar:
         done = 0
         if not workers:
-            started = time.perf_counter()
+            took = []
             for job in jobs[:_PROBE_JOBS]:
-                yield fn(job)
+                started = time.perf_counter()
+                result = fn(job)
+                took.append(time.perf_counter() - started)
+                yield result
                 bar.update()
-            done = min(len(jobs), _PROBE_JOBS)
-            rest_s = (time.perf_counter() - started) / max(done, 1) * (len(jobs) - done)
+            done = len(took)
+            # the median, not the mean: the first job also pays for lazy imports
+            rest_s = (statistics.median(took) if took else 0.0) * (len(jobs) - done)
             workers = (os.cpu_count() or 1) if rest_s > _WORTH_SPAWNING_S else 1
         rest = jobs[done:]
         if workers == 1 or len(rest) < 2:

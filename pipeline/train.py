@@ -152,7 +152,7 @@ def train(records: Path, model_dir: Path, reports_dir: Path, params: TrainParams
     ]
     train_count = sum(meta["counts"]["train"].values())
     started = time.perf_counter()
-    model.fit(train_data, validation_data=val_data, epochs=params.epochs, callbacks=callbacks,
+    fitted = model.fit(train_data, validation_data=val_data, epochs=params.epochs, callbacks=callbacks,
               class_weight=class_weights(meta["counts"]["train"], meta["class_names"],
                                          params.class_weight),
               shuffle=False, verbose=1 if sys.stdout.isatty() else 0)  # tf.data shuffles
@@ -173,7 +173,7 @@ def train(records: Path, model_dir: Path, reports_dir: Path, params: TrainParams
            "auc": round(figures["train"]["auc"] - figures["val"]["auc"], 6)}
     report = TrainReport(best_epoch=best["epoch"], epochs_run=len(rows), train=figures["train"],
                          val=figures["val"], gap=gap,
-                         images_per_second=train_count * (len(rows)) / seconds, device=device)
+                         images_per_second=train_count * len(fitted.epoch) / seconds, device=device)
     inference = compile_model(without_augmentation(model, params, meta["image_size"]),
                               params.learning_rate)
     _save(inference, meta, model_dir)

@@ -22,12 +22,15 @@ def test_model_has_the_shapes_params_ask_for(tiny_train_params: TrainParams) -> 
 
     from pipeline.model import build_model
 
-    params = tiny_train_params.model_copy(update={"filters": [4, 8, 16], "kernel_size": 5})
+    params = tiny_train_params.model_copy(update={"filters": [4, 8, 16], "kernel_size": 5,
+                                                  "convs_per_block": 2})
     model = build_model(params, 64, seed=1)
     convs = [la for la in model.layers if isinstance(la, keras.layers.Conv2D)]
     norms = [la for la in model.layers if isinstance(la, keras.layers.BatchNormalization)]
-    assert [c.filters for c in convs] == [4, 8, 16] and convs[0].kernel_size == (5, 5)
-    assert all(n.momentum == params.batchnorm_momentum for n in norms) and len(norms) == 3
+    pools = [la for la in model.layers if isinstance(la, keras.layers.MaxPooling2D)]
+    assert [c.filters for c in convs] == [4, 4, 8, 8, 16, 16] and convs[0].kernel_size == (5, 5)
+    assert all(n.momentum == params.batchnorm_momentum for n in norms) and len(norms) == 6
+    assert len(pools) == 3
     assert model.input.dtype == "uint8" and tuple(model.input.shape) == (None, 64, 64, 3)
     assert tuple(model.output.shape) == (None, 1)
     assert [la.name for la in model.get_layer("augment").layers] == [
