@@ -139,9 +139,13 @@ def train(records: Path, model_dir: Path, reports_dir: Path, params: TrainParams
     model = compile_model(build_model(params, meta["image_size"], seed), params.learning_rate)
     logger.info("training %s parameters on %s: %s", f"{model.count_params():,}", device,
                 meta["counts"]["train"])
+    # A resumed run keeps the best epoch it already has unless a new one beats it.
+    done = json.loads(log_path.read_text()) if log_path.exists() else []
     callbacks = [
         keras.callbacks.BackupAndRestore(str(backup / "state")),
-        keras.callbacks.ModelCheckpoint(str(best_path), monitor="val_loss", save_best_only=True),
+        keras.callbacks.ModelCheckpoint(str(best_path), monitor="val_loss", save_best_only=True,
+                                        initial_value_threshold=min(
+                                            (r["val_loss"] for r in done), default=None)),
         keras.callbacks.EarlyStopping(monitor="val_loss", patience=params.early_stopping_patience,
                                       restore_best_weights=True),
         keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=params.reduce_lr_factor,

@@ -191,3 +191,40 @@ def test_predict_reports_a_corrupt_file_and_labels_the_rest(saved: Path, tiny_ra
         assert line["probabilities"]["sad"] == pytest.approx(p_sad, abs=1e-5)
         assert line["label"] == ("sad" if p_sad >= 0.5 else "happy")
         assert line["probability"] == pytest.approx(max(p_sad, 1 - p_sad), abs=1e-5)
+
+
+def test_an_interrupted_training_resumes_from_its_last_epoch(
+        tiny_records: Path, tiny_train_params: TrainParams, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    import keras
+
+    from pipeline import train as train_module
+
+    real_log = train_module._epoch_log
+
+    def crashing_log(path: Path) -> keras.callbacks.Callback:
+        callback = real_log(path)
+        original = callback.on_epoch_end
+
+        def on_epoch_end(epoch: int, logs: dict | None = None) -> None:
+            original(epoch, logs)
+            raise KeyboardInterrupt  # as if the user pressed Ctrl-C after epoch 1
+
+        callback.on_epoch_end = on_epoch_end
+        return callback
+
+    params = tiny_train_params.model_copy(update={"epochs": 3, "early_stopping_patience": 5})
+    monkeypatch.setattr(train_module, "_epoch_log", crashing_log)
+    with pytest.raises(KeyboardInterrupt):
+        train_module.train(tiny_records, tmp_path / "models" / "train", tmp_path / "r", params, seed=5)
+    assert not (tmp_path / "models" / "train" / "model.keras").exists()
+    assert list((tmp_path / "models" / ".backup").iterdir())  # resume state kept
+    monkeypatch.setattr(train_module, "_epoch_log", real_log)
+    with caplog.at_level("INFO", logger="pipeline.train"):
+        report = train_module.train(tiny_records, tmp_path / "models" / "train", tmp_path / "r",
+                                    params, seed=5)
+    fitted = [r.getMessage().split(":")[0] for r in caplog.records if r.getMessage().startswith("epoch")]
+    assert fitted == ["epoch 2", "epoch 3"]  # epoch 1 was not trained again
+    assert report.epochs_run == 3
+    with (tmp_path / "r" / "history.csv").open() as handle:
+        assert [row["epoch"] for row in csv.DictReader(handle)] == ["1", "2", "3"]
