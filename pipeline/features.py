@@ -9,12 +9,15 @@ maps them to [0, 1] with its own Rescaling layer.
 
 from __future__ import annotations
 
+import json
 import struct
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING
 
 import google_crc32c
+
+from pipeline.errors import UserError
 
 if TYPE_CHECKING:
     import tensorflow as tf
@@ -122,10 +125,6 @@ def dataset(directory: Path, split: str, image_size: int) -> tf.data.Dataset:
 
 def read_meta(directory: Path) -> dict:
     """meta.json of a records folder, or a one-line UserError saying how to make it."""
-    import json
-
-    from pipeline.errors import UserError
-
     path = Path(directory) / "meta.json"
     try:
         meta = json.loads(path.read_text(encoding="utf-8"))

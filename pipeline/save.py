@@ -96,7 +96,7 @@ def save(trained: Path, records: Path, metrics_file: Path, params_file: Path, lo
     card = {
         "name": "happysad CNN", "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "files": {"keras": "model.keras", "serving": "serving/"},
-        "input": {k: meta[k] for k in ("image_size", "channels", "class_names", "resize", "pixels")},
+        "input": json.loads((trained.parent / "input.json").read_text()),  # written by train
         "threshold": params.evaluate.threshold, "metrics": metrics,
         "data_version": data_version(lock_file, records), "data_counts": meta["counts"],
         "params": {"seed": params.seed, "tfrecords": params.tfrecords.model_dump(),
