@@ -2,6 +2,6 @@
 
 import sys
 
-from bench import crawl, data_stages, model
+from bench import crawl, data_stages, flow, model
 
-sys.exit(crawl.main([]) or data_stages.main([]) or model.main([]))
+sys.exit(crawl.main([]) or data_stages.main([]) or model.main([]) or flow.main([]))

@@ -19,7 +19,6 @@ import json
 import os
 import re
 import subprocess
-import sys
 import tarfile
 import tempfile
 import time
@@ -34,18 +33,10 @@ FER_TAR = REPO.parent / "shared" / "data" / "fer2013-happysad-trainval.tar"
 
 def dag_rows(work: Path) -> list[Row]:
     """`dvc repro` of the whole DAG in a fresh copy of the project (demo site regenerated)."""
-    project = work / "project"
-    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO,
-                           capture_output=True, text=True, check=True).stdout.split()
-    for name in files:
-        if name.startswith(("data/", "reports/", "models/")) or name == "dvc.lock":
-            continue
-        (project / name).parent.mkdir(parents=True, exist_ok=True)
-        (project / name).write_bytes((REPO / name).read_bytes())
-    git = ["git", "-c", "user.name=b", "-c", "user.email=b@b"]
-    for command in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "copy"]):
-        subprocess.run(git + command, cwd=project, check=True)
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    from tests.project import copy_project, tool_env
+
+    project = copy_project(work / "project")
+    env = tool_env()
     started = time.perf_counter()
     result = subprocess.run(["dvc", "repro"], cwd=project, env=env, capture_output=True, text=True)
     seconds = time.perf_counter() - started

@@ -132,7 +132,7 @@ def evaluate(model_path: Path, records: Path, train_reports: Path, out: Path,
     meta = features.read_meta(records)
     if not model_path.exists():
         raise UserError(f"{model_path}: not found; run the train stage first (dvc repro train)")
-    model = keras.models.load_model(model_path, safe_mode=True)
+    model = keras.models.load_model(model_path, safe_mode=True, compile=False)
     names, size = meta["class_names"], meta["image_size"]
     scores = predict_test(model, records, size, params.batch_size)
     metrics = summary(scores, names, params.threshold)

@@ -182,6 +182,28 @@ class EvaluateParams(_Section):
     batch_size: Positive
 
 
+class PromoteParams(_Section):
+    metric: Literal["accuracy", "precision", "recall", "f1", "roc_auc", "loss"]
+    margin: Annotated[float, Field(ge=0.0)]
+
+
+class FlowParams(_Section):
+    schedule: str
+    timezone: str
+    force_scrape: bool
+    scrape_retries: Annotated[int, Field(ge=0)]
+    retry_delay_s: Annotated[float, Field(ge=0.0)]
+    stage_timeout_s: dict[str, Annotated[float, Field(gt=0.0)]]
+    default_timeout_s: Annotated[float, Field(gt=0.0)]
+
+    @field_validator("schedule")
+    @classmethod
+    def _cron(cls, value: str) -> str:
+        if len(value.split()) != 5:
+            raise ValueError(f"{value!r} is not a five-field cron expression (e.g. '0 3 * * 1')")
+        return value
+
+
 class Params(_Section):
     seed: int
     demo_site: DemoSiteParams
@@ -191,6 +213,8 @@ class Params(_Section):
     tfrecords: TfrecordsParams
     train: TrainParams
     evaluate: EvaluateParams
+    promote: PromoteParams
+    flow: FlowParams
 
 
 def _where(error: dict) -> str:

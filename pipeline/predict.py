@@ -49,10 +49,11 @@ def _load(model_dir: Path):
 
     model_path, card_path = model_dir / "model.keras", model_dir / "model_card.json"
     if not model_path.exists() or not card_path.exists():
-        raise UserError(f"{model_dir}: no model.keras and model_card.json; run `dvc repro` "
-                        "(or `make run`) first, or pass --model-dir")
+        raise UserError(f"{model_dir}: no model.keras and model_card.json; run `make run` (the "
+                        "retrain flow promotes a model there), or pass --model-dir models for the "
+                        "last one `dvc repro` trained")
     contract = json.loads(card_path.read_text())["input"]
-    return keras.models.load_model(model_path, safe_mode=True), contract
+    return keras.models.load_model(model_path, safe_mode=True, compile=False), contract
 
 
 def _skip(path: Path, why: str) -> None:
@@ -99,8 +100,9 @@ def predict(paths: list[Path], model_dir: Path, rules: ImageRules, batch_size: i
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("paths", type=Path, nargs="+", metavar="PATH", help="image files or folders")
-    parser.add_argument("--model-dir", type=Path, default=Path("models"),
-                        help="folder with model.keras and model_card.json (default: %(default)s)")
+    parser.add_argument("--model-dir", type=Path, default=Path("models/production"),
+                        help="folder with model.keras and model_card.json (default: %(default)s, "
+                             "the promoted model; models/ holds the last trained one)")
     parser.add_argument("--batch-size", type=int, default=32)
 
 

@@ -85,10 +85,11 @@ def save(trained: Path, records: Path, metrics_file: Path, params_file: Path, lo
     if not trained.exists():
         raise UserError(f"{trained}: not found; run the train stage first (dvc repro train)")
     meta = features.read_meta(records)
-    model = keras.models.load_model(trained, safe_mode=True)
+    model = keras.models.load_model(trained, safe_mode=True, compile=False)
     out.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(trained, out / "model.keras")
-    keras.models.load_model(out / "model.keras", safe_mode=True)  # what we ship must reload safely
+    # what we ship must reload safely
+    keras.models.load_model(out / "model.keras", safe_mode=True, compile=False)
     shutil.rmtree(out / "serving", ignore_errors=True)
     model.export(str(out / "serving"), format="tf_saved_model", verbose=False)
     params = load_params(params_file)

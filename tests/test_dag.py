@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import ast
 import json
-import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +12,7 @@ import pytest
 import yaml
 
 from tests.conftest import REPO, TINY_SITE
+from tests.project import copy_project, tiny_params, tool_env
 
 LOCAL_PACKAGES = ("pipeline", "scraper", "flows")
 
@@ -65,39 +64,9 @@ def test_each_stage_lists_the_modules_it_imports() -> None:
                 f"stage {name} imports {module.relative_to(REPO)} but dvc.yaml does not list it")
 
 
-def _copy_project(dest: Path) -> None:
-    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO,
-                           capture_output=True, text=True, check=True).stdout.split()
-    for name in files:
-        if name.startswith(("data/", "reports/", "models/")) or name == "dvc.lock":
-            continue
-        target = dest / name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if (REPO / name).is_file():
-            shutil.copy2(REPO / name, target)
-
-
-def _tiny_params(text: str) -> str:
-    params = yaml.safe_load(text)
-    params["demo_site"].update({k: v for k, v in TINY_SITE.__dict__.items() if k != "workers"})
-    params["demo_site"]["jpeg_quality"] = list(TINY_SITE.jpeg_quality)
-    params["scrape"]["crawl"].update({"autothrottle": False, "download_timeout_s": 5.0})
-    params["clean"].update({"min_side": 32, "workers": 1})
-    params["split"]["fractions"] = {"train": 0.5, "val": 0.25, "test": 0.25}
-    params["tfrecords"].update({"image_size": 32, "workers": 1})
-    params["train"].update({"filters": [4, 8], "dense_units": 8, "batch_size": 4, "epochs": 1})
-    return yaml.safe_dump(params, sort_keys=False)
-
-
 def test_dvc_repro_runs_the_dag_then_is_a_no_op(tmp_path: Path) -> None:
-    project = tmp_path / "project"
-    _copy_project(project)
-    (project / "params.yaml").write_text(_tiny_params((project / "params.yaml").read_text()))
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
-    subprocess.run(git + ["init", "-q"], cwd=project, check=True)
-    subprocess.run(git + ["add", "-A"], cwd=project, check=True)
-    subprocess.run(git + ["commit", "-qm", "copy"], cwd=project, check=True)
+    project = copy_project(tmp_path / "project", tiny_params(TINY_SITE))
+    env = tool_env()
 
     def repro() -> str:
         result = subprocess.run(["dvc", "repro"], cwd=project, env=env, capture_output=True,
@@ -128,7 +97,7 @@ def test_dvc_repro_runs_the_dag_then_is_a_no_op(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("stage", ["scrape", "clean", "split", "tfrecords", "train", "evaluate",
-                                   "save", "predict"])
+                                   "save", "predict", "promote"])
 def test_stage_cli_help_runs(stage: str) -> None:
     result = subprocess.run([sys.executable, "-m", "pipeline", stage, "--help"], cwd=REPO,
                             capture_output=True, text=True, check=True)

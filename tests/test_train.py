@@ -228,3 +228,66 @@ def test_an_interrupted_training_resumes_from_its_last_epoch(
     assert report.epochs_run == 3
     with (tmp_path / "r" / "history.csv").open() as handle:
         assert [row["epoch"] for row in csv.DictReader(handle)] == ["1", "2", "3"]
+
+
+def _overconfident(models: Path, dest: Path) -> Path:
+    """``models``' shipped files with +6 on the output's bias: every image looks `sad`, so the
+    cross-entropy of a model trained to minimise it gets clearly worse."""
+    import keras
+
+    shutil.copytree(models, dest, ignore=shutil.ignore_patterns("production*", "promotions.jsonl"))
+    model = keras.models.load_model(dest / "model.keras", safe_mode=True, compile=False)
+    kernel, bias = model.get_layer("probability").get_weights()
+    model.get_layer("probability").set_weights([kernel, bias + 6.0])
+    model.save(dest / "model.keras")
+    return dest
+
+
+def test_promotion_keeps_a_better_champion_and_replaces_a_worse_one(
+        saved: Path, trained: Path, tiny_records: Path, repo_params: Params, tmp_path: Path) -> None:
+    from pipeline.evaluate import evaluate
+    from pipeline.params import PromoteParams
+    from pipeline.promote import promote
+
+    rule = PromoteParams(metric="loss", margin=0.0)
+    threshold, batch = repo_params.evaluate.threshold, repo_params.evaluate.batch_size
+    good = shutil.copytree(saved, tmp_path / "good",
+                           ignore=shutil.ignore_patterns("production*", "promotions.jsonl"))
+    bad = _overconfident(saved, tmp_path / "bad")
+    metrics = {"good": trained / "reports" / "evaluate" / "metrics.json",
+               "bad": tmp_path / "bad-eval" / "metrics.json"}
+    evaluate(bad / "model.keras", tiny_records, trained / "reports" / "train", tmp_path / "bad-eval",
+             repo_params.evaluate)
+    loss = {name: json.loads(path.read_text())["loss"] for name, path in metrics.items()}
+    assert loss["bad"] > loss["good"] + 0.5
+
+    for challenger, champion in (("good", "bad"), ("bad", "good")):
+        models = {"good": good, "bad": bad}[challenger]
+        shutil.rmtree(models / "production", ignore_errors=True)
+        shutil.copytree({"good": good, "bad": bad}[champion], models / "production",
+                        ignore=shutil.ignore_patterns("production*", "promotions.jsonl"))
+        champion_bytes = (models / "production" / "model.keras").read_bytes()
+        out = tmp_path / f"{challenger}-challenges"
+        decision = promote(models, metrics[challenger], tiny_records, out, rule, threshold, batch,
+                           run_name=challenger)
+        # The champion was scored here, on the same test split, as the evaluate stage scored it.
+        assert decision["champion"] == pytest.approx(loss[champion], abs=1e-6)
+        assert decision["promoted"] == (challenger == "good")
+        shipped = (models / "production" / "model.keras").read_bytes()
+        assert shipped == ((models / "model.keras").read_bytes() if decision["promoted"]
+                           else champion_bytes)
+        recorded = json.loads((out / "decision.json").read_text())
+        assert recorded["promoted"] == decision["promoted"] and recorded["run"] == challenger
+        assert ("beats" if decision["promoted"] else "the champion stays") in recorded["reason"]
+        log = (models / "promotions.jsonl").read_text().splitlines()
+        assert json.loads(log[-1])["reason"] == recorded["reason"]
+
+
+def test_promotion_margin_and_direction() -> None:
+    from pipeline.promote import decide
+
+    assert decide(0.80, None, "roc_auc", 0.0)[0]  # the first model is promoted
+    assert decide(0.91, 0.90, "roc_auc", 0.0)[0]
+    assert not decide(0.91, 0.90, "roc_auc", 0.02)[0]  # not by more than the margin
+    assert not decide(0.90, 0.90, "accuracy", 0.0)[0]  # a tie keeps the champion
+    assert decide(0.30, 0.40, "loss", 0.05)[0] and not decide(0.40, 0.30, "loss", 0.0)[0]

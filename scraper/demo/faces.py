@@ -52,7 +52,7 @@ def _background(rng: np.random.Generator, w: int, h: int) -> Image.Image:
     pixels = (top * (1 - t) + bottom * t).astype(np.uint8)
     img = Image.fromarray(pixels, "RGB")
     draw = ImageDraw.Draw(img, "RGBA")
-    for _ in range(int(rng.integers(0, 14))):
+    for _ in range(int(rng.integers(0, 8))):
         colour = (*_rand_colour(rng), int(rng.integers(40, 200)))
         x0, y0 = rng.integers(-w // 4, w), rng.integers(-h // 4, h)
         x1, y1 = x0 + rng.integers(8, w // 2 + 9), y0 + rng.integers(8, h // 2 + 9)
@@ -106,9 +106,9 @@ def _draw_mouth(
 ) -> None:
     half_w = fw * rng.uniform(0.14, 0.26)
     my = cy + fh * rng.uniform(0.2, 0.3)
-    bend = fh * rng.uniform(0.04, 0.11) * (1 if label == "happy" else -1)
+    bend = fh * rng.uniform(0.07, 0.13) * (1 if label == "happy" else -1)
     lip = _jitter((170, 70, 70), rng, 40)
-    width = max(2, int(fh * rng.uniform(0.015, 0.035)))
+    width = max(2, int(fh * rng.uniform(0.03, 0.05)))
     upper = _curve(cx, my, half_w, bend)
     openness = rng.uniform(0.0, 1.0)
     if openness > 0.5:
@@ -152,8 +152,8 @@ def _face_layer(rng: np.random.Generator, label: str, w: int, h: int) -> Image.I
     layer = Image.new("RGBA", (w, h), (0, 0, 0, 0))
     draw = ImageDraw.Draw(layer)
     side = min(w, h)
-    fw = side * rng.uniform(0.38, 0.62)
-    fh = fw * rng.uniform(1.1, 1.4)
+    fw = side * rng.uniform(0.55, 0.75)
+    fh = fw * rng.uniform(1.1, 1.3)
     cx = w / 2 + rng.uniform(-0.18, 0.18) * (w - fw)
     cy = h / 2 + rng.uniform(-0.15, 0.15) * max(h - fh, 0)
     box = (cx - fw / 2, cy - fh / 2, cx + fw / 2, cy + fh / 2)
@@ -195,7 +195,7 @@ def draw_face(rng: np.random.Generator, label: str, style: FaceStyle = FaceStyle
     h = int(rng.integers(style.min_side, style.max_side + 1))
     scene = _background(rng, w, h)
     face = _face_layer(rng, label, w, h)
-    face = face.rotate(rng.uniform(-25, 25), resample=Image.Resampling.BICUBIC,
+    face = face.rotate(rng.uniform(-12, 12), resample=Image.Resampling.BICUBIC,
                        center=(w / 2 + rng.uniform(-5, 5), h / 2 + rng.uniform(-5, 5)))
     scene.paste(face, (0, 0), face)
     scene = scene.filter(ImageFilter.GaussianBlur(rng.uniform(0.3, 1.3)))

@@ -29,7 +29,7 @@ from scraper.demo.faces import LABELS, FaceStyle, draw_face
 
 logger = logging.getLogger(__name__)
 
-GENERATOR_VERSION = 2
+GENERATOR_VERSION = 3
 DISALLOWED_PREFIX = "/private/"
 
 

@@ -1,0 +1,128 @@
+"""What each stage shows in the Prefect UI: tables, images and the data version behind a run.
+
+Each builder reads the files the stage wrote (the same ones DVC tracks) and
+returns artifacts to publish; nothing here recomputes a figure. A stage that
+DVC skipped still has its files, so every run shows the full set.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from flows.stages import lock_hashes
+
+
+@dataclass(frozen=True)
+class Artifact:
+    key: str  # lowercase letters, digits and dashes: the UI's Artifacts page groups runs by it
+    description: str
+    table: list[dict] | None = None
+    markdown: str | None = None
+
+
+def _read(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def image_markdown(path: Path, title: str) -> str:
+    """A PNG inlined as a data URI, so the UI shows it without serving any file."""
+    data = base64.b64encode(path.read_bytes()).decode("ascii")
+    return f"### {title}\n\n![{title}](data:image/png;base64,{data})\n"
+
+
+def scrape_artifacts(project: Path) -> list[Artifact]:
+    metrics = _read(project / "reports" / "scrape" / "metrics.json")
+    if metrics is None:
+        return []
+    rows = [{"figure": k, "value": v} for k, v in metrics.items() if not isinstance(v, dict | list)]
+    return [Artifact("scrape-report", "What the crawl fetched, stored and skipped", table=rows)]
+
+
+def clean_artifacts(project: Path) -> list[Artifact]:
+    report = _read(project / "data" / "clean" / "report.json")
+    if report is None:
+        return []
+    classes = sorted(report["kept"])
+    reasons = sorted(report["rejected"])
+    rows = [{"": "kept", **{c: report["kept"][c] for c in classes}}]
+    rows += [{"": f"rejected: {reason}",
+              **{c: report["rejected_by_class"].get(c, {}).get(reason, 0) for c in classes}}
+             for reason in reasons]
+    rows.append({"": "near-duplicate groups (all classes)", classes[0]: report["near_duplicate_groups"]})
+    rows.append({"": "label conflicts (all classes)", classes[0]: report["label_conflicts"]})
+    return [Artifact("clean-report", "Images kept and rejected by reason, per class", table=rows)]
+
+
+def split_artifacts(project: Path) -> list[Artifact]:
+    report = _read(project / "data" / "split" / "report.json")
+    if report is None:
+        return []
+    rows = [{"split": split, **counts, "total": sum(counts.values())}
+            for split, counts in report["counts"].items()]
+    return [Artifact("split-sizes", "Images per split and class", table=rows)]
+
+
+def data_version_artifacts(project: Path) -> list[Artifact]:
+    rows = [{"stage": stage, "output": path, "md5": md5}
+            for stage, outs in lock_hashes(project).items() for path, md5 in outs.items()]
+    return [Artifact("data-version", "dvc.lock hashes of every output behind this model",
+                     table=rows)] if rows else []
+
+
+def evaluate_artifacts(project: Path) -> list[Artifact]:
+    metrics = _read(project / "reports" / "evaluate" / "metrics.json")
+    if metrics is None:
+        return []
+    keys = ("accuracy", "precision", "recall", "f1", "roc_auc", "loss", "images", "best_epoch")
+    rows = [{"metric": k, "test split": metrics[k]} for k in keys if k in metrics]
+    gap = metrics.get("train_val_gap", {})
+    rows += [{"metric": f"train-val gap: {k}", "test split": v} for k, v in gap.items()]
+    out = [Artifact("test-metrics", "Held-out test metrics of the new model", table=rows)]
+    plots = project / "reports" / "evaluate" / "plots"
+    for name, key, title in (("learning_curves.png", "learning-curves", "Training curves"),
+                             ("confusion.png", "confusion-matrix", "Confusion matrix (test split)"),
+                             ("roc.png", "roc-curve", "ROC curve (test split)"),
+                             ("mistakes.png", "worst-mistakes", "Most confident mistakes")):
+        if (plots / name).exists():
+            out.append(Artifact(key, title, markdown=image_markdown(plots / name, title)))
+    return out
+
+
+def promotion_artifacts(decision: dict) -> list[Artifact]:
+    verdict = "**Promoted** to `models/production/`" if decision["promoted"] else "**Not promoted**"
+    champion = decision["champion_metrics"] or {}
+    rows = "\n".join(f"| {k} | {v:.4f} | {champion[k]:.4f} |" if k in champion else f"| {k} | {v:.4f} | - |"
+                     for k, v in decision["challenger_metrics"].items())
+    text = (f"## {verdict}\n\n{decision['reason']}.\n\nDeciding metric: `{decision['metric']}`, "
+            f"margin {decision['margin']}, on {decision['test_images']} test images.\n\n"
+            f"| metric | challenger (this run) | champion (production) |\n| --- | --- | --- |\n{rows}\n")
+    return [Artifact("promotion", "Champion against challenger: the decision and both scores",
+                     markdown=text)]
+
+
+BY_STAGE: dict[str, Callable[[Path], list[Artifact]]] = {
+    "scrape": scrape_artifacts,
+    "clean": clean_artifacts,
+    "split": split_artifacts,
+    "tfrecords": data_version_artifacts,
+    "evaluate": evaluate_artifacts,
+}
+
+
+def publish(artifacts: list[Artifact]) -> None:
+    """Send artifacts to the Prefect API of the current run."""
+    from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+    for artifact in artifacts:
+        if artifact.table is not None:
+            create_table_artifact(artifact.table, key=artifact.key, description=artifact.description)
+        else:
+            create_markdown_artifact(artifact.markdown or "", key=artifact.key,
+                                     description=artifact.description)

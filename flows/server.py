@@ -1,0 +1,66 @@
+"""A local Prefect server with its UI, bound to 127.0.0.1, for ``make serve`` and the tests.
+
+Its database lives in ``PREFECT_HOME`` (``.prefect/`` in the project by default,
+so runs from ``make run`` and ``make serve`` share one history).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+HOST = "127.0.0.1"
+
+
+def api_url(port: int) -> str:
+    return f"http://{HOST}:{port}/api"
+
+
+def is_up(url: str) -> bool:
+    """True when a Prefect API answers its health check at ``url``."""
+    try:
+        with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
+            return json.loads(response.read() or b"false") is True
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
+
+
+def start_server(home: Path, port: int, log_file: Path, timeout_s: float = 90.0) -> subprocess.Popen:
+    """Start ``prefect server start`` on 127.0.0.1:``port``; return once its API answers."""
+    home.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+           "PREFECT_UI_API_URL": api_url(port), "PREFECT_API_URL": api_url(port)}
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    with log_file.open("ab") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "prefect", "server", "start", "--host", HOST, "--port", str(port)],
+            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"the Prefect server exited with status {process.returncode}; "
+                               f"its log is {log_file}")
+        if is_up(api_url(port)):
+            return process
+        time.sleep(0.5)
+    stop_server(process)
+    raise RuntimeError(f"the Prefect server did not answer within {timeout_s:.0f} s; its log is {log_file}")
+
+
+def stop_server(process: subprocess.Popen) -> None:
+    import signal
+
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=20)
+    except ProcessLookupError:
+        pass
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()

@@ -1,0 +1,148 @@
+"""What the flows ask of DVC: the stage order, whether a stage is up to date, running one.
+
+The stage order comes from DVC's own graph of ``dvc.yaml``, so the flow and
+``dvc repro`` cannot disagree. A stage runs as ``dvc repro --single-item``, so
+DVC alone decides whether it is skipped, restored from the run-cache or run.
+Its output is streamed line by line to the caller's logger.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+SKIPPED, RESTORED, RAN = "skipped", "restored from run-cache", "ran"
+# TensorFlow's C++ start-up notices, printed before its logging can be configured
+# (TF_CPP_MIN_LOG_LEVEL does not reach them): kept, but at debug level.
+_NOISE = re.compile(r"^(?:[IW]\d{4} \d\d:\d\d:\d\d|WARNING: All log messages before absl|"
+                    r"To enable the following instructions)")
+
+
+class StageFailedError(RuntimeError):
+    """``dvc repro`` of one stage exited non-zero; the message carries its last lines."""
+
+
+def stage_order(project: Path) -> list[str]:
+    """The stages of ``dvc.yaml`` in an order that runs every dependency first."""
+    import networkx as nx
+    from dvc.repo import Repo
+
+    with contextlib.chdir(project), Repo(".") as repo:  # DVC resolves paths against the cwd
+        graph = repo.index.graph  # edges point from a stage to the stages it depends on
+        order = nx.lexicographical_topological_sort(graph.reverse(), key=lambda s: s.name)
+        return [stage.name for stage in order]
+
+
+def is_up_to_date(project: Path, stage: str) -> bool:
+    """True when DVC would skip ``stage`` (its deps, params and outs match ``dvc.lock``)."""
+    from dvc.repo import Repo
+
+    with contextlib.chdir(project), Repo(".") as repo:  # DVC resolves paths against the cwd
+        return not repo.status(targets=[stage])
+
+
+@dataclass(frozen=True)
+class StageRun:
+    stage: str
+    outcome: str  # SKIPPED | RESTORED | RAN
+    seconds: float
+
+
+def _stop(process: subprocess.Popen) -> None:
+    """SIGTERM the stage's whole process group (DVC and the stage command), then SIGKILL."""
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=15)
+    except ProcessLookupError:
+        return
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
+def run_command(command: list[str], project: Path, logger: logging.Logger | logging.LoggerAdapter,
+                timeout_s: float | None = None) -> list[str]:
+    """Run ``command`` in ``project``, log each output line as it comes, return all lines.
+
+    The command gets its own process group: on timeout or interrupt the whole group
+    is stopped, so no stage keeps running behind a cancelled task.
+    """
+    env = {**os.environ, "PYTHONUNBUFFERED": "1",
+           # the stage commands are `python -m pipeline ...`: the same interpreter runs them
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    process = subprocess.Popen(command, cwd=project, env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True, bufsize=1,
+                               start_new_session=True)
+    timed_out = threading.Event()
+
+    def expire() -> None:
+        timed_out.set()
+        _stop(process)
+
+    timer = threading.Timer(timeout_s, expire) if timeout_s else None
+    if timer:
+        timer.daemon = True
+        timer.start()
+    lines: list[str] = []
+    try:
+        assert process.stdout is not None
+        for line in process.stdout:
+            line = line.rstrip()
+            if line:
+                lines.append(line)
+                logger.log(logging.DEBUG if _NOISE.match(line) else logging.INFO, line)
+        process.wait()
+    except BaseException:
+        _stop(process)
+        raise
+    finally:
+        if timer:
+            timer.cancel()
+    if timed_out.is_set():
+        raise TimeoutError(f"`{' '.join(command)}` ran past its {timeout_s:.0f} s limit and was "
+                           "stopped; raise flow.stage_timeout_s in params.yaml if it needs longer")
+    if process.returncode != 0:
+        tail = " | ".join(lines[-3:]) or "no output"
+        raise StageFailedError(f"`{' '.join(command)}` exited with status {process.returncode}: {tail}")
+    return lines
+
+
+def repro_stage(project: Path, stage: str, logger: logging.Logger | logging.LoggerAdapter,
+                force: bool = False, timeout_s: float | None = None) -> StageRun:
+    """Bring one stage up to date through DVC, as ``dvc repro`` would; say what DVC did."""
+    started = time.monotonic()
+    if not force and is_up_to_date(project, stage):
+        # The same answer `dvc repro` would give, without paying for another DVC start.
+        logger.info("Stage '%s' didn't change, skipping", stage)
+        return StageRun(stage, SKIPPED, time.monotonic() - started)
+    command = [sys.executable, "-m", "dvc", "repro", "--single-item", stage]
+    lines = run_command(command + (["--force"] if force else []), project, logger, timeout_s)
+    text = "\n".join(lines)
+    if f"Running stage '{stage}'" in text:
+        outcome = RAN
+    elif "skipping run, checking out outputs" in text:
+        outcome = RESTORED
+    else:
+        outcome = SKIPPED
+    return StageRun(stage, outcome, time.monotonic() - started)
+
+
+def lock_hashes(project: Path) -> dict[str, dict[str, str]]:
+    """Every stage output's hash from ``dvc.lock``: the data and model versions of a run."""
+    import yaml
+
+    lock_file = project / "dvc.lock"
+    if not lock_file.exists():
+        return {}
+    lock = yaml.safe_load(lock_file.read_text(encoding="utf-8")) or {}
+    return {name: {out["path"]: out.get("md5", "") for out in stage.get("outs", [])}
+            for name, stage in lock.get("stages", {}).items()}

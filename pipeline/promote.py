@@ -1,0 +1,148 @@
+"""Champion against challenger: ship the new model to production only when it is better.
+
+The challenger is what the save stage wrote (``models/model.keras``, ``serving/``
+and the card); its test metrics are ``reports/evaluate/metrics.json``. The
+champion is the model in ``models/production/``. It is scored on the same test
+records the challenger was scored on, with the same code. The challenger
+replaces it only if it wins on ``promote.metric`` by more than
+``promote.margin``. The first model is always promoted. The decision, both
+scores and the reason are written to ``reports/promote/decision.json`` and
+appended to ``models/promotions.jsonl``.
+
+Promotion swaps whole folders, so ``models/production/`` is never half written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import logging
+import shutil
+from pathlib import Path
+
+from pipeline.errors import UserError
+from pipeline.params import PromoteParams, load_params
+
+logger = logging.getLogger(__name__)
+LOWER_IS_BETTER = {"loss"}
+SHIPPED = ("model.keras", "serving", "model_card.md", "model_card.json")
+
+
+def champion_metrics(production: Path, records: Path, threshold: float, batch_size: int) -> dict:
+    """Score the production model on the test split, exactly as the evaluate stage scores."""
+    import keras
+
+    from pipeline import features
+    from pipeline.evaluate import predict_test, summary
+
+    meta = features.read_meta(records)
+    contract = json.loads((production / "model_card.json").read_text())["input"]
+    if contract["class_names"] != meta["class_names"]:
+        raise _IncomparableError(f"its classes {contract['class_names']} are not the records' "
+                            f"{meta['class_names']}")
+    if contract["image_size"] != meta["image_size"] or contract["resize"] != meta["resize"]:
+        raise _IncomparableError(f"it takes {contract['image_size']} px `{contract['resize']}` images, "
+                            f"the records hold {meta['image_size']} px `{meta['resize']}`")
+    model = keras.models.load_model(production / "model.keras", safe_mode=True, compile=False)
+    return summary(predict_test(model, records, meta["image_size"], batch_size),
+                   meta["class_names"], threshold)
+
+
+class _IncomparableError(Exception):
+    """The champion cannot be scored on these records (other classes or input size)."""
+
+
+def decide(challenger: float, champion: float | None, metric: str, margin: float) -> tuple[bool, str]:
+    """Whether the challenger wins, and why, in one sentence."""
+    if champion is None:
+        return True, "no production model yet: the first model is promoted"
+    lower = metric in LOWER_IS_BETTER
+    gain = (champion - challenger) if lower else (challenger - champion)
+    direction = "lower" if lower else "higher"
+    if gain > margin:
+        return True, (f"challenger {metric} {challenger:.4f} beats champion {champion:.4f} by "
+                      f"{gain:+.4f} ({direction} is better; margin {margin})")
+    return False, (f"challenger {metric} {challenger:.4f} against champion {champion:.4f}: "
+                   f"{gain:+.4f} is not more than the margin {margin} ({direction} is better); "
+                   "the champion stays")
+
+
+def _swap_in(models: Path, production: Path) -> None:
+    staging = production.with_name(production.name + ".incoming")
+    retired = production.with_name(production.name + ".retired")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    for name in SHIPPED:
+        source = models / name
+        if not source.exists():
+            raise UserError(f"{source}: not found; run the save stage first (dvc repro save)")
+        if source.is_dir():
+            shutil.copytree(source, staging / name)
+        else:
+            shutil.copy2(source, staging / name)
+    shutil.rmtree(retired, ignore_errors=True)
+    if production.exists():
+        production.rename(retired)
+    staging.rename(production)
+    shutil.rmtree(retired, ignore_errors=True)
+
+
+def promote(models: Path, metrics_file: Path, records: Path, out: Path, params: PromoteParams,
+            threshold: float, batch_size: int, run_name: str = "") -> dict:
+    """Compare, promote if better, record the decision; return it."""
+    if not metrics_file.exists():
+        raise UserError(f"{metrics_file}: not found; run the evaluate stage first (dvc repro)")
+    challenger_metrics = json.loads(metrics_file.read_text())
+    if params.metric not in challenger_metrics:
+        raise UserError(f"{metrics_file} has no `{params.metric}`; set promote.metric in params.yaml "
+                        "to one of accuracy, precision, recall, f1, roc_auc, loss")
+    production = models / "production"
+    champion: dict | None = None
+    note = ""
+    if (production / "model.keras").exists():
+        try:
+            champion = champion_metrics(production, records, threshold, batch_size)
+        except _IncomparableError as why:
+            note = f"the champion cannot be scored on these records ({why}); "
+    challenger_score = float(challenger_metrics[params.metric])
+    champion_score = None if champion is None else float(champion[params.metric])
+    promoted, reason = decide(challenger_score, champion_score, params.metric, params.margin)
+    if note:
+        promoted, reason = True, note + "the challenger is promoted"
+    decision = {
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "run": run_name, "metric": params.metric, "margin": params.margin,
+        "challenger": challenger_score, "champion": champion_score,
+        "promoted": promoted, "reason": reason,
+        "challenger_metrics": {k: challenger_metrics[k] for k in
+                               ("accuracy", "precision", "recall", "f1", "roc_auc", "loss")},
+        "champion_metrics": None if champion is None else
+        {k: champion[k] for k in ("accuracy", "precision", "recall", "f1", "roc_auc", "loss")},
+        "test_images": challenger_metrics["images"],
+    }
+    if promoted:
+        _swap_in(models, production)
+        (production / "promotion.json").write_text(json.dumps(decision, indent=2) + "\n")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "decision.json").write_text(json.dumps(decision, indent=2) + "\n")
+    with (models / "promotions.jsonl").open("a", encoding="utf-8") as log:
+        log.write(json.dumps(decision) + "\n")
+    return decision
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--models", type=Path, default=Path("models"),
+                        help="the save stage's folder; production/ is under it (default: %(default)s)")
+    parser.add_argument("--metrics", type=Path, default=Path("reports/evaluate/metrics.json"))
+    parser.add_argument("--records", type=Path, default=Path("data/tfrecords"))
+    parser.add_argument("--out", type=Path, default=Path("reports/promote"))
+    parser.add_argument("--run-name", default="", help="recorded with the decision (the flow run)")
+
+
+def run(args: argparse.Namespace) -> None:
+    params = load_params(args.params)
+    decision = promote(args.models, args.metrics, args.records, args.out, params.promote,
+                       params.evaluate.threshold, params.evaluate.batch_size, args.run_name)
+    logger.info("promote: %s: %s", "PROMOTED" if decision["promoted"] else "kept the champion",
+                decision["reason"])

@@ -1,0 +1,167 @@
+"""The retrain flow on a real Prefect server: DVC's stages as tasks, retries, artifacts,
+promotion, the DVC experiment record, and the UI in headless Chromium."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from flows.stages import RAN, SKIPPED, stage_order
+from tests.conftest import REPO, TINY_SITE
+from tests.project import copy_project, tiny_params, tool_env
+
+ARTIFACTS = Path(os.environ.get("HAPPYSAD_TEST_ARTIFACTS", REPO / ".test-artifacts"))
+PER_RUN_ARTIFACTS = {"scrape-report", "clean-report", "split-sizes", "data-version", "test-metrics",
+                     "learning-curves", "confusion-matrix", "promotion", "experiment"}
+
+
+def test_the_flow_runs_exactly_the_stages_of_dvc_yaml() -> None:
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    order = stage_order(REPO)
+    assert sorted(order) == sorted(stages)
+    produced_by = {Path(next(iter(out)) if isinstance(out, dict) else out): name
+                   for name, stage in stages.items() for out in stage.get("outs", [])}
+    for position, name in enumerate(order):  # every dependency runs first
+        for dep in stages[name].get("deps", []):
+            producer = next((s for path, s in produced_by.items()
+                             if Path(dep) == path or path in Path(dep).parents), None)
+            assert producer is None or order.index(producer) < position, (name, dep)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory):
+    """A real `prefect server start` with its UI on a free loopback port."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from flows.server import api_url, start_server, stop_server
+
+    home = tmp_path_factory.mktemp("prefect-home")
+    port = _free_port()
+    process = start_server(home, port, home / "server.log")
+    try:
+        with temporary_settings({PREFECT_API_URL: api_url(port)}):
+            yield api_url(port)
+    finally:
+        stop_server(process)
+
+
+def _filter(api: str, what: str, body: dict) -> list[dict]:
+    """POST the server's REST filter endpoint, as the UI does."""
+    import httpx
+
+    response = httpx.post(f"{api}/{what}/filter", json={"limit": 200, "offset": 0, **body}, timeout=30)
+    response.raise_for_status()
+    return response.json()
+
+
+def _task_runs(api: str, flow_run_id) -> dict[str, dict]:
+    runs = _filter(api, "task_runs", {"flow_runs": {"id": {"any_": [str(flow_run_id)]}}})
+    return {run["name"]: run for run in runs}
+
+
+def _artifact_keys(api: str, flow_run_id) -> set[str]:
+    found = _filter(api, "artifacts", {"artifacts": {"flow_run_id": {"any_": [str(flow_run_id)]}}})
+    return {a["key"] for a in found if a["key"]}
+
+
+FLAKY = """\
+import pathlib, sys
+count = pathlib.Path(sys.argv[1])
+n = int(count.read_text()) + 1 if count.exists() else 1
+count.write_text(str(n))
+sys.exit(1 if n <= 2 else 0)  # fail twice, then let the real crawl run
+"""
+
+
+def test_retrain_flow_end_to_end(server: str, tmp_path: Path) -> None:
+    from flows.retrain import retrain
+
+    project = copy_project(tmp_path / "project", tiny_params(TINY_SITE))
+    # A crawl that fails twice before it works, to prove the retries: the stage command
+    # runs a counter first, then the real scrape.
+    (tmp_path / "flaky.py").write_text(FLAKY)
+    dag = yaml.safe_load((project / "dvc.yaml").read_text())
+    dag["stages"]["scrape"]["cmd"] = (f"python {tmp_path / 'flaky.py'} {tmp_path / 'attempts'} "
+                                      "&& python -m pipeline scrape")
+    (project / "dvc.yaml").write_text(yaml.safe_dump(dag, sort_keys=False))
+    order = stage_order(project)
+    first = retrain(str(project), return_state=True)
+    assert first.is_completed(), first.message
+    result = first.result()
+    assert [s["outcome"] for s in result["stages"].values()] == [RAN] * len(order)
+    assert (tmp_path / "attempts").read_text() == "3"
+    runs = _task_runs(server, first.state_details.flow_run_id)
+    assert set(runs) == set(order) | {"promote", "record-experiment"}
+    assert runs["scrape"]["run_count"] == 3
+    assert {run["state"]["type"] for run in runs.values()} == {"COMPLETED"}
+    assert _artifact_keys(server, first.state_details.flow_run_id) >= PER_RUN_ARTIFACTS
+    decision = result["promotion"]
+    assert decision["promoted"] and decision["champion"] is None
+    assert (project / "models" / "production" / "model.keras").read_bytes() == \
+        (project / "models" / "model.keras").read_bytes()
+
+    # Scheduled runs crawl again; the demo site has nothing new, so DVC skips the rest.
+    second = retrain(str(project), force_scrape=True, return_state=True)
+    assert second.is_completed(), second.message
+    result2 = second.result()
+    outcomes = {s["stage"]: s["outcome"] for s in result2["stages"].values()}
+    assert outcomes == {stage: RAN if stage == "scrape" else SKIPPED for stage in order}
+    # The same model on the same test split ties with itself: the champion stays.
+    decision2 = result2["promotion"]
+    assert not decision2["promoted"] and decision2["champion"] == decision2["challenger"]
+    assert "the champion stays" in decision2["reason"]
+    assert set(_task_runs(server, second.state_details.flow_run_id)) == set(order) | {
+        "promote", "record-experiment"}
+
+    # Each run is a DVC experiment with its params and metrics.
+    shown = subprocess.run([sys.executable, "-m", "dvc", "exp", "show", "--json"], cwd=project,
+                           env=tool_env(), capture_output=True, text=True, check=True).stdout
+    names = {exp.get("name") for base in json.loads(shown) for exp in base.get("experiments") or []}
+    assert {result["experiment"], result2["experiment"]} <= names
+    assert "roc_auc" in shown and "batchnorm_momentum" in shown
+
+    flow_run = _filter(server, "flow_runs", {"flow_runs": {"id": {"any_": [
+        str(first.state_details.flow_run_id)]}}})[0]
+    _check_ui(server, flow_run, order)
+
+
+def _check_ui(api: str, flow_run: dict, order: list[str]) -> None:
+    """Headless Chromium opens the served UI: the flow run's page names the run and counts its
+    task runs, and the task-run list names every stage (screenshots kept as test artifacts)."""
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        pytest.skip("headless Chromium (Debian package `chromium`) is not installed")
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    ui = api.removesuffix("/api")
+    tasks = [*order, "promote", "record-experiment"]
+
+    def visit(page: str, screenshot: str) -> str:
+        common = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--window-size=1400,1000",
+                  "--virtual-time-budget=20000", f"--user-data-dir={ARTIFACTS / 'chromium-profile'}"]
+        dom = subprocess.run(common + ["--dump-dom", page], capture_output=True, text=True,
+                             timeout=120).stdout
+        subprocess.run(common + [f"--screenshot={ARTIFACTS / screenshot}", page],
+                       capture_output=True, timeout=120)
+        assert (ARTIFACTS / screenshot).stat().st_size > 10_000
+        return dom
+
+    run_page = visit(f"{ui}/runs/flow-run/{flow_run['id']}", "prefect-ui-flow-run.png")
+    assert flow_run["name"] in run_page and f"{len(tasks)} Task runs" in run_page
+    task_list = visit(f"{ui}/runs?tab=task-runs", "prefect-ui-task-runs.png")
+    missing = [name for name in tasks if name not in task_list]
+    assert not missing, f"the UI's task-run list does not show {missing}"
+    assert flow_run["name"] in task_list
