@@ -120,7 +120,8 @@ def main(argv: list[str] | None = None) -> int:
     url = PREFECT_API_URL.value()
     if not url and is_up(api_url(args.port)):
         url = api_url(args.port)  # `make serve` is running: show this run in its UI
-    where = url or "a temporary local Prefect server (start `make serve` to keep the history)"
+    where = url or ("a temporary Prefect server on the history in PREFECT_HOME "
+                    "(`make serve` shows it in the UI)")
     log = logging.getLogger("happysad.retrain")
     if not log.handlers:
         handler = logging.StreamHandler()
