@@ -88,6 +88,10 @@ def _swap_in(models: Path, production: Path) -> None:
     shutil.rmtree(retired, ignore_errors=True)
 
 
+def _same_file(a: Path, b: Path) -> bool:
+    return b.exists() and a.stat().st_size == b.stat().st_size and a.read_bytes() == b.read_bytes()
+
+
 def promote(models: Path, metrics_file: Path, records: Path, out: Path, params: PromoteParams,
             threshold: float, batch_size: int, run_name: str = "") -> dict:
     """Compare, promote if better, record the decision; return it."""
@@ -100,7 +104,12 @@ def promote(models: Path, metrics_file: Path, records: Path, out: Path, params: 
     production = models / "production"
     champion: dict | None = None
     note = ""
-    if (production / "model.keras").exists():
+    same_model = (production / "model.keras").exists() and _same_file(
+        production / "model.keras", models / "model.keras")
+    if same_model:
+        # Nothing upstream changed (a new training run writes a new file): no need to score it.
+        champion = challenger_metrics
+    elif (production / "model.keras").exists():
         try:
             champion = champion_metrics(production, records, threshold, batch_size)
         except _IncomparableError as why:
@@ -108,6 +117,8 @@ def promote(models: Path, metrics_file: Path, records: Path, out: Path, params: 
     challenger_score = float(challenger_metrics[params.metric])
     champion_score = None if champion is None else float(champion[params.metric])
     promoted, reason = decide(challenger_score, champion_score, params.metric, params.margin)
+    if same_model:
+        reason = "the new model is the production model itself (the same file): the champion stays"
     if note:
         promoted, reason = True, note + "the challenger is promoted"
     decision = {

@@ -165,3 +165,7 @@ def _check_ui(api: str, flow_run: dict, order: list[str]) -> None:
     missing = [name for name in tasks if name not in task_list]
     assert not missing, f"the UI's task-run list does not show {missing}"
     assert flow_run["name"] in task_list
+    curves = _filter(api, "artifacts", {"artifacts": {"key": {"any_": ["learning-curves"]},
+                                                      "flow_run_id": {"any_": [flow_run["id"]]}}})
+    artifact_page = visit(f"{ui}/artifacts/artifact/{curves[0]['id']}", "prefect-ui-learning-curves.png")
+    assert "data:image/png;base64," in artifact_page  # the plot itself, shown as an image
