@@ -6,8 +6,8 @@ alternation, `dvc repro` and the flow, each a no-op: every stage is cached.
 The flow is timed against a running local Prefect server (as under `make serve`)
 and in Prefect's temporary-server mode (as `make run` without a server); with
 only the stage tasks (`--no-promote --no-record`, the part `dvc repro` also does)
-and as a whole (the promote step scores the champion on the test split, and the
-run is saved as a DVC experiment).
+and as a whole (the promote step finds the model unchanged, so scores nothing,
+and the run is saved as a DVC experiment).
 
 Run: ``uv run python -m bench.flow [--repeats N]``.
 """
@@ -79,8 +79,8 @@ def rows(work: Path, repeats: int) -> list[Row]:
          f"overhead {med['temporary'] - med['dvc']:+.1f} s (starts a server each run); "
          f"{spread['temporary']}"),
         ("no-op flow + promote + experiment, running server", f"{med['served_all']:.1f} s",
-         f"overhead {med['served_all'] - med['dvc']:+.1f} s (promote loads TensorFlow and scores "
-         f"the champion); {spread['served_all']}"),
+         f"overhead {med['served_all'] - med['dvc']:+.1f} s (promote sees the same model file; "
+         f"`dvc exp save` commits the run); {spread['served_all']}"),
     ]
 
 

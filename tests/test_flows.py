@@ -169,3 +169,32 @@ def _check_ui(api: str, flow_run: dict, order: list[str]) -> None:
                                                       "flow_run_id": {"any_": [flow_run["id"]]}}})
     artifact_page = visit(f"{ui}/artifacts/artifact/{curves[0]['id']}", "prefect-ui-learning-curves.png")
     assert "data:image/png;base64," in artifact_page  # the plot itself, shown as an image
+
+
+def test_serve_creates_the_scheduled_deployment(server: str, tmp_path: Path) -> None:
+    """`make serve` against a running server: the deployment appears with params' cron schedule."""
+    import time
+
+    from pipeline.params import load_params
+
+    settings = load_params(REPO / "params.yaml").flow
+    env = {**tool_env(), "PREFECT_API_URL": server}
+    log = tmp_path / "serve.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen([sys.executable, "-m", "flows.serve"], cwd=REPO, env=env,
+                                   stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline, found = time.monotonic() + 90, []
+        while time.monotonic() < deadline and not found:
+            time.sleep(1)
+            assert process.poll() is None, log.read_text()[-2000:]
+            found = _filter(server, "deployments", {"deployments": {"name": {"any_": ["scheduled"]}}})
+        assert found, log.read_text()[-2000:]
+        deployment = found[0]
+        assert deployment["parameters"] == {"force_scrape": settings.force_scrape}
+        schedules = [s["schedule"] for s in deployment["schedules"]]
+        assert schedules == [{"cron": settings.schedule, "timezone": settings.timezone,
+                              "day_or": True}]
+    finally:
+        os.killpg(process.pid, 15)
+        process.wait(timeout=30)
