@@ -15,6 +15,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from flows.stages import stop_process_group
+
 HOST = "127.0.0.1"
 
 
@@ -54,13 +56,4 @@ def start_server(home: Path, port: int, log_file: Path, timeout_s: float = 90.0)
 
 
 def stop_server(process: subprocess.Popen) -> None:
-    import signal
-
-    try:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout=20)
-    except ProcessLookupError:
-        pass
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
+    stop_process_group(process, grace_s=20.0)

@@ -57,11 +57,11 @@ class StageRun:
     seconds: float
 
 
-def _stop(process: subprocess.Popen) -> None:
-    """SIGTERM the stage's whole process group (DVC and the stage command), then SIGKILL."""
+def stop_process_group(process: subprocess.Popen, grace_s: float = 15.0) -> None:
+    """SIGTERM a process started with ``start_new_session`` and all its children, then SIGKILL."""
     try:
         os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout=15)
+        process.wait(timeout=grace_s)
     except ProcessLookupError:
         return
     except subprocess.TimeoutExpired:
@@ -86,7 +86,7 @@ def run_command(command: list[str], project: Path, logger: logging.Logger | logg
 
     def expire() -> None:
         timed_out.set()
-        _stop(process)
+        stop_process_group(process)
 
     timer = threading.Timer(timeout_s, expire) if timeout_s else None
     if timer:
@@ -102,7 +102,7 @@ def run_command(command: list[str], project: Path, logger: logging.Logger | logg
                 logger.log(logging.DEBUG if _NOISE.match(line) else logging.INFO, line)
         process.wait()
     except BaseException:
-        _stop(process)
+        stop_process_group(process)
         raise
     finally:
         if timer:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from flows.stages import RAN, SKIPPED, stage_order
+from flows.stages import RAN, SKIPPED, stage_order, stop_process_group
 from tests.conftest import REPO, TINY_SITE
 from tests.project import copy_project, tiny_params, tool_env
 
@@ -196,5 +196,4 @@ def test_serve_creates_the_scheduled_deployment(server: str, tmp_path: Path) -> 
         assert schedules == [{"cron": settings.schedule, "timezone": settings.timezone,
                               "day_or": True}]
     finally:
-        os.killpg(process.pid, 15)
-        process.wait(timeout=30)
+        stop_process_group(process, grace_s=30.0)
