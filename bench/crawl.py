@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import socket
 import subprocess
 import sys
 import tempfile
@@ -33,16 +32,11 @@ from datetime import datetime
 from pathlib import Path
 
 from bench import print_table
+from flows.server import free_port
 from pipeline.params import Params, load_params
 from pipeline.scrape import crawl_config, run_crawl_subprocess
 from scraper.demo.server import DemoSiteServer
 from scraper.demo.site import DemoSiteConfig, generate_site
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def time_generation(config: DemoSiteConfig, out: Path) -> float:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -38,20 +37,14 @@ def _timed(command: list[str], project: Path, env: dict[str, str]) -> float:
     return seconds
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def rows(work: Path, repeats: int) -> list[Row]:
-    from flows.server import api_url, start_server, stop_server
+    from flows.server import api_url, free_port, start_server, stop_server
     from tests.conftest import TINY_SITE
     from tests.project import copy_project, tiny_params, tool_env
 
     project = copy_project(work / "project", tiny_params(TINY_SITE))
     home = work / "prefect-home"
-    port = _free_port()
+    port = free_port()
     server = start_server(home, port, home / "server.log")
     try:
         env = {**tool_env(), "PREFECT_HOME": str(home)}
@@ -65,7 +58,7 @@ def rows(work: Path, repeats: int) -> list[Row]:
             times["served_all"].append(_timed(flow, project, served))
             no_server = {k: v for k, v in env.items() if k != "PREFECT_API_URL"}
             times["temporary"].append(_timed(flow + ["--no-promote", "--no-record", "--port",
-                                                     str(_free_port())], project, no_server))
+                                                     str(free_port())], project, no_server))
     finally:
         stop_server(server)
     med = {k: statistics.median(v) for k, v in times.items()}

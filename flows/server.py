@@ -20,6 +20,15 @@ from flows.stages import stop_process_group
 HOST = "127.0.0.1"
 
 
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return sock.getsockname()[1]
+
+
 def api_url(port: int) -> str:
     return f"http://{HOST}:{port}/api"
 

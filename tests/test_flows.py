@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from flows.server import free_port
 from flows.stages import RAN, SKIPPED, stage_order, stop_process_group
 from tests.conftest import REPO, TINY_SITE
 from tests.project import copy_project, tiny_params, tool_env
@@ -36,11 +36,6 @@ def test_the_flow_runs_exactly_the_stages_of_dvc_yaml() -> None:
             assert producer is None or order.index(producer) < position, (name, dep)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory):
@@ -50,7 +45,7 @@ def server(tmp_path_factory: pytest.TempPathFactory):
     from flows.server import api_url, start_server, stop_server
 
     home = tmp_path_factory.mktemp("prefect-home")
-    port = _free_port()
+    port = free_port()
     process = start_server(home, port, home / "server.log")
     try:
         with temporary_settings({PREFECT_API_URL: api_url(port)}):
