@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from flows.stages import lock_hashes
+from pipeline.save import lock_outputs
 
 
 @dataclass(frozen=True)
@@ -70,8 +70,8 @@ def split_artifacts(project: Path) -> list[Artifact]:
 
 
 def data_version_artifacts(project: Path) -> list[Artifact]:
-    rows = [{"stage": stage, "output": path, "md5": md5}
-            for stage, outs in lock_hashes(project).items() for path, md5 in outs.items()]
+    rows = [{"stage": stage, "output": out["path"], "md5": out.get("md5", "")}
+            for stage, outs in (lock_outputs(project / "dvc.lock") or {}).items() for out in outs]
     return [Artifact("data-version", "dvc.lock hashes of every output behind this model",
                      table=rows)] if rows else []
 

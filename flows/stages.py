@@ -134,15 +134,3 @@ def repro_stage(project: Path, stage: str, logger: logging.Logger | logging.Logg
     else:
         outcome = SKIPPED
     return StageRun(stage, outcome, time.monotonic() - started)
-
-
-def lock_hashes(project: Path) -> dict[str, dict[str, str]]:
-    """Every stage output's hash from ``dvc.lock``: the data and model versions of a run."""
-    import yaml
-
-    lock_file = project / "dvc.lock"
-    if not lock_file.exists():
-        return {}
-    lock = yaml.safe_load(lock_file.read_text(encoding="utf-8")) or {}
-    return {name: {out["path"]: out.get("md5", "") for out in stage.get("outs", [])}
-            for name, stage in lock.get("stages", {}).items()}

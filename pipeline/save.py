@@ -22,13 +22,21 @@ from pipeline.params import load_params
 logger = logging.getLogger(__name__)
 
 
-def data_version(lock_file: Path, records: Path) -> dict[str, str]:
-    """The tfrecords output as ``dvc.lock`` records it (DVC's content hash), if DVC ran it."""
+def lock_outputs(lock_file: Path) -> dict[str, list[dict]] | None:
+    """Each stage's outputs as ``dvc.lock`` records them (path, md5, ...); None without a lock."""
     try:
         lock = yaml.safe_load(lock_file.read_text(encoding="utf-8")) or {}
     except FileNotFoundError:
+        return None
+    return {name: stage.get("outs", []) for name, stage in lock.get("stages", {}).items()}
+
+
+def data_version(lock_file: Path, records: Path) -> dict[str, str]:
+    """The tfrecords output as ``dvc.lock`` records it (DVC's content hash), if DVC ran it."""
+    outputs = lock_outputs(lock_file)
+    if outputs is None:
         return {"source": "no dvc.lock (stage run outside DVC)"}
-    for out in lock.get("stages", {}).get("tfrecords", {}).get("outs", []):
+    for out in outputs.get("tfrecords", []):
         if Path(out.get("path", "")) == records:
             return {"source": str(lock_file), "path": out["path"], "md5": out.get("md5", ""),
                     "files": str(out.get("nfiles", ""))}
