@@ -42,6 +42,8 @@ def scrape_artifacts(project: Path) -> list[Artifact]:
     if metrics is None:
         return []
     rows = [{"figure": k, "value": v} for k, v in metrics.items() if not isinstance(v, dict | list)]
+    rows += [{"figure": f"data/raw records from {source}", "value": count}
+             for source, count in metrics.get("raw_records_by_source", {}).items()]
     return [Artifact("scrape-report", "What the crawl fetched, stored and skipped", table=rows)]
 
 

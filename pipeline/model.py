@@ -42,8 +42,9 @@ def build_model(params: TrainParams, image_size: int, seed: int, augment: bool =
     for number, filters in enumerate(params.filters, start=1):
         for conv in range(1, params.convs_per_block + 1):
             name = f"block{number}" + (f"_{conv}" if params.convs_per_block > 1 else "")
-            x = layers.Conv2D(filters, params.kernel_size, padding="same", use_bias=False,
-                              kernel_regularizer=l2, name=f"{name}_conv")(x)
+            stride = params.first_stride if number == conv == 1 else 1
+            x = layers.Conv2D(filters, params.kernel_size, strides=stride, padding="same",
+                              use_bias=False, kernel_regularizer=l2, name=f"{name}_conv")(x)
             x = layers.BatchNormalization(momentum=params.batchnorm_momentum, name=f"{name}_bn")(x)
             x = layers.ReLU(name=f"{name}_relu")(x)
         x = layers.MaxPooling2D(name=f"block{number}_pool")(x)

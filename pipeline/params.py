@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Literal, Self
 
@@ -46,35 +47,98 @@ def is_xpath(selector: str) -> bool:
     return selector.lstrip().startswith(("/", "(", "./"))
 
 
-class ClassSource(_Section):
-    query: str = ""
-    start_urls: Annotated[list[str], Field(min_length=1)]
+def _check_selector(selector: str | None) -> str | None:
+    if selector:
+        from parsel import Selector  # here, not at the top: stage workers import this module
+        from parsel.csstranslator import css2xpath
+
+        try:
+            if is_xpath(selector):
+                Selector(text="<html></html>").xpath(selector)
+            else:
+                css2xpath(selector)
+        except Exception as err:  # noqa: BLE001 - parsel raises several types
+            raise ValueError(f"cannot parse selector {selector!r} ({err})") from None
+    return selector
+
+
+class ClassParams(_Section):
+    queries: list[Annotated[str, Field(min_length=1)]] = []
+
+
+class _Source(_Section):
+    enabled: bool = True
+    max_images: Positive  # per class
+
+
+class GallerySource(_Source):
+    """Any image-search or gallery site, described by URLs and selectors."""
+
+    kind: Literal["gallery"]
+    start_urls: dict[str, list[str]] = {}
+    search_url: str | None = None  # a template with {query}, used for each of a class's queries
     image_selector: str
     detail_selector: str | None = None
     detail_image_selector: str | None = None
     next_page_selector: str | None = None
-    max_pages: Positive
-    max_images: Positive
+    max_pages: Positive  # per class
     licence: str | None = None
     attribution: str | None = None
     allowed_domains: list[str] = []
 
-    @field_validator("image_selector", "detail_selector", "detail_image_selector",
-                     "next_page_selector")
-    @classmethod
-    def _parses(cls, selector: str | None) -> str | None:
-        if selector:
-            from parsel import Selector  # here, not at the top: stage workers import this module
-            from parsel.csstranslator import css2xpath
+    _selectors = field_validator("image_selector", "detail_selector", "detail_image_selector",
+                                 "next_page_selector")(_check_selector)
 
-            try:
-                if is_xpath(selector):
-                    Selector(text="<html></html>").xpath(selector)
-                else:
-                    css2xpath(selector)
-            except Exception as err:  # noqa: BLE001 - parsel raises several types
-                raise ValueError(f"cannot parse selector {selector!r} ({err})") from None
-        return selector
+    @model_validator(mode="after")
+    def _has_urls(self) -> Self:
+        if not self.start_urls and not self.search_url:
+            raise ValueError("give start_urls (per class) or a search_url template")
+        if self.search_url and "{query}" not in self.search_url:
+            raise ValueError(f"search_url {self.search_url!r} has no {{query}} placeholder")
+        return self
+
+
+class OpenverseSource(_Source):
+    """Openly licensed images through the Openverse API (api.openverse.org)."""
+
+    kind: Literal["openverse"]
+    api_url: str
+    licences: list[str] = []          # Openverse `license` codes (cc0, pdm, by, by-sa...); [] = any
+    licence_types: list[Literal["commercial", "modification"]] = []
+    page_size: Annotated[int, Field(ge=1, le=500)]
+    max_pages: Positive               # per query
+    mature: bool = False
+    token_env: str | None = None      # the environment variable that may hold a bearer token
+
+
+class WikimediaSource(_Source):
+    """Files of Wikimedia Commons (or any MediaWiki) by category and by search."""
+
+    kind: Literal["wikimedia"]
+    api_url: str
+    categories: dict[str, list[str]] = {}  # per class: "Category:..." titles
+    search: bool = True                    # also search the File namespace for the class's queries
+    batch_size: Annotated[int, Field(ge=1, le=500)]
+    max_batches: Positive                  # per category or query
+    thumb_width: Annotated[int, Field(ge=0)]  # fetch a thumbnail this wide; 0 = the original file
+
+
+class FolderSource(_Source):
+    """Images a user already has: ``<path>/<class>/*``, imported as if scraped."""
+
+    kind: Literal["folder"]
+    path: str
+    licence: str | None = None
+    attribution: str | None = None
+
+
+Source = Annotated[GallerySource | OpenverseSource | WikimediaSource | FolderSource,
+                   Field(discriminator="kind")]
+
+
+class DomainLimit(_Section):
+    concurrency: Positive
+    delay_s: Annotated[float, Field(ge=0.0)] = 0.0
 
 
 class CrawlParams(_Section):
@@ -85,25 +149,51 @@ class CrawlParams(_Section):
     autothrottle_target_concurrency: Annotated[float, Field(gt=0.0)]
     concurrent_requests: Positive
     concurrent_requests_per_domain: Positive
+    domain_limits: dict[str, DomainLimit] = {}
     download_delay_s: Annotated[float, Field(ge=0.0)]
     download_timeout_s: Annotated[float, Field(gt=0.0)]
     max_bytes: Positive
     retries: Annotated[int, Field(ge=0)]
     user_agent: Annotated[str, Field(min_length=1)]
+    contact: str = ""
+    opt_out: list[str]
+    allow_private_hosts: list[str] = []
+    job_dir: str | None = None
     progress_every_s: Annotated[float, Field(gt=0.0)]
+
+    @field_validator("allow_private_hosts")
+    @classmethod
+    def _host_ports(cls, hosts: list[str]) -> list[str]:
+        for host in hosts:
+            if not re.fullmatch(r"[^\s/:]+:\d+|\[[0-9a-fA-F:.]+\]:\d+", host):
+                raise ValueError(f"{host!r} is not host:port (e.g. 127.0.0.1:8000)")
+        return hosts
 
 
 class ScrapeParams(_Section):
     demo_site: bool
-    classes: Annotated[dict[str, ClassSource], Field(min_length=2)]
+    classes: Annotated[dict[str, ClassParams], Field(min_length=2)]
+    sources: Annotated[dict[str, Source], Field(min_length=1)]
     crawl: CrawlParams
 
+    def enabled_sources(self) -> dict[str, Source]:
+        return {name: source for name, source in self.sources.items() if source.enabled}
+
     @model_validator(mode="after")
-    def _demo_urls_need_the_demo(self) -> Self:
-        for label, source in self.classes.items():
-            if not self.demo_site and any(DEMO_PLACEHOLDER in u for u in source.start_urls):
-                raise ValueError(f"classes.{label}.start_urls use {DEMO_PLACEHOLDER} but "
-                                 "demo_site is off; turn it on or give real URLs")
+    def _consistent(self) -> Self:
+        if not self.enabled_sources():
+            raise ValueError("every source is disabled; enable one under scrape.sources")
+        for name, source in self.enabled_sources().items():
+            per_class = {"gallery": "start_urls", "wikimedia": "categories"}.get(source.kind)
+            unknown = set(getattr(source, per_class)) - set(self.classes) if per_class else set()
+            if unknown:
+                raise ValueError(f"sources.{name}.{per_class} names {', '.join(sorted(unknown))}, "
+                                 f"which is not a class; classes are {', '.join(self.classes)}")
+            urls = [u for urls in getattr(source, "start_urls", {}).values() for u in urls]
+            urls += [getattr(source, "search_url", None) or ""]
+            if not self.demo_site and any(DEMO_PLACEHOLDER in u for u in urls):
+                raise ValueError(f"sources.{name} uses {DEMO_PLACEHOLDER} but demo_site is off; "
+                                 f"turn it on or set sources.{name}.enabled to false")
         return self
 
 
@@ -157,6 +247,7 @@ class AugmentParams(_Section):
 class TrainParams(_Section):
     filters: Annotated[list[Positive], Field(min_length=1, max_length=8)]
     convs_per_block: Annotated[int, Field(ge=1, le=4)]
+    first_stride: Annotated[int, Field(ge=1, le=4)]
     kernel_size: Annotated[int, Field(ge=1, le=11)]
     batchnorm_momentum: Annotated[float, Field(gt=0.0, lt=1.0)]
     head: Literal["global_average", "flatten"]

@@ -49,6 +49,8 @@ class RawRecord:
     licence: str | None
     attribution: str | None
     fetched_at: str
+    licence_url: str | None = None  # absent from records written before API sources
+    creator: str | None = None
 
     @classmethod
     def from_json(cls, line: str) -> RawRecord:

@@ -1,8 +1,12 @@
 """``python -m scraper.crawl CONFIG.json``: one crawl in its own process.
 
-The scrape stage writes the config (classes with resolved start URLs, crawl
-politeness, output paths) and runs this module in a subprocess, because
+The scrape stage writes the config (classes, enabled sources with resolved URLs,
+crawl politeness, output paths) and runs this module in a subprocess, because
 Twisted's reactor cannot be restarted inside one process.
+
+Exit status: 0 when the crawl finished, 3 when it was paused (Ctrl-C or SIGTERM
+once: Scrapy finishes what is in flight and, with a job folder, keeps its queue
+there for the next run), 1 otherwise.
 """
 
 from __future__ import annotations
@@ -16,7 +20,10 @@ from typing import Any
 from scrapy.crawler import CrawlerProcess
 from scrapy.settings import Settings
 
-from scraper.spiders.gallery import GallerySpider
+from scraper.policy import user_agent
+from scraper.spiders.images import ImagesSpider
+
+PAUSED = 3
 
 
 def crawl_settings(config: dict[str, Any]) -> Settings:
@@ -24,6 +31,9 @@ def crawl_settings(config: dict[str, Any]) -> Settings:
     settings = Settings()
     settings.setmodule("scraper.settings", priority="project")
     crawl = config["crawl"]
+    headers = dict(settings.getdict("DEFAULT_REQUEST_HEADERS"))
+    if "@" in crawl.get("contact", ""):
+        headers["From"] = crawl["contact"]  # RFC 9110: the e-mail of the bot's operator
     settings.setdict({
         "ROBOTSTXT_OBEY": crawl["obey_robots"],
         "AUTOTHROTTLE_ENABLED": crawl["autothrottle"],
@@ -32,24 +42,29 @@ def crawl_settings(config: dict[str, Any]) -> Settings:
         "AUTOTHROTTLE_TARGET_CONCURRENCY": crawl["autothrottle_target_concurrency"],
         "CONCURRENT_REQUESTS": crawl["concurrent_requests"],
         "CONCURRENT_REQUESTS_PER_DOMAIN": crawl["concurrent_requests_per_domain"],
+        "DOWNLOAD_SLOTS": {host: {"concurrency": limit["concurrency"], "delay": limit["delay_s"]}
+                           for host, limit in crawl.get("domain_limits", {}).items()},
         "DOWNLOAD_DELAY": crawl["download_delay_s"],
         "DOWNLOAD_TIMEOUT": crawl["download_timeout_s"],
         "DOWNLOAD_MAXSIZE": crawl["max_bytes"],
         "DOWNLOAD_WARNSIZE": min(crawl["max_bytes"], 10 * 1024 * 1024),
         "RETRY_TIMES": crawl["retries"],
-        "USER_AGENT": crawl["user_agent"],
+        "USER_AGENT": user_agent(crawl["user_agent"], crawl.get("contact", "")),
+        "DEFAULT_REQUEST_HEADERS": headers,
         "HAPPYSAD_PROGRESS_EVERY_S": crawl["progress_every_s"],
         "HAPPYSAD_RAW_DIR": config["raw_dir"],
-        "HAPPYSAD_ERRORS_PATH": config.get("errors_path"),
         "HAPPYSAD_URL_ALIASES": config.get("url_aliases", {}),
+        "HAPPYSAD_ALLOW_PRIVATE_HOSTS": crawl.get("allow_private_hosts", []),
     }, priority="cmdline")
+    if config.get("job_dir"):
+        settings.set("JOBDIR", config["job_dir"], priority="cmdline")
     return settings
 
 
 def run_crawl(config: dict[str, Any]) -> dict[str, Any]:
-    """Crawl to completion in this process and return Scrapy's final stats."""
+    """Crawl to completion (or a pause) in this process and return Scrapy's final stats."""
     process = CrawlerProcess(crawl_settings(config))
-    crawler = process.create_crawler(GallerySpider)
+    crawler = process.create_crawler(ImagesSpider)
     process.crawl(crawler, config=config)
     process.start()
     stats = {k: v.isoformat() if isinstance(v, datetime) else v
@@ -67,8 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     if len(args) != 1:
         sys.stderr.write("usage: python -m scraper.crawl CONFIG.json\n")
         return 2
-    stats = run_crawl(json.loads(Path(args[0]).read_text()))
-    return 0 if stats.get("finish_reason") == "finished" else 1
+    reason = run_crawl(json.loads(Path(args[0]).read_text())).get("finish_reason")
+    return {"finished": 0, "shutdown": PAUSED}.get(str(reason), 1)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""The item a spider yields: one image URL with its label and where it was found."""
+"""The item the spider yields: one fetched image with its label, origin and licence."""
 
 from __future__ import annotations
 
@@ -11,6 +11,11 @@ class ImageItem:
     page_url: str
     label: str
     source: str
+    body: bytes
+    final_url: str
+    content_type: str = ""
     query: str = ""
     licence: str | None = None
+    licence_url: str | None = None
+    creator: str | None = None
     attribution: str | None = None

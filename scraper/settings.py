@@ -20,6 +20,14 @@ TELNETCONSOLE_ENABLED = False
 REMOTE_CONTROL_ENABLED = False
 
 ITEM_PIPELINES = {"scraper.pipelines.RawImagePipeline": 300}
+DOWNLOADER_MIDDLEWARES = {
+    "scraper.policy.ApiToken": 50,
+    "scrapy.downloadermiddlewares.robotstxt.RobotsTxtMiddleware": None,
+    "scraper.policy.RobotsTxt": 100,  # the same, with concurrent waiters fixed
+    # Last before the download: every request, redirects and retries included, passes it.
+    "scraper.policy.AddressGuard": 990,
+}
+DUPEFILTER_CLASS = "scraper.policy.LabelledDupeFilter"
 EXTENSIONS = {"scraper.extensions.CrawlProgress": 500}
 LOGSTATS_INTERVAL = 0  # CrawlProgress reports pages, images and errors instead
 

@@ -69,7 +69,7 @@ def test_never_fetches_disallowed_or_decoy_images(first_crawl, tiny_site: Path) 
     assert not [r for r in requests if r.startswith(prefix)]
     assert stats["happysad/blocked"] == 3  # two by robots.txt, one off-site
     assert stats["robotstxt/forbidden"] == 2
-    assert stats.get("offsite/filtered", 0) == 1
+    assert stats["happysad/offsite"] == 1
     # Lazy placeholders, srcset's small candidates and thumbnails are not the image.
     assert not [r for r in requests if r.startswith(("/thumbs/", "/static/"))]
     assert "/robots.txt" in requests
@@ -206,11 +206,16 @@ def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 @pytest.mark.parametrize(("edit", "message"), [
     (lambda p: p.replace('image_selector: "figure.result img:not(.thumb)"',
                          'image_selector: "figure[[["', 1),
-     "scrape.classes.happy.image_selector: cannot parse selector 'figure[[['"),
+     "scrape.sources.demo.gallery.image_selector: cannot parse selector 'figure[[['"),
     (lambda p: p.replace("max_pages: 100", "max_pages: -1", 1),
-     "scrape.classes.happy.max_pages: Input should be greater than 0"),
+     "scrape.sources.demo.gallery.max_pages: Input should be greater than 0"),
     (lambda p: p.replace("demo_site: true", "demo_site: false", 1),
-     "scrape: classes.happy.start_urls use {demo} but demo_site is off"),
+     "scrape: sources.demo uses {demo} but demo_site is off; turn it on or set "
+     "sources.demo.enabled to false"),
+    (lambda p: p.replace("kind: openverse", "kind: flickr", 1),
+     "scrape.sources.openverse: Input tag 'flickr' found using 'kind' does not match"),
+    (lambda p: p.replace("happy: [\"{demo}", "hapy: [\"{demo}", 1),
+     "scrape: sources.demo.start_urls names hapy, which is not a class"),
     (lambda p: p + "\n  : [", "is not valid YAML"),
 ])
 def test_bad_params_give_one_line_errors(tmp_path: Path, edit, message: str) -> None:
