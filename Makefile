@@ -12,7 +12,7 @@ export PYTHONUNBUFFERED := 1
 export PREFECT_HOME ?= $(CURDIR)/.prefect
 PREFECT_PORT ?= 4200
 
-.PHONY: setup run serve retrain-now test lint bench clean browser
+.PHONY: setup run serve retrain-now tune test lint bench clean browser
 
 setup: .venv/.synced
 
@@ -42,6 +42,11 @@ serve: setup
 # Run the scheduled deployment now (needs `make serve` running).
 retrain-now: setup
 	PREFECT_API_URL=http://127.0.0.1:$(PREFECT_PORT)/api $(UV) run prefect deployment run retrain/scheduled
+
+# A budgeted hyperparameter search (params.yaml's `tune`) as a Prefect flow; the best
+# values end as reports/tune/best_params.yaml and a DVC experiment.
+tune: setup
+	$(UV) run python -m flows.tune
 
 # Headless Chromium for the UI test: Debian's package, installed when missing and possible.
 browser:

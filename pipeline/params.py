@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated, Literal, Self
+from typing import Annotated, Any, Literal, Self
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -295,6 +295,48 @@ class FlowParams(_Section):
         return value
 
 
+class Dimension(_Section):
+    """One knob of the search: a range (``low``..``high``, ``log`` for a log scale) or ``choices``."""
+
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    choices: list[Any] | None = None
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> Self:
+        if (self.choices is None) == (self.low is None or self.high is None):
+            raise ValueError("give either low and high, or choices")
+        if self.choices is not None and not self.choices:
+            raise ValueError("choices is empty")
+        if self.low is not None and self.high is not None:
+            if self.low > self.high:
+                raise ValueError("low must not exceed high")
+            if self.log and self.low <= 0:
+                raise ValueError("a log scale needs low > 0")
+        return self
+
+
+class TuneParams(_Section):
+    trials: Positive                  # the budget: trials in all, counting a resumed search's
+    parallel: Positive                # trials at once (each its own process)
+    metric: Literal["val_loss", "val_accuracy", "val_auc"]
+    dask_address: str = ""            # tcp://host:8786: trials run on that Dask cluster
+    experiment: bool                  # run the best params through the DAG as a DVC experiment
+    space: Annotated[dict[str, Dimension], Field(min_length=1)]
+
+    @field_validator("space")
+    @classmethod
+    def _train_keys(cls, space: dict[str, Dimension]) -> dict[str, Dimension]:
+        for key in space:
+            head, _, rest = key.partition(".")
+            model = TrainParams.model_fields.get(head)
+            if model is None or (rest and rest not in AugmentParams.model_fields) or (
+                    head == "augment" and not rest):
+                raise ValueError(f"{key!r} is not a train key (e.g. dropout, augment.zoom)")
+        return space
+
+
 class Params(_Section):
     seed: int
     demo_site: DemoSiteParams
@@ -306,6 +348,7 @@ class Params(_Section):
     evaluate: EvaluateParams
     promote: PromoteParams
     flow: FlowParams
+    tune: TuneParams
 
 
 def _where(error: dict) -> str:

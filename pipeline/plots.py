@@ -72,3 +72,21 @@ def mistakes(images: list[np.ndarray], captions: list[str], path: Path) -> None:
     if not images:
         axes[0, 0].text(0.5, 0.5, "no mistakes on the test split", ha="center", va="center")
     _save(fig, path)
+
+
+def tuning_trials(rows: list[dict], metric: str, path: Path) -> None:
+    """Each trial's val score and its train-val accuracy gap (the overfitting signal)."""
+    numbers = [r["number"] for r in rows]
+    best = (min if metric == "val_loss" else max)(rows, key=lambda r: r["score"])
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    axes[0].plot(numbers, [r["score"] for r in rows], "o", label="trial")
+    axes[0].plot([best["number"]], [best["score"]], "*", markersize=16, label="best")
+    axes[0].set(xlabel="trial", ylabel=metric, title=f"{metric} per trial (val split)")
+    axes[1].bar(numbers, [r["gap_accuracy"] for r in rows],
+                color=["tab:orange" if r is best else "tab:blue" for r in rows])
+    axes[1].axhline(0, color="grey", linewidth=0.8)
+    axes[1].set(xlabel="trial", ylabel="train - val accuracy", title="overfitting gap per trial")
+    for axis in axes:
+        axis.grid(alpha=0.3)
+    axes[0].legend()
+    _save(fig, path)

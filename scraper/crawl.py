@@ -12,6 +12,7 @@ there for the next run), 1 otherwise.
 from __future__ import annotations
 
 import json
+import resource
 import sys
 from datetime import datetime
 from pathlib import Path
@@ -67,6 +68,9 @@ def run_crawl(config: dict[str, Any]) -> dict[str, Any]:
     crawler = process.create_crawler(ImagesSpider)
     process.crawl(crawler, config=config)
     process.start()
+    # Peak resident memory of this crawl process (Linux reports KiB).
+    crawler.stats.set_value("happysad/peak_rss_mb",
+                            round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1))
     stats = {k: v.isoformat() if isinstance(v, datetime) else v
              for k, v in crawler.stats.get_stats().items()
              if isinstance(v, int | float | str | datetime)}

@@ -192,3 +192,55 @@ def test_serve_creates_the_scheduled_deployment(server: str, tmp_path: Path) -> 
                               "day_or": True}]
     finally:
         stop_process_group(process, grace_s=30.0)
+
+
+def test_tune_flow_searches_on_train_val_and_its_best_reproduces(server: str,
+                                                                  tmp_path: Path) -> None:
+    from flows.tune import tune
+
+    params = yaml.safe_load(tiny_params(TINY_SITE))
+    params["tune"].update({"trials": 3, "parallel": 2, "metric": "val_loss", "experiment": True,
+                           "space": {"dropout": {"low": 0.0, "high": 0.5},
+                                     "filters": {"choices": [[4, 8], [4]]},
+                                     "learning_rate": {"low": 0.001, "high": 0.01, "log": True}}})
+    project = copy_project(tmp_path / "project", yaml.safe_dump(params, sort_keys=False))
+    state = tune(str(project), return_state=True)
+    assert state.is_completed(), state.message
+    summary = state.result()
+    work = project / "reports" / "tune"
+    assert summary["trials"] == 3
+    runs = _task_runs(server, state.state_details.flow_run_id)
+    assert {f"trial-{n}" for n in range(3)} <= set(runs)
+    assert {"tune-trial", "tune-summary"} <= _artifact_keys(server, state.state_details.flow_run_id)
+
+    # The trials' records hold train and val only: the test split is not there to read.
+    view = json.loads((work / "records" / "meta.json").read_text())
+    assert set(view["counts"]) == {"train", "val"}
+    assert not list((work / "records").glob("test-*"))
+    assert len((work / "trials.csv").read_text().splitlines()) == 4
+    assert (work / "trials.png").stat().st_size > 0
+    best = summary["best_result"]
+    assert summary["best_score"] == min(json.loads(p.read_text())["val"]["loss"]
+                                        for p in work.glob("trials/*/trial-*/result.json"))
+    applied = yaml.safe_load((work / "best_params.yaml").read_text())["train"]
+    assert applied["dropout"] == pytest.approx(summary["best_values"]["dropout"])
+
+    # The best values, run through the DAG as a DVC experiment, train to the same val score.
+    assert summary["experiment"]
+    metrics = json.loads((project / "reports" / "train" / "metrics.json").read_text())
+    assert metrics["val"] == pytest.approx(best["val"], abs=1e-6)
+    assert metrics["best_epoch"] == best["best_epoch"]
+    shown = subprocess.run([sys.executable, "-m", "dvc", "exp", "show", "--json"], cwd=project,
+                           env=tool_env(), capture_output=True, text=True, check=True).stdout
+    assert summary["experiment"] in shown
+
+
+def test_a_trial_refuses_records_with_a_test_split(tmp_path: Path) -> None:
+    (tmp_path / "records").mkdir()
+    (tmp_path / "records" / "test-00000-of-00001.tfrecord").write_bytes(b"")
+    result = subprocess.run([sys.executable, "-m", "pipeline", "--params", str(REPO / "params.yaml"),
+                             "tune", "--records", str(tmp_path / "records"), "--out",
+                             str(tmp_path / "out"), "--values", "{}"], cwd=tmp_path,
+                            capture_output=True, text=True, env=tool_env() | {"PYTHONPATH": str(REPO)})
+    assert result.returncode == 2
+    assert "holds test shards; a trial reads a train/val view only" in result.stderr

@@ -1,0 +1,158 @@
+"""One tuning trial: train with some train params changed, scored on the val split only.
+
+``happysad tune --records VIEW --out DIR --values JSON`` is what the tune flow
+(``flows/tune.py``) runs per trial, each in its own process. Its records folder
+is a train/val view of data/tfrecords (:func:`train_val_view`): the test shards
+are not in it, so no trial can read them, and the search never sees a test score.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from pipeline.errors import UserError
+from pipeline.params import Dimension, TrainParams, load_params
+
+logger = logging.getLogger(__name__)
+
+SEEN = ("train", "val")
+LOWER_IS_BETTER = {"val_loss"}
+
+
+def train_val_view(records: Path, dest: Path) -> Path:
+    """``dest`` as a records folder holding only the train and val shards of ``records``."""
+    from pipeline import features
+
+    meta = features.read_meta(records)
+    dest.mkdir(parents=True, exist_ok=True)
+    for old in dest.glob("*.tfrecord"):
+        old.unlink()
+    for split in SEEN:
+        for shard in map(Path, features.shard_files(records, split)):
+            try:
+                os.link(shard, dest / shard.name)  # no copy, and no path back to the original
+            except OSError:
+                shutil.copyfile(shard, dest / shard.name)
+    view = {**meta, "counts": {k: v for k, v in meta["counts"].items() if k in SEEN},
+            "shards": {k: v for k, v in meta.get("shards", {}).items() if k in SEEN}}
+    (dest / "meta.json").write_text(json.dumps(view, indent=2, sort_keys=True) + "\n")
+    return dest
+
+
+def apply(base: TrainParams, values: dict[str, Any]) -> TrainParams:
+    """``base`` with dotted train keys (``dropout``, ``augment.zoom``) set, validated."""
+    data = base.model_dump()
+    for key, value in values.items():
+        head, _, rest = key.partition(".")
+        if rest:
+            data[head][rest] = value
+        else:
+            data[head] = value
+    return TrainParams.model_validate(data)
+
+
+def suggest(trial: Any, space: dict[str, Dimension], base: TrainParams) -> dict[str, Any]:
+    """An Optuna trial's values for every knob of ``space``."""
+    current = base.model_dump()
+    values: dict[str, Any] = {}
+    for key, dim in space.items():
+        if dim.choices is not None:
+            # Optuna stores categorical values as primitives: lists travel as JSON text.
+            values[key] = json.loads(trial.suggest_categorical(
+                key, [json.dumps(c) for c in dim.choices]))
+            continue
+        head, _, rest = key.partition(".")
+        now = current[head][rest] if rest else current[head]
+        assert dim.low is not None and dim.high is not None
+        if isinstance(now, int) and not isinstance(now, bool) and dim.low.is_integer() \
+                and dim.high.is_integer():
+            values[key] = trial.suggest_int(key, int(dim.low), int(dim.high), log=dim.log)
+        else:
+            values[key] = trial.suggest_float(key, dim.low, dim.high, log=dim.log)
+    return values
+
+
+def decode(params: dict[str, Any], space: dict[str, Dimension]) -> dict[str, Any]:
+    """An Optuna trial's stored params as train values (categoricals back from JSON)."""
+    return {k: json.loads(v) if space[k].choices is not None else v for k, v in params.items()}
+
+
+def score(result: dict[str, Any], metric: str) -> float:
+    """The trial's figure on the val split at its best epoch."""
+    return float(result["val"][metric.removeprefix("val_")])
+
+
+def study_key(records: Path, train: TrainParams, space: dict[str, Dimension], seed: int,
+              metric: str) -> str:
+    """A search is resumed only over the same data, base params, space and metric."""
+    text = json.dumps([(records / "meta.json").read_text(), train.model_dump(),
+                       {k: v.model_dump() for k, v in space.items()}, seed, metric], sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def params_change(values: dict[str, Any]) -> str:
+    """The best values as a params.yaml fragment, ready to merge into the train section."""
+    import yaml
+
+    train: dict[str, Any] = {}
+    for key, value in sorted(values.items()):
+        head, _, rest = key.partition(".")
+        if rest:
+            train.setdefault(head, {})[rest] = value
+        else:
+            train[head] = value
+    return yaml.safe_dump({"train": train}, sort_keys=True, default_flow_style=None)
+
+
+def set_arguments(values: dict[str, Any]) -> list[str]:
+    """``-S train.key=value`` arguments for ``dvc exp run``, values in YAML flow style."""
+    return [arg for key, value in sorted(values.items())
+            for arg in ("-S", f"train.{key}={json.dumps(value)}")]
+
+
+def run_trial(records: Path, out: Path, train: TrainParams, values: dict[str, Any],
+              seed: int) -> dict[str, Any]:
+    """Train one trial into ``out``; write and return its result."""
+    from pipeline.train import train as fit
+
+    started = time.perf_counter()
+    params = apply(train, values)
+    report = fit(records, out / "model", out / "reports", params, seed)
+    result = {"values": values, **asdict(report), "seconds": round(time.perf_counter() - started, 1)}
+    (out / "result.json").write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
+    return result
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--records", type=Path, required=True,
+                        help="a train/val view of data/tfrecords (no test shards)")
+    parser.add_argument("--out", type=Path, required=True, help="the trial's folder")
+    parser.add_argument("--values", required=True, help="JSON: train keys to change")
+
+
+def run(args: argparse.Namespace) -> None:
+    params = load_params(args.params)
+    try:
+        values = json.loads(args.values)
+    except json.JSONDecodeError as err:
+        raise UserError(f"--values is not JSON ({err})") from None
+    if any(path.name.startswith("test-") for path in args.records.glob("*.tfrecord")):
+        raise UserError(f"{args.records}: holds test shards; a trial reads a train/val view only")
+    try:
+        apply(params.train, values)
+    except ValueError as err:
+        raise UserError(f"--values: {str(err).splitlines()[0]}") from None
+    result = run_trial(args.records, args.out, params.train, values, params.seed)
+    logger.info("trial: val loss %.4f, accuracy %.3f, auc %.3f; train-val accuracy gap %+.3f "
+                "(best epoch %d of %d)", result["val"]["loss"], result["val"]["accuracy"],
+                result["val"]["auc"], result["gap"]["accuracy"], result["best_epoch"],
+                result["epochs_run"])
