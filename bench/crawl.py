@@ -73,7 +73,8 @@ _BARE_SPIDER = """
 import json, sys, time
 import scrapy
 from scrapy.crawler import CrawlerProcess
-base, paths, level = sys.argv[1], json.loads(sys.argv[2]), int(sys.argv[3])
+base, level = sys.argv[1], int(sys.argv[3])
+paths = json.loads(open(sys.argv[2]).read())
 class Bare(scrapy.Spider):
     name = "bare"
     async def start(self):
@@ -94,8 +95,11 @@ print(len(paths) / (stats["finish_time"] - stats["start_time"]).total_seconds())
 
 def bare_scrapy_rate(base_url: str, paths: list[str], level: int) -> float:
     """Scrapy's own ceiling: the same URLs, scheduled up front, nothing parsed or stored."""
-    out = subprocess.run([sys.executable, "-c", _BARE_SPIDER, base_url, json.dumps(paths),
-                          str(level)], capture_output=True, text=True, check=True).stdout
+    with tempfile.NamedTemporaryFile("w", suffix=".json") as listing:
+        json.dump(paths, listing)
+        listing.flush()
+        out = subprocess.run([sys.executable, "-c", _BARE_SPIDER, base_url, listing.name,
+                              str(level)], capture_output=True, text=True, check=True).stdout
     return float(out.strip().splitlines()[-1])
 
 
