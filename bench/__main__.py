@@ -2,6 +2,8 @@
 
 import sys
 
-from bench import crawl, data_stages, flow, model, sources
+from bench import crawl, data_stages, flow, model, sources, tune
 
-sys.exit(crawl.main([]) or data_stages.main([]) or model.main([]) or flow.main([]) or sources.main([]))
+BENCHMARKS = (crawl, data_stages, model, flow, sources, tune)
+
+sys.exit(next((code for code in (b.main([]) for b in BENCHMARKS) if code), 0))

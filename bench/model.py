@@ -118,13 +118,12 @@ def _fer_raw(tar: Path, work: Path) -> tuple[Path, dict[str, str]]:
     return work / "raw", origin
 
 
-def fer_rows(work: Path, image_size: int, epochs: int) -> list[Row]:
-    from pipeline import features
+def fer_records(work: Path, image_size: int) -> tuple[Path, int]:
+    """FER-2013 happy/sad as a records folder: FER train trains; validation faces with no
+    near-duplicate among them are split by group hash into val and test."""
     from pipeline.clean import clean
-    from pipeline.evaluate import evaluate
     from pipeline.params import load_params
     from pipeline.tfrecords import tfrecords
-    from pipeline.train import train
 
     params = load_params(REPO / "params.yaml")
     raw, origin = _fer_raw(FER_TAR, work)
@@ -149,6 +148,17 @@ def fer_rows(work: Path, image_size: int, epochs: int) -> list[Row]:
     (work / "split.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     tfrecords(work / "split.jsonl", raw, work / "tfrecords",
               params.tfrecords.model_copy(update={"image_size": image_size, "resize": "stretch"}))
+    return work / "tfrecords", dropped
+
+
+def fer_rows(work: Path, image_size: int, epochs: int) -> list[Row]:
+    from pipeline import features
+    from pipeline.evaluate import evaluate
+    from pipeline.params import load_params
+    from pipeline.train import train
+
+    params = load_params(REPO / "params.yaml")
+    _, dropped = fer_records(work, image_size)
     train_params = params.train.model_copy(update={"epochs": epochs})
     started = time.perf_counter()
     report = train(work / "tfrecords", work / "models", work / "reports" / "train", train_params,
