@@ -244,3 +244,26 @@ def test_a_trial_refuses_records_with_a_test_split(tmp_path: Path) -> None:
                             capture_output=True, text=True, env=tool_env() | {"PYTHONPATH": str(REPO)})
     assert result.returncode == 2
     assert "holds test shards; a trial reads a train/val view only" in result.stderr
+
+
+def test_tune_flow_runs_trials_on_a_dask_cluster(server: str, tmp_path: Path) -> None:
+    from distributed import Client, LocalCluster, get_task_stream
+
+    from flows.tune import main
+
+    params = yaml.safe_load(tiny_params(TINY_SITE))
+    params["tune"].update({"trials": 2, "parallel": 2, "experiment": False,
+                           "space": {"dropout": {"low": 0.0, "high": 0.5}}})
+    project = copy_project(tmp_path / "project", yaml.safe_dump(params, sort_keys=False))
+    cluster = LocalCluster(n_workers=1, threads_per_worker=2, processes=False,
+                           dashboard_address=None)
+    with cluster, Client(cluster) as client, get_task_stream(client) as stream:
+        code = main(["--project", str(project), "--dask-address", cluster.scheduler_address])
+    assert code == 0
+    assert len(stream.data) >= 2  # both trials went through the Dask scheduler
+    best = json.loads((project / "reports" / "tune" / "best.json").read_text())
+    assert best["trials"] == 2 and "experiment" not in best
+    latest = _filter(server, "flow_runs", {"flows": {"name": {"any_": ["tune"]}},
+                                           "sort": "START_TIME_DESC"})[0]
+    assert latest["state_type"] == "COMPLETED"
+    assert {"trial-0", "trial-1"} <= set(_task_runs(server, latest["id"]))
