@@ -314,6 +314,9 @@ def test_wikimedia_categories_and_search_with_licence_and_author(tmp_path: Path)
     assert record.licence_url == "https://creativecommons.org/licenses/by/4.0"
     assert record.page_url == "https://commons.wikimedia.example/wiki/File:Face_2.jpg"
     assert report.pages == {"happy": 3, "sad": 1}  # two category batches and one search each
+    for record in records.values():  # every API image keeps its licence and author
+        assert record.licence == "CC BY 4.0" and record.creator.startswith("Jane & Co ")
+        assert record.attribution.endswith("via Wikimedia Commons")
 
 
 # -- the folder source ----------------------------------------------------------------
@@ -392,3 +395,24 @@ def test_paused_crawl_resumes_from_its_queue(tmp_path: Path) -> None:
     image_fetches = [p for p in site.paths() if p.startswith("/img/")]
     assert len(image_fetches) <= pages * per_page + 2  # at most what was in flight, twice
     assert not (tmp_path / "job").exists()  # a finished crawl leaves no queue behind
+
+
+def test_crawl_settings_carry_politeness_from_params(tmp_path: Path) -> None:
+    from scraper.crawl import crawl_settings
+
+    with LoopbackSite() as site:
+        params = params_with({"web": {"kind": "gallery", "start_urls": {"happy": [site.url]},
+                                      "image_selector": "img", "max_pages": 1, "max_images": 1}},
+                             site, tmp_path, job_dir="job",
+                             domain_limits={"upload.example.org": {"concurrency": 2, "delay_s": 1.5}})
+    from pipeline.scrape import crawl_config
+
+    config = crawl_config(params.scrape, tmp_path / "raw", tmp_path, None)
+    settings = crawl_settings({**config, "job_dir": str(tmp_path / "job")})
+    assert settings["DOWNLOAD_SLOTS"] == {"upload.example.org": {"concurrency": 2, "delay": 1.5}}
+    assert settings["USER_AGENT"].startswith("happysad/")
+    assert settings["USER_AGENT"].endswith("; crawler-owner@example.org)")
+    assert settings.getdict("DEFAULT_REQUEST_HEADERS")["From"] == "crawler-owner@example.org"
+    assert settings["JOBDIR"] == str(tmp_path / "job")
+    assert settings.getbool("ROBOTSTXT_OBEY")
+    assert settings.getlist("HAPPYSAD_ALLOW_PRIVATE_HOSTS") == [site.host_port]
