@@ -112,11 +112,13 @@ class ImagesSpider(scrapy.Spider):
             for category in source.get("categories", {}).get(label, []):
                 yield self._api_request(source, wikimedia.query_url(source, category=category),
                                         self.parse_wikimedia,
-                                        {**kwargs, "query": category, "batch": 1})
+                                        {**kwargs, "query": category, "batch": 1,
+                                         "category": True})
             if source.get("search", True):
                 for q in queries:
                     yield self._api_request(source, wikimedia.query_url(source, search=q),
-                                            self.parse_wikimedia, {**kwargs, "query": q, "batch": 1})
+                                            self.parse_wikimedia,
+                                            {**kwargs, "query": q, "batch": 1, "category": False})
 
     def _api_request(self, source: dict[str, Any], url: str, callback: Any,
                      cb_kwargs: dict[str, Any]) -> scrapy.Request:
@@ -208,7 +210,7 @@ class ImagesSpider(scrapy.Spider):
                                      "page": page + 1})
 
     def parse_wikimedia(self, response: Response, source: str, label: str, query: str,
-                        batch: int) -> Iterator[scrapy.Request]:
+                        batch: int, category: bool) -> Iterator[scrapy.Request]:
         config = self.sources[source]
         self._count_page(source, label)
         data = json.loads(response.text)
@@ -223,12 +225,11 @@ class ImagesSpider(scrapy.Spider):
                 yield request
         if (cont and batch < config["max_batches"]
                 and self.images_found[(source, label)] < config["max_images"]):
-            is_category = query in config.get("categories", {}).get(label, [])
             url = wikimedia.query_url(config, cont=cont, **(
-                {"category": query} if is_category else {"search": query}))
+                {"category": query} if category else {"search": query}))
             yield self._api_request(config, url, self.parse_wikimedia,
                                     {"source": source, "label": label, "query": query,
-                                     "batch": batch + 1})
+                                     "batch": batch + 1, "category": category})
 
     # -- images -----------------------------------------------------------------------
 
