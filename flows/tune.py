@@ -2,7 +2,8 @@
 
 Run: ``python -m flows.tune [--trials N] [--parallel N] [--dask-address tcp://...]``
 (``make tune``). The data stages are brought up to date through DVC first; then
-Optuna's TPE sampler proposes ``parallel`` trials at a time (ask), each runs as a
+Optuna's TPE sampler proposes ``parallel`` trials at a time (ask; trial 0 is
+params.yaml's own values, so the best is never worse on val than the current), each runs as a
 Prefect task in its own process on a train/val view of the records, and its val
 score goes back to the study (tell). The study lives in ``reports/tune/study.db``,
 so a stopped search resumes where it was. At the end: a plot of every trial's
@@ -76,6 +77,7 @@ def tune(project: str = ".", trials: int | None = None, parallel: int | None = N
     from pipeline import plots
     from pipeline.tune import (
         LOWER_IS_BETTER,
+        current_values,
         decode,
         params_change,
         score,
@@ -106,6 +108,8 @@ def tune(project: str = ".", trials: int | None = None, parallel: int | None = N
         direction="minimize" if settings.metric in LOWER_IS_BETTER else "maximize",
         sampler=optuna.samplers.TPESampler(seed=params.seed, n_startup_trials=max(budget // 3, 2)))
     finished = lambda: [t for t in study.trials if t.state.is_finished()]  # noqa: E731
+    if not study.trials:
+        study.enqueue_trial(current_values(params.train, settings.space))  # trial 0: params.yaml
     if finished():
         logger.info("resuming search %s: %d of %d trials already finished", key, len(finished()),
                     budget)

@@ -81,6 +81,23 @@ def suggest(trial: Any, space: dict[str, Dimension], base: TrainParams) -> dict[
     return values
 
 
+def current_values(base: TrainParams, space: dict[str, Dimension]) -> dict[str, Any]:
+    """params.yaml's own values for the knobs of ``space`` (those the space can express), in
+    Optuna's stored form: the search tries them first, so its best is never worse on val
+    than what is there now."""
+    current = base.model_dump()
+    values: dict[str, Any] = {}
+    for key, dim in space.items():
+        head, _, rest = key.partition(".")
+        now = current[head][rest] if rest else current[head]
+        if dim.choices is not None:
+            if now in dim.choices:
+                values[key] = json.dumps(now)
+        elif dim.low is not None and dim.high is not None and dim.low <= now <= dim.high:
+            values[key] = now
+    return values
+
+
 def decode(params: dict[str, Any], space: dict[str, Dimension]) -> dict[str, Any]:
     """An Optuna trial's stored params as train values (categoricals back from JSON)."""
     return {k: json.loads(v) if space[k].choices is not None else v for k, v in params.items()}

@@ -218,6 +218,8 @@ def test_tune_flow_searches_on_train_val_and_its_best_reproduces(server: str,
     assert set(view["counts"]) == {"train", "val"}
     assert not list((work / "records").glob("test-*"))
     assert len((work / "trials.csv").read_text().splitlines()) == 4
+    first = json.loads(next(work.glob("trials/*/trial-000/result.json")).read_text())
+    assert first["values"] == {"dropout": 0.1, "filters": [4, 8], "learning_rate": 0.001}
     assert (work / "trials.png").stat().st_size > 0
     best = summary["best_result"]
     assert summary["best_score"] == min(json.loads(p.read_text())["val"]["loss"]
