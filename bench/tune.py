@@ -81,6 +81,10 @@ def compare(name: str, records: Path, work: Path, trials: int, epochs: int) -> l
         values = {**suggest(t, space, params.train), "epochs": epochs}
         results[t.number] = trial(view, work / f"trial-{t.number}", values)
         study.tell(t, score(results[t.number], metric))
+        done = results[t.number]
+        line = (f"{name}: trial {t.number + 1} of {trials}, {metric} {score(done, metric):.4f} "
+                f"({done['seconds'] / 60:.1f} min)")
+        print(line, file=sys.stderr, flush=True)  # noqa: T201 - progress of a long benchmark
     search_minutes = (time.perf_counter() - started) / 60
     best = study.best_trial.number
     default, tuned = results[0], results[best]
