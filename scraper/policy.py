@@ -156,16 +156,39 @@ def canonical(url: str, aliases: dict[str, str]) -> str:
     return url
 
 
+AUTH_ENV_META = "happysad_auth_env"    # the variable naming a source's API token
+AUTH_HOST_META = "happysad_auth_host"  # the API's host: the only one the token goes to
+
+
 class ApiToken:
     """Adds ``Authorization: Bearer <token>`` to API requests whose source names a token
-    variable that is set. It is added as the request goes out, so a paused crawl's queue
-    on disk does not hold it."""
+    variable that is set, and only while the request is for the API's own host.
+
+    The header exists only between download and answer: it is added as the request goes
+    out and taken off again before the retry and redirect middlewares (which run after
+    this one on the way back) copy the request. So a retried or redirected request that a
+    paused crawl queues to disk does not hold the token, and a redirect to another host
+    never gets it. Its place in DOWNLOADER_MIDDLEWARES is after RedirectMiddleware (600).
+    """
 
     def process_request(self, request: Request, spider: Spider | None = None) -> None:
-        name = request.meta.get("happysad_auth_env")
+        name = request.meta.get(AUTH_ENV_META)
         token = os.environ.get(name, "").strip() if name else ""
-        if token and b"Authorization" not in request.headers:
+        if token and urlparse_cached(request).netloc == request.meta.get(AUTH_HOST_META):
             request.headers[b"Authorization"] = f"Bearer {token}".encode()
+
+    def _take_off(self, request: Request) -> None:
+        if request.meta.get(AUTH_ENV_META):
+            request.headers.pop(b"Authorization", None)
+
+    def process_response(self, request: Request, response: Response,
+                         spider: Spider | None = None) -> Response:
+        self._take_off(request)
+        return response
+
+    def process_exception(self, request: Request, exception: Exception,
+                          spider: Spider | None = None) -> None:
+        self._take_off(request)
 
 
 def user_agent(base: str, contact: str) -> str:

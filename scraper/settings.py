@@ -21,7 +21,8 @@ REMOTE_CONTROL_ENABLED = False
 
 ITEM_PIPELINES = {"scraper.pipelines.RawImagePipeline": 300}
 DOWNLOADER_MIDDLEWARES = {
-    "scraper.policy.ApiToken": 50,
+    # After Retry (550) and Redirect (600): on the way back it takes the token off first.
+    "scraper.policy.ApiToken": 650,
     "scrapy.downloadermiddlewares.robotstxt.RobotsTxtMiddleware": None,
     "scraper.policy.RobotsTxt": 100,  # the same, with concurrent waiters fixed
     # Last before the download: every request, redirects and retries included, passes it.

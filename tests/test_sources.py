@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -256,6 +257,71 @@ def test_openverse_without_token_is_anonymous(tmp_path: Path, monkeypatch) -> No
     assert not [e for e in site.log if "Authorization" in e.headers]
     assert len(records) == 2  # max_images per class
 
+
+
+def test_openverse_token_goes_to_the_api_host_only_and_survives_a_retry(tmp_path: Path,
+                                                                          monkeypatch) -> None:
+    monkeypatch.setenv("HAPPYSAD_TEST_OPENVERSE_TOKEN", "tok-456")
+    with LoopbackSite() as site, LoopbackSite() as mirror:
+        routes = openverse_routes(site)
+        search, calls = routes["/v1/images/"], Counter[str]()
+
+        def flaky(query: dict[str, list[str]], headers: Any) -> Answer:
+            q = query["q"][0]
+            calls[q] += 1
+            if q == "happy person" and calls[q] == 1:
+                return Answer(503, b"busy", {"Retry-After": "0"})  # retried by Scrapy
+            if q == "sad person":  # the API moved: the token must not follow to another host
+                return Answer(302, b"", {"Location": f"{mirror.url}/v1/images/?q=sad+person&page=1"})
+            return search(query, headers)
+
+        routes["/v1/images/"] = flaky
+        site.routes.update(routes)
+        mirror.routes["/v1/images/"] = search
+        source = {"kind": "openverse", "api_url": f"{site.url}/v1/images/", "page_size": 3,
+                  "max_pages": 1, "max_images": 100, "token_env": "HAPPYSAD_TEST_OPENVERSE_TOKEN"}
+        params = params_with({"openverse": source}, site, tmp_path,
+                             allow_private_hosts=[site.host_port, mirror.host_port])
+        _, records = run_scrape(params, tmp_path)
+    happy = [e for e in site.log if e.path == "/v1/images/" and e.query["q"] == ["happy person"]]
+    assert len(happy) == 2  # the 503, then its retry: both carry the token
+    assert all(e.headers.get("Authorization") == "Bearer tok-456" for e in happy)
+    assert [e.path for e in mirror.log] == ["/v1/images/"]
+    assert "Authorization" not in mirror.log[0].headers
+    assert {r.label for r in records.values()} == {"happy", "sad"}
+
+
+def test_a_retried_api_request_is_queued_without_its_token(monkeypatch) -> None:
+    """What the retry middleware hands back to the scheduler (and, with JOBDIR, to disk)
+    carries no token, with the downloader middlewares in the crawl's own order."""
+    from scrapy import Request, Spider
+    from scrapy.core.downloader.middleware import DownloaderMiddlewareManager
+    from scrapy.http import Response
+    from scrapy.utils.test import get_crawler
+
+    from scraper import settings as project_settings
+    from scraper.policy import AUTH_ENV_META, AUTH_HOST_META
+
+    monkeypatch.setenv("HAPPYSAD_TEST_TOKEN", "tok-789")
+    crawler = get_crawler(Spider, {k: getattr(project_settings, k) for k in dir(project_settings)
+                                   if k.isupper()})
+    crawler.spider = Spider.from_crawler(crawler, "probe")
+    chain = DownloaderMiddlewareManager.from_crawler(crawler).middlewares
+    request = Request("http://api.example/v1/images/?q=x", meta={
+        AUTH_ENV_META: "HAPPYSAD_TEST_TOKEN", AUTH_HOST_META: "api.example"})
+    for middleware in chain:  # on the way out, in order
+        if hasattr(middleware, "process_request") and type(middleware).__name__ == "ApiToken":
+            middleware.process_request(request)
+    assert request.headers[b"Authorization"] == b"Bearer tok-789"
+    answer: Request | Response = Response(request.url, status=503, request=request)
+    for middleware in reversed(chain):  # on the way back, as Scrapy calls them
+        if isinstance(answer, Request):
+            break
+        if type(middleware).__name__ in ("ApiToken", "RetryMiddleware"):
+            answer = middleware.process_response(request, answer)
+    assert isinstance(answer, Request), "a 503 is retried"
+    assert b"Authorization" not in answer.headers
+    assert answer.meta[AUTH_ENV_META] == "HAPPYSAD_TEST_TOKEN"  # the name, never the token
 
 # -- Wikimedia Commons ----------------------------------------------------------------
 

@@ -28,14 +28,13 @@ from twisted.python.failure import Failure
 from pipeline.raw import read_manifest
 from scraper.items import ImageItem
 from scraper.markup import element_url, select
-from scraper.policy import LABEL_META, canonical, opted_out
+from scraper.policy import AUTH_ENV_META, AUTH_HOST_META, LABEL_META, canonical, opted_out
 from scraper.sources import openverse, wikimedia
 from scraper.sources.found import FoundImage
 
 logger = logging.getLogger(__name__)
 
 IMAGE_PRIORITY = 10  # images before more pages: the queue stays short
-AUTH_ENV_META = "happysad_auth_env"  # the token is added at download time, never queued to disk
 
 
 class ImagesSpider(scrapy.Spider):
@@ -126,7 +125,8 @@ class ImagesSpider(scrapy.Spider):
         on any host; images it names are fetched under the usual rules."""
         meta: dict[str, Any] = {"dont_obey_robotstxt": True, "allow_offsite": True}
         if source.get("token_env"):
-            meta[AUTH_ENV_META] = source["token_env"]
+            meta[AUTH_ENV_META] = source["token_env"]  # the token itself is never in a request
+            meta[AUTH_HOST_META] = urlsplit(url).netloc
         return scrapy.Request(url, callback=callback, errback=self.page_failed,
                               cb_kwargs=cb_kwargs, meta=meta,
                               headers={"Accept": "application/json"})
