@@ -41,7 +41,9 @@ def import_folder(source: str, path: str, labels: list[str], raw_dir: Path, *, m
         folder = root / label
         if not folder.is_dir():
             continue
-        taken = 0
+        prefix = f"file:{PurePosixPath(path) / label}/"
+        # max_images is on the folder, not on one run: earlier imports count.
+        taken = sum(1 for lab, url in known if lab == label and url.startswith(prefix))
         for file in sorted(p for p in folder.rglob("*") if p.is_file()):
             relative = file.relative_to(root).as_posix()
             if any(part.startswith(".") for part in PurePosixPath(relative).parts):

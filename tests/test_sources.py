@@ -411,6 +411,21 @@ def test_folder_source_imports_as_if_scraped(tmp_path: Path, monkeypatch) -> Non
     assert again.images_stored == 1 and again.already_had == 4 and len(records) == 5
 
 
+
+def test_folder_limit_counts_earlier_imports(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "mine" / "happy").mkdir(parents=True)
+    for n in range(3):
+        (tmp_path / "mine" / "happy" / f"{n}.jpg").write_bytes(jpeg(500 + n))
+    with LoopbackSite() as site:
+        params = params_with({"mine": {"kind": "folder", "path": "mine", "max_images": 2}},
+                             site, tmp_path)
+        first, _ = run_scrape(params, Path("."))
+        (tmp_path / "mine" / "happy" / "3.jpg").write_bytes(jpeg(503))
+        again, records = run_scrape(params, Path("."))
+    assert first.images_stored == 2
+    assert again.images_stored == 0 and len(records) == 2  # the limit is on the folder, not a run
+
 # -- pausing and resuming ---------------------------------------------------------------
 
 def test_paused_crawl_resumes_from_its_queue(tmp_path: Path) -> None:
