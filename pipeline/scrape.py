@@ -254,6 +254,9 @@ def scrape(params: ScrapeParams, demo: DemoSiteParams, raw_dir: Path, report_dir
     stored_by_source = {k.rsplit("/", 1)[1]: int(v) for k, v in sorted(stats.items())
                         if k.startswith("happysad/images_stored_by_source/")}
     stored_by_source.update({name: r.stored for name, r in imported.items()})
+    errors_by_kind = Counter({k.rsplit("/", 1)[1]: int(v) for k, v in stats.items()
+                              if k.startswith("happysad/errors/")})
+    errors_by_kind["too_large"] += sum(r.too_large for r in imported.values())
     report = ScrapeReport(
         pages={label: int(stats.get(f"happysad/pages/{label}", 0)) for label in params.classes},
         images_stored=int(stats.get("happysad/images_stored", 0))
@@ -266,8 +269,7 @@ def scrape(params: ScrapeParams, demo: DemoSiteParams, raw_dir: Path, report_dir
         opted_out=int(stats.get("happysad/opted_out", 0))
         + int(stats.get("happysad/opted_out_pages", 0)),
         errors=int(stats.get("happysad/errors", 0)) + sum(r.too_large for r in imported.values()),
-        errors_by_kind={k.rsplit("/", 1)[1]: int(v) for k, v in sorted(stats.items())
-                        if k.startswith("happysad/errors/")},
+        errors_by_kind={k: v for k, v in sorted(errors_by_kind.items()) if v},
         stored_by_source=stored_by_source,
         raw_records=records,
         raw_records_by_source=by_source,

@@ -422,9 +422,12 @@ def test_folder_limit_counts_earlier_imports(tmp_path: Path, monkeypatch) -> Non
                              site, tmp_path)
         first, _ = run_scrape(params, Path("."))
         (tmp_path / "mine" / "happy" / "3.jpg").write_bytes(jpeg(503))
+        (tmp_path / "mine" / "sad").mkdir()
+        (tmp_path / "mine" / "sad" / "huge.jpg").write_bytes(b"\xff" * HUGE)  # over max_bytes
         again, records = run_scrape(params, Path("."))
     assert first.images_stored == 2
     assert again.images_stored == 0 and len(records) == 2  # the limit is on the folder, not a run
+    assert again.errors == 1 and again.errors_by_kind == {"too_large": 1}
 
 # -- pausing and resuming ---------------------------------------------------------------
 
