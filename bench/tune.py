@@ -63,7 +63,14 @@ def compare(name: str, records: Path, work: Path, trials: int, epochs: int) -> l
     import optuna
 
     from pipeline.params import load_params
-    from pipeline.tune import LOWER_IS_BETTER, current_values, score, suggest, train_val_view
+    from pipeline.tune import (
+        LOWER_IS_BETTER,
+        current_values,
+        sampler,
+        score,
+        suggest,
+        train_val_view,
+    )
 
     params = load_params(REPO / "params.yaml")
     metric = params.tune.metric
@@ -71,7 +78,7 @@ def compare(name: str, records: Path, work: Path, trials: int, epochs: int) -> l
     view = train_val_view(records, work / "view")
     study = optuna.create_study(
         direction="minimize" if metric in LOWER_IS_BETTER else "maximize",
-        sampler=optuna.samplers.TPESampler(seed=params.seed, n_startup_trials=max(trials // 3, 2)))
+        sampler=sampler(params.tune, params.seed))
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study.enqueue_trial(current_values(params.train, space))  # trial 0: the untuned default
     results: dict[int, dict[str, Any]] = {}

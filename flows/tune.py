@@ -80,6 +80,7 @@ def tune(project: str = ".", trials: int | None = None, parallel: int | None = N
         current_values,
         decode,
         params_change,
+        sampler,
         score,
         set_arguments,
         study_key,
@@ -106,7 +107,7 @@ def tune(project: str = ".", trials: int | None = None, parallel: int | None = N
     study = optuna.create_study(
         study_name=key, storage=f"sqlite:///{work / 'study.db'}", load_if_exists=True,
         direction="minimize" if settings.metric in LOWER_IS_BETTER else "maximize",
-        sampler=optuna.samplers.TPESampler(seed=params.seed, n_startup_trials=max(budget // 3, 2)))
+        sampler=sampler(settings, params.seed))
     finished = lambda: [t for t in study.trials if t.state.is_finished()]  # noqa: E731
     if not study.trials:
         study.enqueue_trial(current_values(params.train, settings.space))  # trial 0: params.yaml

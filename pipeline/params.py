@@ -320,6 +320,7 @@ class Dimension(_Section):
 class TuneParams(_Section):
     trials: Positive                  # the budget: trials in all, counting a resumed search's
     parallel: Positive                # trials at once (each its own process)
+    random_trials: Annotated[int, Field(ge=0)] = 4  # after trial 0, before TPE takes over
     metric: Literal["val_loss", "val_accuracy", "val_auc"]
     dask_address: str = ""            # tcp://host:8786: trials run on that Dask cluster
     experiment: bool                  # run the best params through the DAG as a DVC experiment

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.errors import UserError
-from pipeline.params import Dimension, TrainParams, load_params
+from pipeline.params import Dimension, TrainParams, TuneParams, load_params
 
 logger = logging.getLogger(__name__)
 
@@ -101,6 +101,15 @@ def current_values(base: TrainParams, space: dict[str, Dimension]) -> dict[str, 
 def decode(params: dict[str, Any], space: dict[str, Dimension]) -> dict[str, Any]:
     """An Optuna trial's stored params as train values (categoricals back from JSON)."""
     return {k: json.loads(v) if space[k].choices is not None else v for k, v in params.items()}
+
+
+def sampler(settings: TuneParams, seed: int) -> Any:
+    """Optuna's TPE, seeded: trial 0 (params.yaml's values, enqueued) and
+    ``tune.random_trials`` random ones first, so the categorical choices are seen at least
+    once before TPE, which otherwise keeps proposing trial 0's choices."""
+    import optuna
+
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=1 + settings.random_trials)
 
 
 def score(result: dict[str, Any], metric: str) -> float:
