@@ -149,7 +149,7 @@ def tune(project: str = ".", trials: int | None = None, parallel: int | None = N
         writer = csv.DictWriter(handle, list(rows[0]), lineterminator="\n")
         writer.writeheader()
         writer.writerows(rows)
-    plots.tuning_trials(rows, settings.metric, work / "trials.png")
+    plots.tuning_trials(rows, settings.metric, best.number, work / "trials.png")
     change = params_change(values)
     (work / "best_params.yaml").write_text(
         f"# tune: best of {len(done)} trials, {settings.metric} {best.value:.4f} on the val split "

@@ -74,10 +74,10 @@ def mistakes(images: list[np.ndarray], captions: list[str], path: Path) -> None:
     _save(fig, path)
 
 
-def tuning_trials(rows: list[dict], metric: str, path: Path) -> None:
+def tuning_trials(rows: list[dict], metric: str, best_number: int, path: Path) -> None:
     """Each trial's val score and its train-val accuracy gap (the overfitting signal)."""
     numbers = [r["number"] for r in rows]
-    best = (min if metric == "val_loss" else max)(rows, key=lambda r: r["score"])
+    best = next(r for r in rows if r["number"] == best_number)
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     axes[0].plot(numbers, [r["score"] for r in rows], "o", label="trial")
     axes[0].plot([best["number"]], [best["score"]], "*", markersize=16, label="best")
