@@ -50,6 +50,9 @@ def server(tmp_path_factory: pytest.TempPathFactory):
     try:
         with temporary_settings({PREFECT_API_URL: api_url(port)}):
             yield api_url(port)
+            from prefect.logging.handlers import APILogHandler
+
+            APILogHandler.flush()  # send the last run logs while the server is still up
     finally:
         stop_server(process)
 
