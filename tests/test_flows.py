@@ -50,9 +50,9 @@ def server(tmp_path_factory: pytest.TempPathFactory):
     try:
         with temporary_settings({PREFECT_API_URL: api_url(port)}):
             yield api_url(port)
-            from prefect.logging.handlers import APILogHandler
+            from prefect.logging.handlers import APILogWorker
 
-            APILogHandler.flush()  # send the last run logs while the server is still up
+            APILogWorker.drain_all(timeout=10)  # send the last run logs while the server is up
     finally:
         stop_server(process)
 
