@@ -89,7 +89,7 @@ def compare(name: str, records: Path, work: Path, trials: int, epochs: int) -> l
         results[t.number] = trial(view, work / f"trial-{t.number}", values)
         study.tell(t, score(results[t.number], metric))
         done = results[t.number]
-        line = (f"{name}: trial {t.number + 1} of {trials}, {metric} {score(done, metric):.4f} "
+        line = (f"{name}: trial {t.number} ({t.number + 1} of {trials}), {metric} {score(done, metric):.4f} "
                 f"({done['seconds'] / 60:.1f} min)")
         print(line, file=sys.stderr, flush=True)  # noqa: T201 - progress of a long benchmark
     search_minutes = (time.perf_counter() - started) / 60
@@ -108,7 +108,7 @@ def compare(name: str, records: Path, work: Path, trials: int, epochs: int) -> l
         (f"{name}: default, test accuracy", f"{on_test['default']['accuracy']:.3f}",
          figures(default, on_test["default"]) + f"; trial 0 ({default['seconds'] / 60:.1f} min)"),
         (f"{name}: tuned best, test accuracy", f"{on_test['tuned']['accuracy']:.3f}",
-         figures(tuned, on_test["tuned"]) + f"; trial {best} of {trials} "
+         figures(tuned, on_test["tuned"]) + f"; trial {best}, the best of {trials} "
          f"({search_minutes:.1f} min for the search)"),
         (f"{name}: tuned values", "", json.dumps(changed, sort_keys=True)),
     ]
