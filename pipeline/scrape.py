@@ -268,7 +268,7 @@ def scrape(params: ScrapeParams, demo: DemoSiteParams, raw_dir: Path, report_dir
         blocked=int(stats.get("happysad/blocked", 0)),
         opted_out=int(stats.get("happysad/opted_out", 0))
         + int(stats.get("happysad/opted_out_pages", 0)),
-        errors=int(stats.get("happysad/errors", 0)) + sum(r.too_large for r in imported.values()),
+        errors=sum(errors_by_kind.values()),  # each crawl error is counted under its kind too
         errors_by_kind={k: v for k, v in sorted(errors_by_kind.items()) if v},
         stored_by_source=stored_by_source,
         raw_records=records,
