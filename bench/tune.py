@@ -60,27 +60,15 @@ def test_metrics(records: Path, out: Path) -> dict[str, Any]:
 
 
 def compare(name: str, records: Path, work: Path, trials: int, epochs: int) -> list[Row]:
-    import optuna
 
     from pipeline.params import load_params
-    from pipeline.tune import (
-        LOWER_IS_BETTER,
-        current_values,
-        sampler,
-        score,
-        suggest,
-        train_val_view,
-    )
+    from pipeline.tune import create_study, score, suggest, train_val_view
 
     params = load_params(REPO / "params.yaml")
     metric = params.tune.metric
     space = {k: v for k, v in params.tune.space.items() if k != "epochs"}
     view = train_val_view(records, work / "view")
-    study = optuna.create_study(
-        direction="minimize" if metric in LOWER_IS_BETTER else "maximize",
-        sampler=sampler(params.tune, params.seed))
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study.enqueue_trial(current_values(params.train, space))  # trial 0: the untuned default
+    study = create_study(params.tune, params.seed, params.train, space)  # trial 0: the default
     results: dict[int, dict[str, Any]] = {}
     started = time.perf_counter()
     for _ in range(trials):

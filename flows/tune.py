@@ -76,11 +76,9 @@ def tune(project: str = ".", trials: int | None = None, parallel: int | None = N
 
     from pipeline import plots
     from pipeline.tune import (
-        LOWER_IS_BETTER,
-        current_values,
+        create_study,
         decode,
         params_change,
-        sampler,
         score,
         set_arguments,
         study_key,
@@ -103,14 +101,9 @@ def tune(project: str = ".", trials: int | None = None, parallel: int | None = N
     work = root / "reports" / "tune"
     view = train_val_view(root / "data" / "tfrecords", work / "records")
     key = study_key(view, params.train, settings.space, params.seed, settings.metric)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(
-        study_name=key, storage=f"sqlite:///{work / 'study.db'}", load_if_exists=True,
-        direction="minimize" if settings.metric in LOWER_IS_BETTER else "maximize",
-        sampler=sampler(settings, params.seed))
+    study = create_study(settings, params.seed, params.train, settings.space,
+                         storage=f"sqlite:///{work / 'study.db'}", name=key)
     finished = lambda: [t for t in study.trials if t.state.is_finished()]  # noqa: E731
-    if not study.trials:
-        study.enqueue_trial(current_values(params.train, settings.space))  # trial 0: params.yaml
     if finished():
         logger.info("resuming search %s: %d of %d trials already finished", key, len(finished()),
                     budget)

@@ -103,13 +103,22 @@ def decode(params: dict[str, Any], space: dict[str, Dimension]) -> dict[str, Any
     return {k: json.loads(v) if space[k].choices is not None else v for k, v in params.items()}
 
 
-def sampler(settings: TuneParams, seed: int) -> Any:
-    """Optuna's TPE, seeded: trial 0 (params.yaml's values, enqueued) and
-    ``tune.random_trials`` random ones first, so the categorical choices are seen at least
-    once before TPE, which otherwise keeps proposing trial 0's choices."""
+def create_study(settings: TuneParams, seed: int, base: TrainParams, space: dict[str, Dimension],
+                 storage: str | None = None, name: str | None = None) -> Any:
+    """A seeded Optuna study in ``tune.metric``'s direction (resumed when ``storage`` holds
+    it). A new one gets params.yaml's own values as trial 0, so its best is never worse on
+    val than what is there now; then ``tune.random_trials`` random trials, so every choice
+    can be seen before TPE, which otherwise keeps proposing trial 0's choices."""
     import optuna
 
-    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=1 + settings.random_trials)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(
+        study_name=name, storage=storage, load_if_exists=storage is not None,
+        direction="minimize" if settings.metric in LOWER_IS_BETTER else "maximize",
+        sampler=optuna.samplers.TPESampler(seed=seed, n_startup_trials=1 + settings.random_trials))
+    if not study.trials:
+        study.enqueue_trial(current_values(base, space))
+    return study
 
 
 def score(result: dict[str, Any], metric: str) -> float:

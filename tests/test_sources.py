@@ -258,7 +258,6 @@ def test_openverse_without_token_is_anonymous(tmp_path: Path, monkeypatch) -> No
     assert len(records) == 2  # max_images per class
 
 
-
 def test_openverse_token_goes_to_the_api_host_only_and_survives_a_retry(tmp_path: Path,
                                                                           monkeypatch) -> None:
     monkeypatch.setenv("HAPPYSAD_TEST_OPENVERSE_TOKEN", "tok-456")
@@ -296,11 +295,12 @@ def test_a_retried_api_request_is_queued_without_its_token(monkeypatch) -> None:
     carries no token, with the downloader middlewares in the crawl's own order."""
     from scrapy import Request, Spider
     from scrapy.core.downloader.middleware import DownloaderMiddlewareManager
+    from scrapy.downloadermiddlewares.retry import RetryMiddleware
     from scrapy.http import Response
     from scrapy.utils.test import get_crawler
 
     from scraper import settings as project_settings
-    from scraper.policy import AUTH_ENV_META, AUTH_HOST_META
+    from scraper.policy import AUTH_ENV_META, AUTH_HOST_META, ApiToken
 
     monkeypatch.setenv("HAPPYSAD_TEST_TOKEN", "tok-789")
     crawler = get_crawler(Spider, {k: getattr(project_settings, k) for k in dir(project_settings)
@@ -309,19 +309,18 @@ def test_a_retried_api_request_is_queued_without_its_token(monkeypatch) -> None:
     chain = DownloaderMiddlewareManager.from_crawler(crawler).middlewares
     request = Request("http://api.example/v1/images/?q=x", meta={
         AUTH_ENV_META: "HAPPYSAD_TEST_TOKEN", AUTH_HOST_META: "api.example"})
-    for middleware in chain:  # on the way out, in order
-        if hasattr(middleware, "process_request") and type(middleware).__name__ == "ApiToken":
-            middleware.process_request(request)
+    next(m for m in chain if isinstance(m, ApiToken)).process_request(request)  # on the way out
     assert request.headers[b"Authorization"] == b"Bearer tok-789"
     answer: Request | Response = Response(request.url, status=503, request=request)
     for middleware in reversed(chain):  # on the way back, as Scrapy calls them
         if isinstance(answer, Request):
             break
-        if type(middleware).__name__ in ("ApiToken", "RetryMiddleware"):
+        if isinstance(middleware, ApiToken | RetryMiddleware):
             answer = middleware.process_response(request, answer)
     assert isinstance(answer, Request), "a 503 is retried"
     assert b"Authorization" not in answer.headers
     assert answer.meta[AUTH_ENV_META] == "HAPPYSAD_TEST_TOKEN"  # the name, never the token
+
 
 # -- Wikimedia Commons ----------------------------------------------------------------
 
@@ -411,7 +410,6 @@ def test_folder_source_imports_as_if_scraped(tmp_path: Path, monkeypatch) -> Non
     assert again.images_stored == 1 and again.already_had == 4 and len(records) == 5
 
 
-
 def test_folder_limit_counts_earlier_imports(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
     (tmp_path / "mine" / "happy").mkdir(parents=True)
@@ -428,6 +426,7 @@ def test_folder_limit_counts_earlier_imports(tmp_path: Path, monkeypatch) -> Non
     assert first.images_stored == 2
     assert again.images_stored == 0 and len(records) == 2  # the limit is on the folder, not a run
     assert again.errors == 1 and again.errors_by_kind == {"too_large": 1}
+
 
 # -- pausing and resuming ---------------------------------------------------------------
 
