@@ -23,12 +23,12 @@ from urllib.parse import urlsplit
 from scrapy import Request, Spider
 from scrapy.crawler import Crawler
 from scrapy.downloadermiddlewares.robotstxt import RobotsTxtMiddleware
-from scrapy.dupefilters import RFPDupeFilter
 from scrapy.exceptions import IgnoreRequest
 from scrapy.http import Response, TextResponse
 from scrapy.robotstxt import RobotParser
 from scrapy.utils.defer import maybe_deferred_to_future
 from scrapy.utils.httpobj import urlparse_cached
+from scrapy.utils.request import RequestFingerprinter
 from twisted.internet.defer import Deferred
 
 logger = logging.getLogger(__name__)
@@ -94,16 +94,17 @@ class AddressGuard:
                                   "(allow it in scrape.crawl.allow_private_hosts if you mean it)")
 
 
-class LabelledDupeFilter(RFPDupeFilter):
-    """Scrapy's duplicate filter, with the class label in the fingerprint of image requests:
-    the same URL found under two classes is fetched for both (clean sees the conflict)."""
+class LabelledFingerprinter(RequestFingerprinter):
+    """Scrapy's request fingerprint, with the class label mixed in for image requests: the
+    same URL found under two classes is fetched for both (clean sees the conflict). The
+    duplicate filter (and anything else keyed by fingerprint) uses it."""
 
-    def request_fingerprint(self, request: Request) -> str:
-        fingerprint = super().request_fingerprint(request)
+    def fingerprint(self, request: Request) -> bytes:
+        fingerprint = super().fingerprint(request)
         label = request.meta.get(LABEL_META)
         if not label:
             return fingerprint
-        return hashlib.sha1(f"{fingerprint}:{label}".encode(), usedforsecurity=False).hexdigest()
+        return hashlib.sha1(fingerprint + b":" + label.encode(), usedforsecurity=False).digest()
 
 
 def _directives(values: Iterable[str], bot: str) -> set[str]:

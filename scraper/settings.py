@@ -28,7 +28,7 @@ DOWNLOADER_MIDDLEWARES = {
     # Last before the download: every request, redirects and retries included, passes it.
     "scraper.policy.AddressGuard": 990,
 }
-DUPEFILTER_CLASS = "scraper.policy.LabelledDupeFilter"
+REQUEST_FINGERPRINTER_CLASS = "scraper.policy.LabelledFingerprinter"
 EXTENSIONS = {"scraper.extensions.CrawlProgress": 500}
 LOGSTATS_INTERVAL = 0  # CrawlProgress reports pages, images and errors instead
 
