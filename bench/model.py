@@ -42,7 +42,7 @@ def dag_rows(work: Path) -> list[Row]:
     seconds = time.perf_counter() - started
     if result.returncode:
         raise RuntimeError(f"dvc repro failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
-    metrics = json.loads((project / "reports" / "evaluate" / "metrics.json").read_text())
+    metrics = json.loads((project / "reports" / "evaluate" / "details.json").read_text())
     trained = json.loads((project / "reports" / "train" / "metrics.json").read_text())
     speed = re.findall(r"\(([\d.]+) images/s\)", result.stdout + result.stderr)
     rate = speed[-1] if speed else "?"

@@ -38,7 +38,7 @@ def image_markdown(path: Path, title: str) -> str:
 
 
 def scrape_artifacts(project: Path) -> list[Artifact]:
-    metrics = _read(project / "reports" / "scrape" / "metrics.json")
+    metrics = _read(project / "reports" / "scrape" / "report.json")
     if metrics is None:
         return []
     rows = [{"figure": k, "value": v} for k, v in metrics.items() if not isinstance(v, dict | list)]
@@ -79,7 +79,7 @@ def data_version_artifacts(project: Path) -> list[Artifact]:
 
 
 def evaluate_artifacts(project: Path) -> list[Artifact]:
-    metrics = _read(project / "reports" / "evaluate" / "metrics.json")
+    metrics = _read(project / "reports" / "evaluate" / "details.json")
     if metrics is None:
         return []
     keys = ("accuracy", "precision", "recall", "f1", "roc_auc", "loss", "images", "best_epoch")

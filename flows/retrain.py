@@ -31,6 +31,8 @@ from pipeline.errors import UserError
 from pipeline.params import load_params
 
 CRAWL_STAGE = "scrape"  # the stage `force_scrape` re-runs: new images flow in through it
+PRODUCTION = "models/production"  # the champion: `happysad promote` writes it, DVC versions it
+PROMOTIONS = "models/promotions.jsonl"  # every promotion decision: small, git-tracked
 
 
 @task(cache_policy=NO_CACHE)  # DVC is the cache: a task always asks it
@@ -54,26 +56,47 @@ def promote(project: str, run_name: str, timeout_s: float) -> dict:
     run_command([sys.executable, "-m", "pipeline", "promote", "--run-name", run_name],
                 root, logger, timeout_s)
     decision = json.loads((root / "reports" / "promote" / "decision.json").read_text())
+    if decision["promoted"] or not (root / f"{PRODUCTION}.dvc").exists():
+        # The champion is DVC-tracked (models/production.dvc, committed with dvc.lock), so
+        # `dvc push` ships it and a second clone's `dvc pull` serves it without retraining.
+        run_command([sys.executable, "-m", "dvc", "add", PRODUCTION], root, logger, timeout_s)
     artifacts.publish(artifacts.promotion_artifacts(decision))
     return decision
 
 
 @task(cache_policy=NO_CACHE, task_run_name="record-experiment")
-def record_experiment(project: str, name: str, timeout_s: float) -> str | None:
-    """Save this run's params, data hashes and metrics as a DVC experiment (`dvc exp show`)."""
+def record_experiment(project: str, name: str, timeout_s: float, changed: bool = True) -> str | None:
+    """Save this run's params, data hashes and metrics as a DVC experiment (`dvc exp show`),
+    unless no stage changed any output (``changed``): then it would repeat the last one."""
     logger = get_run_logger()
     root = Path(project)
+    if not changed:
+        message = ("no stage changed any output (dvc.lock is as it was): no new DVC experiment "
+                   "recorded; `dvc exp show` already holds this state")
+        logger.info(message)
+        artifacts.publish([artifacts.Artifact("experiment", "The DVC experiment recording this run",
+                                              markdown=f"**No new DVC experiment**: {message}.")])
+        return None
     head = subprocess.run(["git", "rev-parse", "--verify", "-q", "HEAD"], cwd=root,
                           capture_output=True, text=True)
     if head.returncode != 0:
         logger.warning("%s is not a git repository with a commit: no DVC experiment recorded", root)
         return None
-    run_command([sys.executable, "-m", "dvc", "exp", "save", "--name", name], root, logger, timeout_s)
+    untracked = [p for p in (f"{PRODUCTION}.dvc", PROMOTIONS) if (root / p).exists()]
+    run_command([sys.executable, "-m", "dvc", "exp", "save", "--name", name,
+                 *(a for p in untracked for a in ("--include-untracked", p))], root, logger, timeout_s)
     artifacts.publish([artifacts.Artifact(
         "experiment", "The DVC experiment recording this run",
         markdown=f"DVC experiment **`{name}`**: compare with `dvc exp show`, restore with "
                  f"`dvc exp apply {name}` then `dvc checkout`.")])
     return name
+
+
+def _read_lock(root: Path) -> str | None:
+    try:
+        return (root / "dvc.lock").read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
 
 
 def experiment_name(run_name: str, run_id: str) -> str:
@@ -91,6 +114,7 @@ def retrain(project: str = ".", force_scrape: bool = False, promote_model: bool 
     params = load_params(root / "params.yaml").flow
     order = stage_order(root)
     logger.info("stages from dvc.yaml: %s", " -> ".join(order))
+    lock_before = _read_lock(root)
     stages = {}
     for stage in order:
         timeout = params.stage_timeout_s.get(stage, params.default_timeout_s)
@@ -102,7 +126,8 @@ def retrain(project: str = ".", force_scrape: bool = False, promote_model: bool 
             str(root), stage, force_scrape and stage == CRAWL_STAGE, timeout)
     name = experiment_name(flow_run.get_name() or "retrain", flow_run.get_id() or "local")
     decision = promote(str(root), name, params.default_timeout_s) if promote_model else None
-    experiment = record_experiment(str(root), name, params.default_timeout_s) if record else None
+    changed = _read_lock(root) != lock_before
+    experiment = record_experiment(str(root), name, params.default_timeout_s, changed) if record else None
     return {"stages": stages, "promotion": decision, "experiment": experiment}
 
 
@@ -143,6 +168,11 @@ def main(argv: list[str] | None = None) -> int:
                  else "models/production/ kept", result["promotion"]["reason"])
     if result["experiment"]:
         log.info("retrain: recorded as DVC experiment %s (uv run dvc exp show)", result["experiment"])
+    elif not args.no_record:
+        log.info("retrain: no stage changed any output, so no new DVC experiment was recorded")
+    log.info("retrain: to share this state: git add dvc.lock %s.dvc %s models/.gitignore, "
+             "git commit, then `make push` (see README: Sharing with a second machine)",
+             PRODUCTION, PROMOTIONS)
     return 0
 
 

@@ -3,8 +3,9 @@
 Starts ``prefect server start`` on 127.0.0.1 (unless ``PREFECT_API_URL`` names a
 server already, or one answers on the port), then serves the ``retrain`` flow as
 the deployment ``retrain/scheduled`` with the cron schedule of ``flow.schedule``
-in params.yaml. Scheduled runs crawl again (``flow.force_scrape``). Trigger a run
-now with ``make retrain-now``. Ctrl-C stops both.
+in params.yaml (or every ``--every`` seconds, to watch the schedule fire). Scheduled
+runs crawl again (``flow.force_scrape``); one runs at a time, so two retrains never
+share a checkout. Trigger a run now with ``make retrain-now``. Ctrl-C stops both.
 """
 
 from __future__ import annotations
@@ -27,6 +28,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m flows.serve", description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, default=4200)
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    parser.add_argument("--every", type=float, metavar="SECONDS",
+                        help="schedule a run every SECONDS instead of flow.schedule's cron "
+                             "(to try the schedule out)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s",
                         datefmt="%H:%M:%S")
@@ -52,15 +56,20 @@ def main(argv: list[str] | None = None) -> int:
     os.environ["PREFECT_API_URL"] = url  # before Prefect is imported: its settings read it once
     logger.info("Prefect UI: %s  (runs: %s/runs)", url.removesuffix("/api"), url.removesuffix("/api"))
     try:
-        from prefect.schedules import Cron
+        from prefect.schedules import Cron, Interval
 
         from flows.retrain import retrain
 
-        logger.info("serving retrain/%s on cron '%s' (%s); run one now: make retrain-now",
-                    DEPLOYMENT, settings.schedule, settings.timezone)
-        retrain.serve(name=DEPLOYMENT, schedules=[Cron(settings.schedule, timezone=settings.timezone)],
-                      parameters={"force_scrape": settings.force_scrape},
-                      tags=["happysad"], pause_on_shutdown=False)
+        if args.every:
+            schedule, when = Interval(args.every, timezone=settings.timezone), f"every {args.every:g} s"
+        else:
+            schedule = Cron(settings.schedule, timezone=settings.timezone)
+            when = f"cron '{settings.schedule}' ({settings.timezone})"
+        logger.info("serving retrain/%s on %s; run one now: make retrain-now", DEPLOYMENT, when)
+        # limit=1: a run due while another is going waits, so two retrains never share a checkout
+        retrain.serve(name=DEPLOYMENT, schedules=[schedule],
+                      parameters={"force_scrape": settings.force_scrape}, limit=1,
+                      tags=["happysad"], pause_on_shutdown=False, print_starting_message=False)
     except KeyboardInterrupt:
         pass
     finally:

@@ -21,10 +21,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 SKIPPED, RESTORED, RAN = "skipped", "restored from run-cache", "ran"
-# TensorFlow's C++ start-up notices, printed before its logging can be configured
-# (TF_CPP_MIN_LOG_LEVEL does not reach them): kept, but at debug level.
+# Kept, but at debug level: TensorFlow's C++ start-up notices, printed before its logging
+# can be configured (TF_CPP_MIN_LOG_LEVEL does not reach them), and DVC's hints after every
+# stage (git add, autostage, dvc push), which the flow's closing summary says once.
 _NOISE = re.compile(r"^(?:[IW]\d{4} \d\d:\d\d:\d\d|WARNING: All log messages before absl|"
-                    r"To enable the following instructions)")
+                    r"To enable the following instructions|To track the changes with git|"
+                    r"To enable auto staging|\s*git add |\s*dvc config core\.autostage|"
+                    r"Use `dvc push` to send|(?:Generating|Updating) lock file)")
 
 
 class StageFailedError(RuntimeError):
@@ -35,11 +38,13 @@ def stage_order(project: Path) -> list[str]:
     """The stages of ``dvc.yaml`` in an order that runs every dependency first."""
     import networkx as nx
     from dvc.repo import Repo
+    from dvc.stage import PipelineStage
 
     with contextlib.chdir(project), Repo(".") as repo:  # DVC resolves paths against the cwd
         graph = repo.index.graph  # edges point from a stage to the stages it depends on
-        order = nx.lexicographical_topological_sort(graph.reverse(), key=lambda s: s.name)
-        return [stage.name for stage in order]
+        # Only dvc.yaml's stages: a `.dvc` file (models/production.dvc) is data, not a stage.
+        order = nx.lexicographical_topological_sort(graph.reverse(), key=lambda s: s.addressing)
+        return [stage.name for stage in order if isinstance(stage, PipelineStage)]
 
 
 def is_up_to_date(project: Path, stage: str) -> bool:

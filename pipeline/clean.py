@@ -25,7 +25,7 @@ from pipeline.images import ImageRules, UnusableImageError, open_rgb
 from pipeline.near_duplicates import near_duplicate_pairs, phash
 from pipeline.params import CleanParams, load_params
 from pipeline.raw import RawRecord, read_manifest
-from pipeline.stage_io import parallel_map, replacing_dir, write_jsonl
+from pipeline.stage_io import parallel_map, replacing_dir, write_jsonl, write_metrics
 
 logger = logging.getLogger(__name__)
 
@@ -191,10 +191,14 @@ def _report(records: list[RawRecord], files: list[RawRecord], kept: list[dict[st
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--raw", type=Path, default=Path("data/raw"))
     parser.add_argument("--out", type=Path, default=Path("data/clean"))
+    parser.add_argument("--metrics", type=Path, default=Path("reports/clean/metrics.json"),
+                        help="headline counts for `dvc metrics show` (default: %(default)s)")
 
 
 def run(args: argparse.Namespace) -> None:
     report = clean(args.raw, args.out, load_params(args.params).clean)
+    write_metrics(args.metrics, {"kept": sum(report.kept.values()),
+                                 "rejected": sum(report.rejected.values())})
     logger.info("clean: kept %s; rejected %s; %d near-duplicate groups, %d label conflicts; "
                 "outputs in %s", report.kept, report.rejected, report.near_duplicate_groups,
                 report.label_conflicts, args.out)

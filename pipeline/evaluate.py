@@ -1,7 +1,9 @@
 """The evaluate stage: the trained model on the test split, and nothing else.
 
-Reads only ``test-*`` shards. Writes ``reports/evaluate/metrics.json`` (DVC
-metrics), per-image ``predictions.csv`` and ``roc.csv`` / ``precision_recall.csv``
+Reads only ``test-*`` shards. Writes ``reports/evaluate/metrics.json`` (the
+headline figures DVC shows: ``HEADLINE`` and the train-val accuracy gap),
+``details.json`` (those plus the confusion matrix, per-class figures, best epoch
+and every train-val gap), per-image ``predictions.csv`` and ``roc.csv`` / ``precision_recall.csv``
 (DVC plots), and PNG plots: learning curves, confusion matrix, ROC and
 precision-recall curves, and the most confident mistakes.
 """
@@ -19,8 +21,12 @@ import numpy as np
 
 from pipeline.errors import UserError
 from pipeline.params import EvaluateParams, load_params
+from pipeline.stage_io import write_metrics
 
 logger = logging.getLogger(__name__)
+# The test metrics by name, in one place: the headline file, the card, promotion and the UI.
+HEADLINE = ("accuracy", "precision", "recall", "f1", "roc_auc", "loss")
+DETAILS_FILE = "details.json"
 
 
 @dataclass(frozen=True)
@@ -141,7 +147,10 @@ def evaluate(model_path: Path, records: Path, train_reports: Path, out: Path,
     metrics["train_val_gap"] = trained["gap"]
 
     out.mkdir(parents=True, exist_ok=True)
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+    (out / DETAILS_FILE).write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+    write_metrics(out / "metrics.json", {**{k: metrics[k] for k in HEADLINE},
+                                         "train_val_gap": metrics["train_val_gap"]["accuracy"],
+                                         "images": metrics["images"]})
     predicted = (scores.probability >= params.threshold).astype(int)
     _write_csv(out / "predictions.csv", ["sha256", "actual", "predicted", f"p_{names[1]}"],
                ((s, names[a], names[p], f"{q:.6f}") for s, a, p, q in

@@ -22,6 +22,7 @@ import shutil
 from pathlib import Path
 
 from pipeline.errors import UserError
+from pipeline.evaluate import HEADLINE
 from pipeline.params import PromoteParams, load_params
 
 logger = logging.getLogger(__name__)
@@ -100,7 +101,7 @@ def promote(models: Path, metrics_file: Path, records: Path, out: Path, params: 
     challenger_metrics = json.loads(metrics_file.read_text())
     if params.metric not in challenger_metrics:
         raise UserError(f"{metrics_file} has no `{params.metric}`; set promote.metric in params.yaml "
-                        "to one of accuracy, precision, recall, f1, roc_auc, loss")
+                        f"to one of {', '.join(HEADLINE)}")
     production = models / "production"
     champion: dict | None = None
     note = ""
@@ -126,10 +127,8 @@ def promote(models: Path, metrics_file: Path, records: Path, out: Path, params: 
         "run": run_name, "metric": params.metric, "margin": params.margin,
         "challenger": challenger_score, "champion": champion_score,
         "promoted": promoted, "reason": reason,
-        "challenger_metrics": {k: challenger_metrics[k] for k in
-                               ("accuracy", "precision", "recall", "f1", "roc_auc", "loss")},
-        "champion_metrics": None if champion is None else
-        {k: champion[k] for k in ("accuracy", "precision", "recall", "f1", "roc_auc", "loss")},
+        "challenger_metrics": {k: challenger_metrics[k] for k in HEADLINE},
+        "champion_metrics": None if champion is None else {k: champion[k] for k in HEADLINE},
         "test_images": challenger_metrics["images"],
     }
     if promoted:
@@ -137,8 +136,9 @@ def promote(models: Path, metrics_file: Path, records: Path, out: Path, params: 
         (production / "promotion.json").write_text(json.dumps(decision, indent=2) + "\n")
     out.mkdir(parents=True, exist_ok=True)
     (out / "decision.json").write_text(json.dumps(decision, indent=2) + "\n")
-    with (models / "promotions.jsonl").open("a", encoding="utf-8") as log:
-        log.write(json.dumps(decision) + "\n")
+    if not same_model:  # the same file again decides nothing: the history stays as it was
+        with (models / "promotions.jsonl").open("a", encoding="utf-8") as log:
+            log.write(json.dumps(decision) + "\n")
     return decision
 
 

@@ -119,7 +119,8 @@ def save(trained: Path, records: Path, metrics_file: Path, params_file: Path, lo
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--trained", type=Path, default=Path("models/train/model.keras"))
     parser.add_argument("--records", type=Path, default=Path("data/tfrecords"))
-    parser.add_argument("--metrics", type=Path, default=Path("reports/evaluate/metrics.json"))
+    parser.add_argument("--metrics", type=Path, default=Path("reports/evaluate/details.json"),
+                        help="the evaluate stage's figures (default: %(default)s)")
     parser.add_argument("--lock", type=Path, default=Path("dvc.lock"))
     parser.add_argument("--out", type=Path, default=Path("models"))
 

@@ -63,7 +63,7 @@ class ScrapeReport:
     raw_files: dict[str, int]
     elapsed_s: float
 
-    def metrics(self) -> dict[str, object]:
+    def details(self) -> dict[str, object]:
         """What DVC tracks: the state of data/raw and of the sources, not this run's
         activity or timing, so a forced rerun that finds nothing new changes nothing."""
         return {"raw_records": self.raw_records, "raw_records_by_source": self.raw_records_by_source,
@@ -276,7 +276,7 @@ def scrape(params: ScrapeParams, demo: DemoSiteParams, raw_dir: Path, report_dir
         raw_files=files,
         elapsed_s=round(time.perf_counter() - started, 2),
     )
-    (report_dir / "metrics.json").write_text(json.dumps(report.metrics(), indent=2) + "\n")
+    (report_dir / "report.json").write_text(json.dumps(report.details(), indent=2) + "\n")
     return report
 
 

@@ -92,5 +92,12 @@ def replacing_dir(out_dir: Path) -> Iterator[Path]:
     os.replace(tmp, out_dir)
 
 
+def write_metrics(path: Path, metrics: dict[str, object]) -> None:
+    """A stage's headline numbers, the file `dvc metrics show` and `dvc exp show` read: a
+    handful of flat keys, so the table stays readable; details go to a report beside it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(metrics, indent=2) + "\n")
+
+
 def write_jsonl(path: Path, rows: Iterable[dict[str, object]]) -> None:
     path.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in rows), encoding="utf-8")

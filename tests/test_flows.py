@@ -85,9 +85,12 @@ sys.exit(1 if n <= 2 else 0)  # fail twice, then let the real crawl run
 """
 
 
-def test_retrain_flow_end_to_end(server: str, tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def retrained(server: str, tmp_path_factory: pytest.TempPathFactory):
+    """A tiny project after its first retrain flow run, whose crawl failed twice before it worked."""
     from flows.retrain import retrain
 
+    tmp_path = tmp_path_factory.mktemp("retrained")
     project = copy_project(tmp_path / "project", tiny_params(TINY_SITE))
     # A crawl that fails twice before it works, to prove the retries: the stage command
     # runs a counter first, then the real scrape.
@@ -96,8 +99,14 @@ def test_retrain_flow_end_to_end(server: str, tmp_path: Path) -> None:
     dag["stages"]["scrape"]["cmd"] = (f"python {tmp_path / 'flaky.py'} {tmp_path / 'attempts'} "
                                       "&& python -m pipeline scrape")
     (project / "dvc.yaml").write_text(yaml.safe_dump(dag, sort_keys=False))
+    return project, retrain(str(project), return_state=True), tmp_path
+
+
+def test_retrain_flow_end_to_end(server: str, retrained) -> None:
+    from flows.retrain import retrain
+
+    project, first, tmp_path = retrained
     order = stage_order(project)
-    first = retrain(str(project), return_state=True)
     assert first.is_completed(), first.message
     result = first.result()
     assert [s["outcome"] for s in result["stages"].values()] == [RAN] * len(order)
@@ -111,6 +120,7 @@ def test_retrain_flow_end_to_end(server: str, tmp_path: Path) -> None:
     assert decision["promoted"] and decision["champion"] is None
     assert (project / "models" / "production" / "model.keras").read_bytes() == \
         (project / "models" / "model.keras").read_bytes()
+    assert (project / "models" / "production.dvc").exists()  # the champion is DVC-tracked
 
     # Scheduled runs crawl again; the demo site has nothing new, so DVC skips the rest.
     second = retrain(str(project), force_scrape=True, return_state=True)
@@ -125,12 +135,17 @@ def test_retrain_flow_end_to_end(server: str, tmp_path: Path) -> None:
     assert set(_task_runs(server, second.state_details.flow_run_id)) == set(order) | {
         "promote", "record-experiment"}
 
-    # Each run is a DVC experiment with its params and metrics.
+    # The first run is a DVC experiment with its params and metrics; the second changed no
+    # output, so it records none rather than a copy, and says so.
     shown = subprocess.run([sys.executable, "-m", "dvc", "exp", "show", "--json"], cwd=project,
                            env=tool_env(), capture_output=True, text=True, check=True).stdout
     names = {exp.get("name") for base in json.loads(shown) for exp in base.get("experiments") or []}
-    assert {result["experiment"], result2["experiment"]} <= names
+    assert result["experiment"] in names and result2["experiment"] is None
+    assert len([n for n in names if n]) == 1
     assert "roc_auc" in shown and "batchnorm_momentum" in shown
+    said = _filter(server, "artifacts", {"artifacts": {"key": {"any_": ["experiment"]}, "flow_run_id": {
+        "any_": [str(second.state_details.flow_run_id)]}}})
+    assert "No new DVC experiment" in said[0]["data"]
 
     flow_run = _filter(server, "flow_runs", {"flow_runs": {"id": {"any_": [
         str(first.state_details.flow_run_id)]}}})[0]
@@ -195,6 +210,95 @@ def test_serve_creates_the_scheduled_deployment(server: str, tmp_path: Path) -> 
                               "day_or": True}]
     finally:
         stop_process_group(process, grace_s=30.0)
+
+
+def _ok(command: list[str], cwd: Path, env: dict[str, str] | None = None) -> str:
+    result = subprocess.run(command, cwd=cwd, env=env or tool_env(), capture_output=True,
+                            text=True, timeout=600)
+    assert result.returncode == 0, f"{command}: {result.stdout[-2000:]}{result.stderr[-2000:]}"
+    return result.stdout + result.stderr
+
+
+def test_a_second_clone_pulls_the_results_and_predicts_without_retraining(
+        retrained, tmp_path: Path) -> None:
+    """The README's sharing steps: a local-folder DVC remote, push, then a fresh clone pulls,
+    finds every stage up to date and answers with the same production model."""
+    from tests.project import GIT
+
+    project = retrained[0]
+    dvc = [sys.executable, "-m", "dvc"]
+    _ok(dvc + ["remote", "add", "-d", "-f", "shared", str(tmp_path / "remote")], project)
+    _ok(GIT + ["add", "-A"], project)
+    _ok(GIT + ["commit", "-qm", "a retrained model and its data"], project)
+    assert "models/production.dvc" in _ok(["git", "ls-files", "models"], project)
+    _ok(dvc + ["push"], project)
+
+    clone = tmp_path / "clone"
+    _ok(["git", "clone", "-q", str(project), str(clone)], tmp_path)
+    _ok(dvc + ["pull"], clone)
+    assert "up to date" in _ok(dvc + ["status"], clone)
+    dry = _ok(dvc + ["repro", "--dry"], clone)
+    assert "Running stage" not in dry and "didn't change, skipping" in dry
+    images = sorted(str(p) for p in (project / "data" / "raw" / "happy").iterdir())[:3]
+    images += sorted(str(p) for p in (project / "data" / "raw" / "sad").iterdir())[:3]
+    predict = [sys.executable, "-m", "pipeline", "predict", *images]
+    here, there = _ok(predict, project), _ok(predict, clone)
+    lines = [json.loads(line) for line in there.splitlines() if line.startswith("{")]
+    assert len(lines) == len(images)
+    assert [json.loads(line) for line in here.splitlines() if line.startswith("{")] == lines
+
+
+@pytest.mark.slow
+def test_the_schedule_fires_and_the_served_flow_runs_it(server: str, retrained, tmp_path: Path) -> None:
+    """`flows.serve` on an interval: the server's scheduler creates runs, the serving process
+    executes one to Completed with a task per stage, and Prefect's CLI lists both."""
+    import datetime
+    import time
+
+    import httpx
+
+    project = retrained[0]
+    env = {**tool_env(), "PREFECT_API_URL": server, "PREFECT_RUNNER_POLL_FREQUENCY": "2",
+           "COLUMNS": "200"}  # the CLI's tables: wide enough that no name is cut
+    started = datetime.datetime.now(datetime.UTC) - datetime.timedelta(seconds=1)
+    log = tmp_path / "serve.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen([sys.executable, "-m", "flows.serve", "--every", "10"],
+                                   cwd=project, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                   start_new_session=True)
+    deployment, runs, done = None, [], []
+    try:
+        deadline = time.monotonic() + 900  # generous: a loaded 2-core CI machine is slow
+        while time.monotonic() < deadline and not done:
+            time.sleep(2)
+            assert process.poll() is None, log.read_text()[-3000:]
+            found = _filter(server, "deployments", {"deployments": {"name": {"any_": ["scheduled"]}}})
+            if not found or not found[0]["schedules"] or "interval" not in found[0]["schedules"][0][
+                    "schedule"]:
+                continue
+            deployment = found[0]
+            runs = [r for r in _filter(server, "flow_runs", {"deployments": {"id": {"any_": [
+                deployment["id"]]}}, "sort": "EXPECTED_START_TIME_ASC"})
+                    if r["auto_scheduled"] and datetime.datetime.fromisoformat(
+                        r["expected_start_time"].replace("Z", "+00:00")) >= started]
+            done = [r for r in runs if r["state_type"] == "COMPLETED"]
+        assert done, f"no scheduled run completed; {len(runs)} scheduled\n{log.read_text()[-3000:]}"
+        assert len(runs) >= 2  # the scheduler keeps creating runs, not one by hand
+        tasks = _task_runs(server, done[0]["id"])
+        assert set(stage_order(project)) <= set(tasks)
+        assert {run["state"]["type"] for run in tasks.values()} == {"COMPLETED"}
+        # Stop the schedule, let any run already started finish, then stop serving.
+        httpx.patch(f"{server}/deployments/{deployment['id']}", json={"paused": True},
+                    timeout=30).raise_for_status()
+        while time.monotonic() < deadline and _filter(server, "flow_runs", {
+                "deployments": {"id": {"any_": [deployment["id"]]}},
+                "flow_runs": {"state": {"type": {"any_": ["RUNNING", "PENDING"]}}}}):
+            time.sleep(2)
+    finally:
+        stop_process_group(process, grace_s=30.0)
+    prefect = [sys.executable, "-m", "prefect"]
+    assert "scheduled" in _ok(prefect + ["deployment", "ls"], project, env)
+    assert done[0]["name"] in _ok(prefect + ["flow-run", "ls", "--limit", "50"], project, env)
 
 
 def test_tune_flow_searches_on_train_val_and_its_best_reproduces(server: str,

@@ -187,9 +187,9 @@ def test_scrape_stage_generates_serves_and_reports(tmp_path: Path, fast_params: 
     assert {(r.label, r.sha256) for r in read_manifest(tmp_path / "raw")} == stored
     assert report.errors == 2 and report.errors_by_kind == {"http_404": 1, "http_500": 1}
     assert report.blocked == 3 and report.pages["happy"] >= 2
-    metrics = json.loads((tmp_path / "reports" / "metrics.json").read_text())
-    assert metrics == json.loads(json.dumps(report.metrics()))
-    assert sum(metrics["raw_records"].values()) == report.images_stored
+    details = json.loads((tmp_path / "reports" / "report.json").read_text())
+    assert details == json.loads(json.dumps(report.details()))
+    assert sum(details["raw_records"].values()) == report.images_stored
     assert len((tmp_path / "reports" / "errors.jsonl").read_text().splitlines()) == 2
 
 

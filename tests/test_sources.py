@@ -163,7 +163,7 @@ def test_gallery_refuses_private_addresses_and_other_schemes(gallery_crawl) -> N
     assert "/go/private" in site.paths()  # the redirect was followed only as far as the guard
     assert elsewhere.paths() == []        # ... which refused its target on another loopback port
     assert "/img/by-name.jpg" not in site.paths()  # localhost resolves to loopback: refused
-    stats = json.loads((tmp_path / "reports" / "metrics.json").read_text())
+    stats = json.loads((tmp_path / "reports" / "report.json").read_text())
     assert stats["blocked"] == report.blocked == 4  # robots.txt, redirect, localhost, ftp
 
 

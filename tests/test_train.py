@@ -134,7 +134,7 @@ def saved(trained: Path, tiny_records: Path, repo_params: Params) -> Path:
         evaluate(trained / "models" / "train" / "model.keras", tiny_records,
                  trained / "reports" / "train", trained / "reports" / "evaluate", repo_params.evaluate)
     save(trained / "models" / "train" / "model.keras", tiny_records,
-         trained / "reports" / "evaluate" / "metrics.json", REPO / "params.yaml",
+         trained / "reports" / "evaluate" / "details.json", REPO / "params.yaml",
          trained / "dvc.lock", trained / "models")
     return trained / "models"
 
