@@ -53,12 +53,14 @@ def clean_artifacts(project: Path) -> list[Artifact]:
         return []
     classes = sorted(report["kept"])
     reasons = sorted(report["rejected"])
-    rows = [{"": "kept", **{c: report["kept"][c] for c in classes}}]
-    rows += [{"": f"rejected: {reason}",
+    rows = [{"images": "kept", **{c: report["kept"][c] for c in classes}}]
+    rows += [{"images": f"rejected: {reason}",
               **{c: report["rejected_by_class"].get(c, {}).get(reason, 0) for c in classes}}
              for reason in reasons]
-    rows.append({"": "near-duplicate groups (all classes)", classes[0]: report["near_duplicate_groups"]})
-    rows.append({"": "label conflicts (all classes)", classes[0]: report["label_conflicts"]})
+    # A table artifact's first column is its row labels: a named column, or the UI drops it.
+    rows.append({"images": "near-duplicate groups (all classes)",
+                 classes[0]: report["near_duplicate_groups"]})
+    rows.append({"images": "label conflicts (all classes)", classes[0]: report["label_conflicts"]})
     return [Artifact("clean-report", "Images kept and rejected by reason, per class", table=rows)]
 
 

@@ -25,7 +25,7 @@ from prefect.runtime import flow_run
 from prefect.tasks import exponential_backoff
 
 from flows import artifacts
-from flows.server import api_url, is_up
+from flows.server import own_server, quiet_or_verbose
 from flows.stages import StageFailedError, repro_stage, run_command, stage_order
 from pipeline.errors import UserError
 from pipeline.params import load_params
@@ -139,14 +139,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-record", action="store_true", help="do not save a DVC experiment")
     parser.add_argument("--port", type=int, default=4200,
                         help="report to the local server of `make serve` when it is up on this port")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="debug logging: DVC's hints, native start-up notices, API calls")
     args = parser.parse_args(argv)
-    from prefect.settings import PREFECT_API_URL, temporary_settings
+    quiet_or_verbose(args.verbose)
+    from prefect.settings import PREFECT_API_URL, PREFECT_HOME, temporary_settings
 
-    url = PREFECT_API_URL.value()
-    if not url and is_up(api_url(args.port)):
-        url = api_url(args.port)  # `make serve` is running: show this run in its UI
-    where = url or ("a temporary Prefect server on the history in PREFECT_HOME "
-                    "(`make serve` shows it in the UI)")
+    url, why = PREFECT_API_URL.value(), "PREFECT_API_URL"
+    if not url:  # `make serve` of this checkout is running: show this run in its UI
+        url, why = own_server(args.port, Path(PREFECT_HOME.value()))
+    where = (f"{url} ({why})" if url else
+             f"a temporary Prefect server on the history in {PREFECT_HOME.value()} ({why}; "
+             "`make serve` shows these runs in the UI)")
     log = logging.getLogger("happysad.retrain")
     if not log.handlers:
         handler = logging.StreamHandler()

@@ -16,7 +16,7 @@ import os
 import sys
 from pathlib import Path
 
-from flows.server import api_url, is_up, start_server, stop_server
+from flows.server import api_url, is_up, quiet_or_verbose, start_server, stop_server
 from pipeline.errors import UserError
 from pipeline.params import load_params
 
@@ -31,9 +31,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--every", type=float, metavar="SECONDS",
                         help="schedule a run every SECONDS instead of flow.schedule's cron "
                              "(to try the schedule out)")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="debug logging: every API call, DVC's hints, native start-up notices")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s",
                         datefmt="%H:%M:%S")
+    quiet_or_verbose(args.verbose)
     try:
         settings = load_params(args.params).flow
     except UserError as err:

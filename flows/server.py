@@ -20,6 +20,17 @@ from flows.stages import stop_process_group
 HOST = "127.0.0.1"
 
 
+def quiet_or_verbose(verbose: bool) -> None:
+    """Quiet logs by default: no line per API call (httpx logs each of the runner's polls, one
+    every few seconds); ``verbose`` brings them back with Prefect's and the stages' debug lines."""
+    import logging
+
+    logging.getLogger("httpx").setLevel(logging.DEBUG if verbose else logging.WARNING)
+    if verbose:
+        logging.getLogger("prefect").setLevel(logging.DEBUG)
+        os.environ["HAPPYSAD_VERBOSE"] = "1"  # the stage processes log at debug level too
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on right now."""
     import socket
@@ -40,6 +51,29 @@ def is_up(url: str) -> bool:
             return json.loads(response.read() or b"false") is True
     except (urllib.error.URLError, OSError, ValueError):
         return False
+
+
+def server_home(url: str) -> Path | None:
+    """The PREFECT_HOME of the Prefect server answering at ``url`` (from its settings), if any."""
+    try:
+        with urllib.request.urlopen(f"{url}/admin/settings", timeout=5) as response:
+            home = json.loads(response.read()).get("home")
+    except (urllib.error.URLError, OSError, ValueError, AttributeError):
+        return None
+    return Path(home).resolve() if home else None
+
+
+def own_server(port: int, home: Path) -> tuple[str | None, str]:
+    """The API URL of the server on 127.0.0.1:``port`` when its PREFECT_HOME is ``home`` (this
+    checkout's, so its UI shows this project's runs), else None; and a line saying which."""
+    url = api_url(port)
+    if not is_up(url):
+        return None, f"no Prefect server on {HOST}:{port}"
+    theirs = server_home(url)
+    if theirs == home.resolve():
+        return url, f"the Prefect server on {HOST}:{port} (PREFECT_HOME {home})"
+    return None, (f"the Prefect server on {HOST}:{port} belongs to PREFECT_HOME {theirs or 'unknown'}, "
+                  f"not this checkout's {home}, so it is not used")
 
 
 def start_server(home: Path, port: int, log_file: Path, timeout_s: float = 90.0) -> subprocess.Popen:

@@ -33,7 +33,7 @@ from prefect.runtime import flow_run
 
 from flows import artifacts
 from flows.retrain import run_stage
-from flows.server import api_url, is_up
+from flows.server import own_server
 from flows.stages import StageFailedError, run_command, stage_order
 from pipeline.errors import UserError
 from pipeline.params import load_params
@@ -49,9 +49,9 @@ def run_trial(project: str, view: str, out: str, values: dict[str, Any], timeout
     run_command([sys.executable, "-m", "pipeline", "tune", "--records", view, "--out", out,
                  "--values", json.dumps(values)], Path(project), logger, timeout_s)
     result = json.loads((Path(out) / "result.json").read_text())
-    rows = [{"": name, **{m: result[name][m] for m in ("loss", "accuracy", "auc")}}
+    rows = [{"split": name, **{m: result[name][m] for m in ("loss", "accuracy", "auc")}}
             for name in ("train", "val")]
-    rows.append({"": "gap (train - val; loss: val - train)", **result["gap"]})
+    rows.append({"split": "gap (train - val; loss: val - train)", **result["gap"]})
     artifacts.publish([artifacts.Artifact(
         "tune-trial", f"{Path(out).name}: {json.dumps(values, sort_keys=True)}; best epoch "
         f"{result['best_epoch']} of {result['epochs_run']}", table=rows)])
@@ -189,7 +189,12 @@ def main(argv: list[str] | None = None) -> int:
     log.propagate = False
     try:
         settings = load_params(Path(args.project) / "params.yaml").tune
-        url = PREFECT_API_URL.value() or (api_url(args.port) if is_up(api_url(args.port)) else None)
+        from prefect.settings import PREFECT_HOME
+
+        url, why = PREFECT_API_URL.value(), "PREFECT_API_URL"
+        if not url:  # `make serve` of this checkout is running: show the search in its UI
+            url, why = own_server(args.port, Path(PREFECT_HOME.value()))
+        log.info("tune: reporting to %s (%s)", url or "a temporary Prefect server", why)
         runner = _task_runner(args.parallel or settings.parallel,
                               args.dask_address if args.dask_address is not None
                               else settings.dask_address)

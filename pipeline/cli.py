@@ -8,6 +8,7 @@ never makes DVC rerun the stages that depend on it).
 from __future__ import annotations
 
 import argparse
+import ast
 import importlib
 import logging
 import re
@@ -28,21 +29,42 @@ def available_stages() -> list[str]:
                   if p.stem not in ("cli", "__main__") and _RUN.search(p.read_text()))
 
 
+def summary(name: str) -> str:
+    """The first line of a command module's docstring, as plain text (read, not imported,
+    so `happysad --help` starts no TensorFlow)."""
+    doc = ast.get_docstring(ast.parse((_PACKAGE / f"{name}.py").read_text())) or ""
+    line = re.sub(r"``([^`]*)``", r"\1", doc.splitlines()[0] if doc else "")
+    return re.sub(r"^(?:The \w+ stage|happysad \w+ [^:]*): ", "", line).rstrip(".")
+
+
 def build_parser(stage: str | None = None) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="happysad", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="happysad", description="The stages of the happysad pipeline and its tools; "
+        "`dvc repro` runs the stages in order, `happysad STAGE` runs one.",
+        epilog="`happysad COMMAND --help` lists a command's options.")
     parser.add_argument("--params", type=Path, default=DEFAULT_PARAMS,
                         help="params file (default: %(default)s)")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = parser.add_subparsers(dest="stage", required=True)
+    parser.add_argument("--version", action="version", version=f"happysad {_version()}")
+    sub = parser.add_subparsers(dest="stage", required=True, metavar="COMMAND")
     for name in available_stages():
         if stage is None or name != stage:
-            sub.add_parser(name, add_help=False)
+            sub.add_parser(name, add_help=False, help=summary(name))
             continue
         module = importlib.import_module(f"pipeline.{name}")
-        stage_parser = sub.add_parser(name, help=(module.__doc__ or "").splitlines()[0])
+        stage_parser = sub.add_parser(name, help=summary(name), description=summary(name))
         module.add_arguments(stage_parser)
         stage_parser.set_defaults(run=module.run)
     return parser
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("happysad")
+    except PackageNotFoundError:  # run from a checkout that is not installed
+        return "unknown"
 
 
 def _stage_named(argv: list[str]) -> str | None:

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.errors import UserError
+from pipeline.log import load_tensorflow
 from pipeline.params import EvaluateParams, load_params
 from pipeline.stage_io import write_metrics
 
@@ -185,6 +186,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
+    load_tensorflow()  # its native start-up notices go to the debug log
     metrics = evaluate(args.model, args.records, args.train_reports, args.out,
                        load_params(args.params).evaluate)
     logger.info("evaluate: test accuracy %.3f, ROC AUC %.3f, F1 %.3f on %d images; "

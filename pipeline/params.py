@@ -170,11 +170,27 @@ class CrawlParams(_Section):
         return hosts
 
 
+CLASS_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
+
+
 class ScrapeParams(_Section):
     demo_site: bool
-    classes: Annotated[dict[str, ClassParams], Field(min_length=2)]
+    classes: dict[str, ClassParams]
     sources: Annotated[dict[str, Source], Field(min_length=1)]
     crawl: CrawlParams
+
+    @field_validator("classes")
+    @classmethod
+    def _two_simple_names(cls, classes: dict[str, ClassParams]) -> dict[str, ClassParams]:
+        # The CNN has one sigmoid output: it tells exactly two classes apart.
+        if len(classes) != 2:
+            raise ValueError(f"the model is binary: give exactly two classes, not {len(classes)} "
+                             f"({', '.join(classes) or 'none'})")
+        for name in classes:  # a class name becomes a folder under data/raw
+            if not CLASS_NAME.fullmatch(name):
+                raise ValueError(f"class name {name!r} is not a simple name (letters, digits, "
+                                 "'_' or '-', starting with a letter or digit)")
+        return classes
 
     def enabled_sources(self) -> dict[str, Source]:
         return {name: source for name, source in self.sources.items() if source.enabled}

@@ -4,7 +4,10 @@ Files or folders (searched recursively) in; for each image a line with its path,
 label and the probability of that label. Images go through the clean stage's
 checks and the tfrecords stage's resize, so the model sees what it was trained
 on. A file that is not a usable image gets a one-line error on stderr and the
-rest still run; the exit status is then 1.
+rest still run; the exit status is then 1. The model runs on LiteRT (the save
+stage's ``model.tflite``: no TensorFlow import, so the first answer comes in a
+second or two) and falls back to Keras; the label's class names and threshold
+come from the model card.
 """
 
 from __future__ import annotations
@@ -21,7 +24,9 @@ import numpy as np
 
 from pipeline.errors import UserError
 from pipeline.images import ImageRules, UnusableImageError, open_rgb, square_rgb
+from pipeline.log import load_tensorflow, native_stderr_to_debug
 from pipeline.params import load_params
+from pipeline.save import LITE_FILE
 
 logger = logging.getLogger(__name__)
 SUFFIXES = {".jpg", ".jpeg", ".jpe", ".png", ".gif", ".webp", ".bmp", ".tif", ".tiff", ".mpo"}
@@ -44,16 +49,86 @@ def image_files(paths: list[Path]) -> Iterator[Path]:
             yield path  # named explicitly: tried whatever its suffix, so mistakes are reported
 
 
-def _load(model_dir: Path):
-    import keras
+class Runtime:
+    """The model behind ``predict``: uint8 pixels in, the probability of class 1 out."""
 
-    model_path, card_path = model_dir / "model.keras", model_dir / "model_card.json"
-    if not model_path.exists() or not card_path.exists():
+    name = ""
+
+    def __call__(self, pixels: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+
+class LiteRuntime(Runtime):
+    """The save stage's LiteRT export: answers in a fraction of a second, no TensorFlow."""
+
+    name = "litert"
+
+    def __init__(self, path: Path) -> None:
+        from ai_edge_litert.interpreter import Interpreter
+
+        self.interpreter = Interpreter(model_path=str(path))
+        self.input = self.interpreter.get_input_details()[0]
+        self.output = self.interpreter.get_output_details()[0]
+        self.shape: tuple[int, ...] = ()
+
+    def __call__(self, pixels: np.ndarray) -> np.ndarray:
+        if pixels.shape != self.shape:
+            with native_stderr_to_debug("LiteRT"):  # its "Created XNNPACK delegate" notice
+                self.interpreter.resize_tensor_input(self.input["index"], pixels.shape)
+                self.interpreter.allocate_tensors()
+            self.shape = pixels.shape
+        self.interpreter.set_tensor(self.input["index"], pixels.astype(self.input["dtype"]))
+        self.interpreter.invoke()
+        return np.asarray(self.interpreter.get_tensor(self.output["index"]), np.float64)[:, 0]
+
+
+class KerasRuntime(Runtime):
+    """The Keras model itself (loaded with ``safe_mode=True``): the fallback."""
+
+    name = "keras"
+
+    def __init__(self, path: Path) -> None:
+        load_tensorflow()
+        import keras
+
+        self.model = keras.models.load_model(path, safe_mode=True, compile=False)
+
+    def __call__(self, pixels: np.ndarray) -> np.ndarray:
+        return np.asarray(self.model(pixels, training=False), dtype=np.float64)[:, 0]
+
+
+def read_card(model_dir: Path) -> dict:
+    """The model card: class names, threshold and input contract every reader takes."""
+    card_path = model_dir / "model_card.json"
+    if not card_path.exists() or not (model_dir / "model.keras").exists():
         raise UserError(f"{model_dir}: no model.keras and model_card.json; run `make run` (the "
                         "retrain flow promotes a model there), or pass --model-dir models for the "
                         "last one `dvc repro` trained")
-    contract = json.loads(card_path.read_text())["input"]
-    return keras.models.load_model(model_path, safe_mode=True, compile=False), contract
+    try:
+        card = json.loads(card_path.read_text(encoding="utf-8"))
+        card["input"]["class_names"], card["input"]["image_size"], card["input"]["resize"]
+        float(card["threshold"])
+    except (ValueError, KeyError, TypeError) as err:
+        raise UserError(f"{card_path}: not a model card the save stage wrote ({err!r} is missing "
+                        "or malformed); run `dvc repro save` again") from None
+    return card
+
+
+def load_runtime(model_dir: Path, runtime: str = "auto") -> Runtime:
+    """LiteRT when the export is there (``auto``), else Keras; ``runtime`` forces one."""
+    lite = model_dir / LITE_FILE
+    if runtime == "litert" or (runtime == "auto" and lite.exists()):
+        if not lite.exists():
+            raise UserError(f"{lite}: not found; run `dvc repro save` to export it, or use "
+                            "--runtime keras")
+        try:
+            return LiteRuntime(lite)
+        except ImportError:
+            if runtime == "litert":
+                raise UserError("the ai-edge-litert package is not installed; `make setup` "
+                                "installs it, or use --runtime keras") from None
+            logger.warning("ai-edge-litert is not installed: predicting with Keras (slower start)")
+    return KerasRuntime(model_dir / "model.keras")
 
 
 def _skip(path: Path, why: str) -> None:
@@ -61,17 +136,21 @@ def _skip(path: Path, why: str) -> None:
 
 
 def predict(paths: list[Path], model_dir: Path, rules: ImageRules, batch_size: int = 32,
-            on_error: Callable[[Path, str], None] = _skip) -> Iterator[Prediction]:
-    """Predictions in input order; each unusable file goes to ``on_error`` and is skipped."""
-    model, contract = _load(model_dir)
+            on_error: Callable[[Path, str], None] = _skip, threshold: float | None = None,
+            runtime: str = "auto") -> Iterator[Prediction]:
+    """Predictions in input order; each unusable file goes to ``on_error`` and is skipped.
+    The label is the model card's class at the card's threshold unless ``threshold`` is given."""
+    card = read_card(model_dir)
+    contract = card["input"]
+    cut = float(card["threshold"]) if threshold is None else threshold
+    model = load_runtime(model_dir, runtime)
     names, size = contract["class_names"], contract["image_size"]
     batch: list[tuple[Path, np.ndarray]] = []
 
     def flush() -> Iterator[Prediction]:
-        pixels = np.stack([p for _, p in batch])
-        probs = np.asarray(model(pixels, training=False), dtype=np.float64)[:, 0]
+        probs = model(np.stack([p for _, p in batch]))
         for (path, _), p in zip(batch, probs, strict=True):
-            label = int(p >= 0.5)
+            label = int(p >= cut)
             yield Prediction(str(path), names[label], round(float(p if label else 1 - p), 6),
                              {names[0]: round(float(1 - p), 6), names[1]: round(float(p), 6)})
         batch.clear()
@@ -104,6 +183,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="folder with model.keras and model_card.json (default: %(default)s, "
                              "the promoted model; models/ holds the last trained one)")
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--threshold", type=float, default=None,
+                        help="probability of the second class from which it is the label "
+                             "(default: the model card's, evaluate.threshold when it was trained)")
+    parser.add_argument("--runtime", choices=("auto", "litert", "keras"), default="auto",
+                        help="auto: the LiteRT export when there, else Keras (default: %(default)s)")
 
 
 def run(args: argparse.Namespace) -> None:
@@ -116,8 +200,10 @@ def run(args: argparse.Namespace) -> None:
         sys.stderr.write(f"happysad predict: {path}: {why}; skipped\n")
 
     count = 0
+    if args.threshold is not None and not 0.0 < args.threshold < 1.0:
+        raise UserError(f"--threshold {args.threshold}: must be between 0 and 1")
     for prediction in predict(args.paths, args.model_dir, rules_from(load_params(args.params).clean),
-                              args.batch_size, report):
+                              args.batch_size, report, args.threshold, args.runtime):
         sys.stdout.write(json.dumps(prediction.__dict__) + "\n")
         sys.stdout.flush()
         count += 1

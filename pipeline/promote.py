@@ -23,15 +23,18 @@ from pathlib import Path
 
 from pipeline.errors import UserError
 from pipeline.evaluate import HEADLINE
+from pipeline.log import load_tensorflow
 from pipeline.params import PromoteParams, load_params
+from pipeline.save import LITE_FILE
 
 logger = logging.getLogger(__name__)
 LOWER_IS_BETTER = {"loss"}
-SHIPPED = ("model.keras", "serving", "model_card.md", "model_card.json")
+SHIPPED = ("model.keras", "serving", LITE_FILE, "model_card.md", "model_card.json")
 
 
 def champion_metrics(production: Path, records: Path, threshold: float, batch_size: int) -> dict:
     """Score the production model on the test split, exactly as the evaluate stage scores."""
+    load_tensorflow()
     import keras
 
     from pipeline import features

@@ -101,6 +101,8 @@ def crawl_config(params: ScrapeParams, raw_dir: Path, work: Path,
         "errors_path": str(work / "errors.jsonl"),
         "stats_path": str(work / "stats.json"),
         "url_aliases": {demo_url: DEMO_PLACEHOLDER} if demo_url else {},
+        # Scrapy's start-up banner (versions, settings, middlewares) only with --verbose
+        "banner": logging.getLogger().isEnabledFor(logging.DEBUG),
     }
 
 

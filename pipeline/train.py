@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from pipeline.errors import UserError
+from pipeline.log import load_tensorflow
 from pipeline.params import TrainParams, load_params
 
 logger = logging.getLogger(__name__)
@@ -93,21 +94,41 @@ def _backup_dir(model_dir: Path, records: Path, params: TrainParams, seed: int) 
     return model_dir.parent / ".backup" / f"train-{key}"
 
 
-def _epoch_log(path: Path):
-    """A callback keeping one row per epoch in ``path``, across a resumed run."""
+def _clock(seconds: float) -> str:
+    minutes, seconds = divmod(round(seconds), 60)
+    if minutes >= 60:
+        return f"{minutes // 60}:{minutes % 60:02d}:{seconds:02d}"
+    return f"{minutes}:{seconds:02d}"
+
+
+def _epoch_log(path: Path, epochs: int):
+    """A callback keeping one row per epoch in ``path``, across a resumed run, and logging
+    ``epoch 7/30`` with the headline figures, the time so far and an ETA (the rest of each row
+    is in history.csv, and in the log with --verbose)."""
     import keras
 
     class EpochLog(keras.callbacks.Callback):
         def on_train_begin(self, logs: dict | None = None) -> None:
             self.rows = json.loads(path.read_text()) if path.exists() else []
             self.started = time.perf_counter()
+            self.first: int | None = None
+
+        def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+            self.first = epoch if self.first is None else self.first
 
         def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
             row = {"epoch": epoch + 1, **{k: float(v) for k, v in (logs or {}).items()}}
             row["learning_rate"] = float(self.model.optimizer.learning_rate.numpy())
             self.rows = [r for r in self.rows if r["epoch"] <= epoch] + [row]
             path.write_text(json.dumps(self.rows))
-            logger.info("epoch %d: %s", epoch + 1, ", ".join(
+            elapsed = time.perf_counter() - self.started
+            per_epoch = elapsed / (epoch + 1 - (self.first or 0))
+            headline = ", ".join(f"{k} {row[k]:.4g}" for k in ("loss", "accuracy", "val_loss",
+                                                               "val_accuracy") if k in row)
+            logger.info("epoch %d/%d: %s (%s elapsed, ETA %s at most; early stopping may end it "
+                        "sooner)", epoch + 1, epochs, headline, _clock(elapsed),
+                        _clock(per_epoch * (epochs - epoch - 1)))
+            logger.debug("epoch %d: %s", epoch + 1, ", ".join(
                 f"{k} {v:.4g}" for k, v in row.items() if k != "epoch"))
 
     return EpochLog()
@@ -126,6 +147,7 @@ def train(records: Path, model_dir: Path, reports_dir: Path, params: TrainParams
           seed: int) -> TrainReport:
     """Fit, keep the best epoch by val_loss, and write the model, history and metrics."""
     import keras
+    import tensorflow as tf
 
     from pipeline import features
     from pipeline.model import build_model, compile_model, without_augmentation
@@ -152,7 +174,7 @@ def train(records: Path, model_dir: Path, reports_dir: Path, params: TrainParams
                                           patience=params.reduce_lr_patience,
                                           min_lr=params.min_learning_rate),
         keras.callbacks.TensorBoard(str(reports_dir / "tensorboard"), write_graph=False),
-        _epoch_log(log_path),
+        _epoch_log(log_path, params.epochs),
     ]
     train_count = sum(meta["counts"]["train"].values())
     started = time.perf_counter()
@@ -167,7 +189,9 @@ def train(records: Path, model_dir: Path, reports_dir: Path, params: TrainParams
 
     # Figures of the best model in inference mode (no augmentation or dropout), so the
     # train-val gap measures overfitting rather than the cost of regularisation.
-    train_eval = features.labelled(records, "train", meta["image_size"]).batch(params.batch_size)
+    # Known cardinality, as in _inputs: without it Keras warns that the input "ran out of data".
+    train_eval = features.labelled(records, "train", meta["image_size"]).apply(
+        tf.data.experimental.assert_cardinality(train_count)).batch(params.batch_size)
     on_train = model.evaluate(train_eval, return_dict=True, verbose=0)
     on_val = model.evaluate(val_data, return_dict=True, verbose=0)
     figures = {name: {m: round(float(d[m]), 6) for m in METRICS} for name, d in
@@ -204,6 +228,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
+    load_tensorflow()  # its native start-up notices go to the debug log
     params = load_params(args.params)
     report = train(args.records, args.models, args.reports, params.train, params.seed)
     logger.info("train: best epoch %d of %d on %s (%.1f images/s); val accuracy %.3f, "

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.errors import UserError
+from pipeline.log import load_tensorflow
 from pipeline.params import Dimension, TrainParams, TuneParams, load_params
 
 logger = logging.getLogger(__name__)
@@ -175,6 +176,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
+    load_tensorflow()  # its native start-up notices go to the debug log
     params = load_params(args.params)
     try:
         values = json.loads(args.values)

@@ -57,6 +57,16 @@ def server(tmp_path_factory: pytest.TempPathFactory):
         stop_server(process)
 
 
+def test_make_run_reports_only_to_the_server_of_this_checkout(server: str, tmp_path: Path) -> None:
+    from flows.server import own_server, server_home
+
+    port = int(server.rsplit(":", 1)[1].split("/")[0])
+    home = server_home(server)
+    assert home is not None and own_server(port, home)[0] == server
+    url, why = own_server(port, tmp_path / "another-checkout" / ".prefect")
+    assert url is None and f"belongs to PREFECT_HOME {home}" in why
+
+
 def _filter(api: str, what: str, body: dict) -> list[dict]:
     """POST the server's REST filter endpoint, as the UI does."""
     import httpx

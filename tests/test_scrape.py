@@ -217,6 +217,12 @@ def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     (lambda p: p.replace("happy: [\"{demo}", "hapy: [\"{demo}", 1),
      "scrape: sources.demo.start_urls names hapy, which is not a class"),
     (lambda p: p + "\n  : [", "is not valid YAML"),
+    (lambda p: p.replace("    sad:\n      queries: [sad person]",
+                         "    sad:\n      queries: [sad person]\n    angry:\n      queries: [angry]", 1),
+     "scrape.classes: the model is binary: give exactly two classes, not 3"),
+    (lambda p: p.replace("    sad:\n      queries: [sad person]",
+                         "    ../sad:\n      queries: [sad person]", 1),
+     "scrape.classes: class name '../sad' is not a simple name"),
 ])
 def test_bad_params_give_one_line_errors(tmp_path: Path, edit, message: str) -> None:
     params = tmp_path / "params.yaml"

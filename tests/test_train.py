@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
+import os
 import shutil
 import subprocess
 import sys
@@ -193,6 +195,50 @@ def test_predict_reports_a_corrupt_file_and_labels_the_rest(saved: Path, tiny_ra
         assert line["probability"] == pytest.approx(max(p_sad, 1 - p_sad), abs=1e-5)
 
 
+def test_predict_labels_at_the_cards_threshold_on_litert_without_tensorflow(
+        saved: Path, tiny_raw: Path, tmp_path: Path) -> None:
+    """LiteRT answers as Keras does (within the export's 1e-4), starts no TensorFlow, and the
+    label follows the card's threshold unless --threshold overrides it."""
+    from pipeline.clean import rules_from
+    from pipeline.params import load_params
+    from pipeline.predict import predict
+
+    images = sorted(p for p in (tiny_raw / "happy").iterdir() if p.suffix == ".jpg")[:3]
+    images += sorted(p for p in (tiny_raw / "sad").iterdir() if p.suffix == ".jpg")[:3]
+    rules = rules_from(load_params(REPO / "params.yaml").clean.model_copy(update={"min_side": 32}))
+    lite = list(predict(images, saved, rules, on_error=lambda *_: None, runtime="litert"))
+    slow = list(predict(images, saved, rules, on_error=lambda *_: None, runtime="keras"))
+    assert len(lite) == len(slow) > 0
+    for a, b in zip(lite, slow, strict=True):
+        assert abs(a.probabilities["sad"] - b.probabilities["sad"]) <= 1e-4
+    card_dir = shutil.copytree(saved, tmp_path / "models", ignore=shutil.ignore_patterns("production*"))
+    card = json.loads((card_dir / "model_card.json").read_text())
+    p_sad = sorted(x.probabilities["sad"] for x in lite)
+    card["threshold"] = (p_sad[0] + p_sad[-1]) / 2 if p_sad[0] < p_sad[-1] else p_sad[0]
+    (card_dir / "model_card.json").write_text(json.dumps(card))
+    labels = [x.label for x in predict(images, card_dir, rules, on_error=lambda *_: None)]
+    assert labels == ["sad" if x.probabilities["sad"] >= card["threshold"] else "happy" for x in lite]
+    assert {x.label for x in predict(images, card_dir, rules, threshold=1e-9)} == {"sad"}
+
+    probe = ("import sys; from pipeline.cli import main; code = main(sys.argv[1:]); "
+             "print('tensorflow' in sys.modules, file=sys.stderr); sys.exit(code)")
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    params = tmp_path / "params.yaml"
+    params.write_text((REPO / "params.yaml").read_text().replace("min_side: 64", "min_side: 32"))
+    ran = subprocess.run([sys.executable, "-c", probe, "--params", str(params), "predict",
+                          "--model-dir", str(card_dir), *map(str, images)],
+                         capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert ran.returncode == 0 and ran.stderr.strip().endswith("False"), ran.stderr
+    assert len(ran.stdout.splitlines()) == len(images)
+    missing = subprocess.run([sys.executable, "-c", probe, "predict", "--model-dir",
+                              str(tmp_path / "nothing"), str(images[0])],
+                             capture_output=True, text=True, env=env, cwd=REPO)
+    assert missing.returncode == 2 and missing.stderr.splitlines() == [
+        f"happysad predict: error: {tmp_path / 'nothing'}: no model.keras and model_card.json; run "
+        "`make run` (the retrain flow promotes a model there), or pass --model-dir models for the "
+        "last one `dvc repro` trained", "False"]
+
+
 def test_an_interrupted_training_resumes_from_its_last_epoch(
         tiny_records: Path, tiny_train_params: TrainParams, tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
@@ -202,8 +248,8 @@ def test_an_interrupted_training_resumes_from_its_last_epoch(
 
     real_log = train_module._epoch_log
 
-    def crashing_log(path: Path) -> keras.callbacks.Callback:
-        callback = real_log(path)
+    def crashing_log(path: Path, epochs: int) -> keras.callbacks.Callback:
+        callback = real_log(path, epochs)
         original = callback.on_epoch_end
 
         def on_epoch_end(epoch: int, logs: dict | None = None) -> None:
@@ -223,7 +269,8 @@ def test_an_interrupted_training_resumes_from_its_last_epoch(
     with caplog.at_level("INFO", logger="pipeline.train"):
         report = train_module.train(tiny_records, tmp_path / "models" / "train", tmp_path / "r",
                                     params, seed=5)
-    fitted = [r.getMessage().split(":")[0] for r in caplog.records if r.getMessage().startswith("epoch")]
+    fitted = [r.getMessage().split(":")[0].split("/")[0] for r in caplog.records
+              if r.getMessage().startswith("epoch") and r.levelno == logging.INFO]
     assert fitted == ["epoch 2", "epoch 3"]  # epoch 1 was not trained again
     assert report.epochs_run == 3
     with (tmp_path / "r" / "history.csv").open() as handle:
