@@ -12,7 +12,7 @@ export PYTHONUNBUFFERED := 1
 export PREFECT_HOME ?= $(CURDIR)/.prefect
 PREFECT_PORT ?= 4200
 
-.PHONY: setup run serve retrain-now tune test lint bench clean browser
+.PHONY: setup run serve serve-every retrain-now tune push pull test test-fast lint bench clean browser
 
 setup: .venv/.synced
 
@@ -25,19 +25,26 @@ run: setup
 	$(UV) run python -m flows.retrain
 	@echo
 	@echo "Done. Raw images and their manifest: data/raw/ (manifest.jsonl)"
-	@echo "Crawl report: reports/scrape/metrics.json, failed links: reports/scrape/errors.jsonl"
+	@echo "Crawl report: reports/scrape/report.json, failed links: reports/scrape/errors.jsonl"
 	@echo "Kept and rejected images: data/clean/ (report.json); splits: data/split/"
-	@echo "Training records: data/tfrecords/ (meta.json); all metrics: uv run dvc metrics show"
-	@echo "Model: models/model.keras, serving export models/serving/, card models/model_card.md"
-	@echo "Test metrics: reports/evaluate/metrics.json; plots: reports/evaluate/plots/*.png"
+	@echo "Training records: data/tfrecords/ (meta.json); headline metrics: uv run dvc metrics show"
+	@echo "Model: models/model.keras, serving export models/serving/, LiteRT models/model.tflite, card models/model_card.md"
+	@echo "Test metrics: reports/evaluate/metrics.json (details.json: per class, confusion matrix); plots: reports/evaluate/plots/*.png"
 	@echo "Production model (promoted only if it beat the last one): models/production/; decision: reports/promote/decision.json"
 	@echo "Label your own images: uv run happysad predict PATH...  (uses models/production/)"
 	@echo "See every run in the Prefect UI: make serve, then open http://127.0.0.1:$(PREFECT_PORT)"
 	@echo "The demo site that was crawled: data/demo_site/ (ground_truth.json lists its planted faults)"
+	@echo "Share with a second machine: commit dvc.lock and models/production.dvc, then make push (README)"
 
 # The Prefect server and UI on 127.0.0.1, serving the retrain flow on its cron schedule.
 serve: setup
 	$(UV) run python -m flows.serve --port $(PREFECT_PORT)
+
+# The same deployment on a short interval instead of the cron, to watch the schedule fire:
+# `make serve-every EVERY=120` (seconds; a run due while one is going waits for it).
+EVERY ?= 300
+serve-every: setup
+	$(UV) run python -m flows.serve --port $(PREFECT_PORT) --every $(EVERY)
 
 # Run the scheduled deployment now (needs `make serve` running).
 retrain-now: setup
@@ -47,6 +54,18 @@ retrain-now: setup
 # values end as reports/tune/best_params.yaml and a DVC experiment.
 tune: setup
 	$(UV) run python -m flows.tune
+
+# Share data, models and the production model through the DVC remote (see the README's
+# "Sharing with a second machine"): `push` after committing dvc.lock and models/production.dvc,
+# `pull` on a fresh clone; then `dvc status` is clean and `happysad predict` answers at once.
+push: setup
+	@$(UV) run dvc remote default >/dev/null 2>&1 || { echo "make push: no default DVC remote; add one first: uv run dvc remote add -d storage PATH-OR-URL (s3://, gs://, ssh://, a folder), then commit .dvc/config" >&2; exit 2; }
+	$(UV) run dvc push
+
+pull: setup
+	@$(UV) run dvc remote default >/dev/null 2>&1 || { echo "make pull: this clone has no default DVC remote; the machine that pushed sets one in .dvc/config (commit it), or run: uv run dvc remote add -d storage PATH-OR-URL" >&2; exit 2; }
+	$(UV) run dvc pull
+	$(UV) run dvc status
 
 # Headless Chromium for the UI test: Debian's package, installed when missing and possible.
 browser:
@@ -62,6 +81,10 @@ lint: setup
 
 test: lint browser
 	$(UV) run pytest
+
+# Everything but the slow end-to-end checks (the schedule firing), for a quick loop.
+test-fast: lint
+	$(UV) run pytest -m "not slow"
 
 bench: setup
 	$(UV) run python -m bench

@@ -202,6 +202,7 @@ def run(args: argparse.Namespace) -> None:
     count = 0
     if args.threshold is not None and not 0.0 < args.threshold < 1.0:
         raise UserError(f"--threshold {args.threshold}: must be between 0 and 1")
+    read_card(args.model_dir)  # a missing model is said at once, before params are validated
     for prediction in predict(args.paths, args.model_dir, rules_from(load_params(args.params).clean),
                               args.batch_size, report, args.threshold, args.runtime):
         sys.stdout.write(json.dumps(prediction.__dict__) + "\n")

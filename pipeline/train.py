@@ -125,9 +125,9 @@ def _epoch_log(path: Path, epochs: int):
             per_epoch = elapsed / (epoch + 1 - (self.first or 0))
             headline = ", ".join(f"{k} {row[k]:.4g}" for k in ("loss", "accuracy", "val_loss",
                                                                "val_accuracy") if k in row)
-            logger.info("epoch %d/%d: %s (%s elapsed, ETA %s at most; early stopping may end it "
-                        "sooner)", epoch + 1, epochs, headline, _clock(elapsed),
-                        _clock(per_epoch * (epochs - epoch - 1)))
+            # The ETA is for all `epochs`: early stopping can only make it sooner.
+            logger.info("epoch %d/%d: %s (%s elapsed, ETA %s or less)", epoch + 1, epochs, headline,
+                        _clock(elapsed), _clock(per_epoch * (epochs - epoch - 1)))
             logger.debug("epoch %d: %s", epoch + 1, ", ".join(
                 f"{k} {v:.4g}" for k, v in row.items() if k != "epoch"))
 

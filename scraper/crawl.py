@@ -72,8 +72,9 @@ BANNER_LOGGERS = ("scrapy.utils.log", "scrapy.crawler", "scrapy.middleware", "sc
 def run_crawl(config: dict[str, Any]) -> dict[str, Any]:
     """Crawl to completion (or a pause) in this process and return Scrapy's final stats."""
     if not config.get("banner", False):
+        # A filter, not a level: Scrapy's logging setup (dictConfig) resets child loggers' levels.
         for name in BANNER_LOGGERS:
-            logging.getLogger(name).setLevel(logging.WARNING)
+            logging.getLogger(name).addFilter(lambda record: record.levelno >= logging.WARNING)
     process = CrawlerProcess(crawl_settings(config))
     crawler = process.create_crawler(ImagesSpider)
     process.crawl(crawler, config=config)

@@ -192,6 +192,10 @@ def _check_ui(api: str, flow_run: dict, order: list[str]) -> None:
                                                       "flow_run_id": {"any_": [flow_run["id"]]}}})
     artifact_page = visit(f"{ui}/artifacts/artifact/{curves[0]['id']}", "prefect-ui-learning-curves.png")
     assert "data:image/png;base64," in artifact_page  # the plot itself, shown as an image
+    report = _filter(api, "artifacts", {"artifacts": {"key": {"any_": ["clean-report"]},
+                                                      "flow_run_id": {"any_": [flow_run["id"]]}}})
+    table = visit(f"{ui}/artifacts/artifact/{report[0]['id']}", "prefect-ui-clean-report.png")
+    assert "rejected: exact_duplicate" in table and "label conflicts (all classes)" in table  # row labels
 
 
 def test_serve_creates_the_scheduled_deployment(server: str, tmp_path: Path) -> None:
