@@ -25,7 +25,7 @@ from pipeline.images import ImageRules, UnusableImageError, open_rgb
 from pipeline.near_duplicates import near_duplicate_pairs, phash
 from pipeline.params import CleanParams, load_params
 from pipeline.raw import RawRecord, read_manifest
-from pipeline.stage_io import parallel_map, replacing_dir, write_jsonl, write_metrics
+from pipeline.stage_io import parallel_map, replacing_files, write_jsonl, write_metrics
 
 logger = logging.getLogger(__name__)
 
@@ -164,7 +164,7 @@ def clean(raw_dir: Path, out_dir: Path, params: CleanParams) -> CleanReport:
     if len(report.kept) < 2:
         raise UserError(f"{raw_dir}: found images of {len(report.kept)} class(es), need 2; "
                         "check scrape.classes")
-    with replacing_dir(out_dir) as tmp:
+    with replacing_files(out_dir) as tmp:
         write_jsonl(tmp / "images.jsonl", kept)
         write_jsonl(tmp / "rejected.jsonl", rejected)
         (tmp / "report.json").write_text(json.dumps(asdict(report), indent=2, sort_keys=True) + "\n")

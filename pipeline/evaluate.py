@@ -30,6 +30,14 @@ HEADLINE = ("accuracy", "precision", "recall", "f1", "roc_auc", "loss")
 DETAILS_FILE = "details.json"
 
 
+def refuse_non_finite(metrics: dict, source: Path) -> None:
+    """A NaN or infinite headline figure means a broken model: never save or promote one."""
+    bad = [k for k in HEADLINE if not np.isfinite(float(metrics.get(k, 0.0)))]
+    if bad:
+        raise UserError(f"{source}: {', '.join(bad)} is not a finite number; the model is broken "
+                        "(did training diverge?); train it again (dvc repro train)")
+
+
 @dataclass(frozen=True)
 class Scores:
     """Test-split predictions: record ids, true class index, probability of class 1."""
@@ -100,7 +108,12 @@ def predict_test(model, records: Path, image_size: int, batch_size: int) -> Scor
     if not shas:
         raise UserError(f"{records / 'meta.json'}: the test split is empty; scrape more images "
                         "or change split.fractions in params.yaml")
-    return Scores(shas, np.concatenate(actual).astype(int), np.concatenate(probs))
+    probability = np.concatenate(probs)
+    if not np.isfinite(probability).all():
+        raise UserError(f"{records}: the model gives non-finite probabilities on "
+                        f"{int((~np.isfinite(probability)).sum())} test images: it is broken "
+                        "(did training diverge?); train it again (dvc repro train)")
+    return Scores(shas, np.concatenate(actual).astype(int), probability)
 
 
 def _worst_mistakes(records: Path, image_size: int, scores: Scores, class_names: list[str],

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal, Self
+from typing import Annotated, Any, Literal, Self, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -17,8 +17,44 @@ Positive = Annotated[int, Field(gt=0)]
 Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
 
 
+def _takes_bool(annotation: Any) -> bool:
+    """Whether a field's type admits a boolean (``bool``, or a union or alias holding it)."""
+    return annotation is bool or any(_takes_bool(arg) for arg in get_args(annotation))
+
+
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # inf and nan are refused everywhere: a learning rate of .inf trains a NaN model
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_booleans_for_numbers(cls, data: Any) -> Any:
+        # pydantic reads `epochs: true` as 1; YAML's true/yes/on are never meant as numbers
+        if isinstance(data, dict):
+            for name, field in cls.model_fields.items():
+                value = data.get(name)
+                if isinstance(value, bool) and not _takes_bool(field.annotation):
+                    raise ValueError(f"{name}: {str(value).lower()} is a boolean, where a "
+                                     "number or name is due")
+        return data
+
+
+class _DuplicateKeyError(yaml.constructor.ConstructorError):
+    pass
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key given twice in one mapping (the last would win)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: set = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise _DuplicateKeyError(None, None, f"key {key!r} is given twice",
+                                         key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
 
 
 class DemoSiteParams(_Section):
@@ -271,9 +307,9 @@ class TrainParams(_Section):
     dropout: Annotated[float, Field(ge=0.0, lt=1.0)]
     l2: Annotated[float, Field(ge=0.0)]
     augment: AugmentParams
-    learning_rate: Annotated[float, Field(gt=0.0)]
-    batch_size: Positive
-    epochs: Positive
+    learning_rate: Annotated[float, Field(gt=0.0, le=1.0)]
+    batch_size: Annotated[int, Field(gt=0, le=4096)]
+    epochs: Annotated[int, Field(gt=0, le=10_000)]
     early_stopping_patience: Positive
     reduce_lr_patience: Positive
     reduce_lr_factor: Annotated[float, Field(gt=0.0, lt=1.0)]
@@ -376,9 +412,17 @@ def load_params(path: Path = DEFAULT_PARAMS) -> Params:
     """Read and validate the whole params file, or raise a one-line ``UserError``."""
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)
     except FileNotFoundError:
         raise UserError(f"{path}: not found; run from the repository root or pass --params") from None
+    except IsADirectoryError:
+        raise UserError(f"{path}: is a folder, not a params file; pass --params params.yaml") from None
+    except UnicodeDecodeError as err:
+        raise UserError(f"{path}: byte {err.start} is not UTF-8 text; save the file as UTF-8") from None
+    except _DuplicateKeyError as err:
+        mark = err.problem_mark
+        raise UserError(f"{path}: line {mark.line + 1 if mark else '?'}: {err.problem}; keep "
+                        "one of them") from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""

@@ -150,6 +150,10 @@ def predict(paths: list[Path], model_dir: Path, rules: ImageRules, batch_size: i
     def flush() -> Iterator[Prediction]:
         probs = model(np.stack([p for _, p in batch]))
         for (path, _), p in zip(batch, probs, strict=True):
+            if not np.isfinite(p):  # a broken model: say so, never print NaN (not JSON)
+                on_error(path, f"the model gives a non-finite probability ({p}); it is broken, "
+                               "train it again")
+                continue
             label = int(p >= cut)
             yield Prediction(str(path), names[label], round(float(p if label else 1 - p), 6),
                              {names[0]: round(float(1 - p), 6), names[1]: round(float(p), 6)})

@@ -22,7 +22,7 @@ import shutil
 from pathlib import Path
 
 from pipeline.errors import UserError
-from pipeline.evaluate import HEADLINE
+from pipeline.evaluate import HEADLINE, refuse_non_finite
 from pipeline.log import load_tensorflow
 from pipeline.params import PromoteParams, load_params
 from pipeline.save import LITE_FILE
@@ -102,6 +102,7 @@ def promote(models: Path, metrics_file: Path, records: Path, out: Path, params: 
     if not metrics_file.exists():
         raise UserError(f"{metrics_file}: not found; run the evaluate stage first (dvc repro)")
     challenger_metrics = json.loads(metrics_file.read_text())
+    refuse_non_finite(challenger_metrics, metrics_file)  # a broken model is never promoted
     if params.metric not in challenger_metrics:
         raise UserError(f"{metrics_file} has no `{params.metric}`; set promote.metric in params.yaml "
                         f"to one of {', '.join(HEADLINE)}")

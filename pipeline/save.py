@@ -21,6 +21,7 @@ from pathlib import Path
 import yaml
 
 from pipeline.errors import UserError
+from pipeline.evaluate import refuse_non_finite
 from pipeline.log import load_tensorflow, native_stderr_to_debug
 from pipeline.params import load_params
 
@@ -156,6 +157,8 @@ def save(trained: Path, records: Path, metrics_file: Path, params_file: Path, lo
 
     if not trained.exists():
         raise UserError(f"{trained}: not found; run the train stage first (dvc repro train)")
+    metrics = json.loads(metrics_file.read_text())
+    refuse_non_finite(metrics, metrics_file)  # before anything is written
     meta = features.read_meta(records)
     model = keras.models.load_model(trained, safe_mode=True, compile=False)
     out.mkdir(parents=True, exist_ok=True)
@@ -166,7 +169,6 @@ def save(trained: Path, records: Path, metrics_file: Path, params_file: Path, lo
     model.export(str(out / "serving"), format="tf_saved_model", verbose=False)
     lite_difference = export_lite(model, out / "serving", out / LITE_FILE, meta["image_size"])
     params = load_params(params_file)
-    metrics = json.loads(metrics_file.read_text())
     card = {
         "name": "happysad CNN", "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "files": {"keras": "model.keras", "serving": "serving/", "litert": LITE_FILE},

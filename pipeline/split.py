@@ -19,7 +19,7 @@ from pathlib import Path
 
 from pipeline.errors import UserError
 from pipeline.params import SPLITS, SplitParams, load_params
-from pipeline.stage_io import read_records, replacing_dir, write_jsonl
+from pipeline.stage_io import read_records, replacing_files, write_jsonl
 
 logger = logging.getLogger(__name__)
 
@@ -62,7 +62,7 @@ def split(images_path: Path, out_dir: Path, params: SplitParams) -> SplitReport:
                          for name in SPLITS} for label in labels}
     report = SplitReport(counts=counts, fractions=fractions)
     rows.sort(key=lambda r: (r["split"], r["label"], r["sha256"]))
-    with replacing_dir(out_dir) as tmp:
+    with replacing_files(out_dir) as tmp:
         write_jsonl(tmp / "split.jsonl", rows)
         (tmp / "report.json").write_text(json.dumps(asdict(report), indent=2, sort_keys=True) + "\n")
     return report

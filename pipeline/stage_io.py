@@ -83,13 +83,29 @@ def parallel_map(fn: Callable[[Job], Result], jobs: list[Job], workers: int,
 @contextmanager
 def replacing_dir(out_dir: Path) -> Iterator[Path]:
     """A sibling folder to write into; it replaces ``out_dir`` only if the block completes,
-    so a crash or bad input never leaves half an output under the real name."""
+    so a crash or bad input never leaves half an output under the real name. For a folder
+    that is the stage's output as a whole (a DVC out); else use ``replacing_files``."""
     tmp = out_dir.with_name(out_dir.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     yield tmp
     shutil.rmtree(out_dir, ignore_errors=True)
     os.replace(tmp, out_dir)
+
+
+@contextmanager
+def replacing_files(out_dir: Path) -> Iterator[Path]:
+    """A sibling folder to write into; if the block completes, each file it wrote replaces its
+    namesake in ``out_dir`` (one atomic rename each), and nothing else there is touched: the
+    folder can hold files that are not this stage's, such as the .gitignore git tracks."""
+    tmp = out_dir.with_name(out_dir.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    yield tmp
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for written in sorted(tmp.iterdir()):
+        os.replace(written, out_dir / written.name)
+    tmp.rmdir()
 
 
 def write_metrics(path: Path, metrics: dict[str, object]) -> None:

@@ -134,6 +134,39 @@ def _epoch_log(path: Path, epochs: int):
     return EpochLog()
 
 
+def _divergence_guard():
+    """A callback that stops training at the first non-finite loss and remembers where."""
+    import math
+
+    import keras
+
+    class DivergenceGuard(keras.callbacks.Callback):
+        epoch, at = 0, None
+
+        def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+            self.epoch = epoch + 1
+
+        def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+            loss = float((logs or {}).get("loss", 0.0))
+            if not math.isfinite(loss) and self.at is None:
+                self.at = (self.epoch, batch + 1, loss)
+                self.model.stop_training = True
+
+    return DivergenceGuard()
+
+
+def _refuse_divergence(guard, backup: Path, params: TrainParams) -> None:
+    """A diverged run ships nothing: no model is written, and its resume state is dropped so
+    the next run starts afresh instead of from NaN weights."""
+    if guard.at is None:
+        return
+    shutil.rmtree(backup, ignore_errors=True)
+    epoch, batch, loss = guard.at
+    raise UserError(f"training diverged: the loss became {loss} at epoch {epoch}, batch {batch}; "
+                    f"nothing was saved. Lower train.learning_rate ({params.learning_rate}) in "
+                    "params.yaml, or check the records")
+
+
 def _write_history(rows: list[dict], path: Path) -> None:
     columns = ["epoch", *[m for m in METRICS if m in rows[0]],
                *[f"val_{m}" for m in METRICS if f"val_{m}" in rows[0]], "learning_rate"]
@@ -176,6 +209,8 @@ def train(records: Path, model_dir: Path, reports_dir: Path, params: TrainParams
         keras.callbacks.TensorBoard(str(reports_dir / "tensorboard"), write_graph=False),
         _epoch_log(log_path, params.epochs),
     ]
+    guard = _divergence_guard()
+    callbacks.insert(0, guard)
     train_count = sum(meta["counts"]["train"].values())
     started = time.perf_counter()
     fitted = model.fit(train_data, validation_data=val_data, epochs=params.epochs, callbacks=callbacks,
@@ -183,6 +218,7 @@ def train(records: Path, model_dir: Path, reports_dir: Path, params: TrainParams
                                          params.class_weight),
               shuffle=False, verbose=1 if sys.stdout.isatty() else 0)  # tf.data shuffles
     seconds = time.perf_counter() - started
+    _refuse_divergence(guard, backup, params)
     rows = json.loads(log_path.read_text())
     best = min(rows, key=lambda r: (r["val_loss"], r["epoch"]))
     model.load_weights(best_path)  # the best epoch, also when training ran to the last one

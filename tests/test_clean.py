@@ -175,3 +175,17 @@ def test_phash_survives_reencoding_and_resizing_and_mostly_small_crops() -> None
     assert np.median(crops) <= 8  # crops move more bits: bench/clean.py measures recall
     distinct = [bits(phash(a), phash(b)) for a, b in zip(faces, faces[1:], strict=False)]
     assert min(distinct) > 8
+
+
+def test_clean_replaces_only_its_own_files(cleaned: Path, tiny_raw: Path, tiny_clean_params,
+                                            tmp_path: Path) -> None:
+    """The output folder keeps what is not clean's (the .gitignore git tracks); clean's own
+    files are replaced whole."""
+    out = tmp_path / "clean"
+    out.mkdir()
+    (out / ".gitignore").write_text("/images.jsonl\n")
+    (out / "images.jsonl").write_text("stale\n")
+    clean(tiny_raw, out, tiny_clean_params)
+    assert (out / ".gitignore").read_text() == "/images.jsonl\n"
+    assert (out / "images.jsonl").read_bytes() == (cleaned / "images.jsonl").read_bytes()
+    assert not out.with_name("clean.partial").exists()

@@ -88,6 +88,7 @@ def test_dvc_repro_runs_the_dag_then_is_a_no_op(tmp_path: Path) -> None:
     assert (project / "models" / "serving" / "saved_model.pb").exists()
     second = repro()
     assert "Running stage" not in second and "didn't change, skipping" in second
+    _check_dvc_views(project, env)
     lock = (project / "dvc.lock").read_text()
     # Forcing the data stages (the model's .keras zip carries a save time) changes nothing.
     forced = subprocess.run(["dvc", "repro", "-f", "tfrecords"], cwd=project,
@@ -102,3 +103,39 @@ def test_stage_cli_help_runs(stage: str) -> None:
     result = subprocess.run([sys.executable, "-m", "pipeline", stage, "--help"], cwd=REPO,
                             capture_output=True, text=True, check=True)
     assert stage in result.stdout
+
+
+def _check_dvc_views(project: Path, env: dict[str, str]) -> None:
+    """`dvc metrics show` is a readable table of headline numbers; `dvc plots show` draws each
+    plot once and nothing that dvc.yaml's plots section does not name."""
+    shown = subprocess.run(["dvc", "metrics", "show"], cwd=project, env=env, capture_output=True,
+                           text=True, check=True).stdout
+    assert max(len(line) for line in shown.splitlines()) <= 160, shown
+    header = shown.splitlines()[0].split()
+    assert {"accuracy", "precision", "recall", "f1", "roc_auc", "loss", "train_val_gap", "kept",
+            "rejected"} <= set(header) and len(header) <= 12
+    plots = json.loads(subprocess.run(["dvc", "plots", "show", "--json"], cwd=project, env=env,
+                                      capture_output=True, text=True, check=True).stdout)
+    names = list(plots["data"])
+    assert len(names) == len(set(names))
+    pictures = [n for n in names if n.endswith(".png")]
+    assert sorted(Path(n).name for n in pictures) == sorted(
+        p.name for p in (project / "reports" / "evaluate" / "plots").glob("*.png"))
+    drawn = [n for n in names if not n.endswith(".png")]
+    defined = [next(iter(d)) for d in yaml.safe_load((project / "dvc.yaml").read_text())["plots"]
+               if isinstance(d, dict)]
+    assert sorted(drawn) == sorted(defined)  # no default plot of a stage-level file
+
+
+def test_happysad_help_lists_every_command_in_plain_words() -> None:
+    from pipeline.cli import available_stages
+
+    result = subprocess.run([sys.executable, "-m", "pipeline", "--help"], cwd=REPO,
+                            capture_output=True, text=True, check=True)
+    assert "``" not in result.stdout
+    for stage in available_stages():
+        line = next(line for line in result.stdout.splitlines() if line.strip().startswith(stage))
+        assert len(line.split()) > 3, f"{stage} has no description: {line!r}"
+    version = subprocess.run([sys.executable, "-m", "pipeline", "--version"], cwd=REPO,
+                             capture_output=True, text=True, check=True)
+    assert version.stdout.startswith("happysad ")

@@ -126,6 +126,7 @@ def test_retrain_flow_end_to_end(server: str, retrained) -> None:
     assert runs["scrape"]["run_count"] == 3
     assert {run["state"]["type"] for run in runs.values()} == {"COMPLETED"}
     assert _artifact_keys(server, first.state_details.flow_run_id) >= PER_RUN_ARTIFACTS
+    _check_quiet_logs(server, first.state_details.flow_run_id)
     decision = result["promotion"]
     assert decision["promoted"] and decision["champion"] is None
     assert (project / "models" / "production" / "model.keras").read_bytes() == \
@@ -160,6 +161,31 @@ def test_retrain_flow_end_to_end(server: str, retrained) -> None:
     flow_run = _filter(server, "flow_runs", {"flow_runs": {"id": {"any_": [
         str(first.state_details.flow_run_id)]}}})[0]
     _check_ui(server, flow_run, order)
+
+
+def _check_quiet_logs(api: str, flow_run_id) -> None:
+    """The run's logs in Prefect keep each stage's own lines and drop the noise at INFO."""
+    import logging
+
+    import httpx
+    from prefect.logging.handlers import APILogWorker
+
+    APILogWorker.drain_all(timeout=30)  # the run's last lines may still be on their way
+    logs: list[dict] = []
+    while True:  # 200 a page, the server's limit
+        page = httpx.post(f"{api}/logs/filter", timeout=30, json={
+            "limit": 200, "offset": len(logs), "logs": {
+                "flow_run_id": {"any_": [str(flow_run_id)]}, "level": {"ge_": logging.INFO}}})
+        page.raise_for_status()
+        logs += page.json()
+        if len(page.json()) < 200:
+            break
+    text = "\n".join(entry["message"] for entry in logs)
+    assert "epoch 1/1:" in text and "ETA" in text and "pipeline.clean: clean: kept" in text
+    for noise in ("Overridden settings", "Enabled downloader middlewares", "git add",
+                  "core.autostage", "ran out of data", "oneDNN custom operations",
+                  "HTTP Request:", "XNNPACK"):
+        assert noise not in text, f"{noise!r} in the run's INFO logs"
 
 
 def _check_ui(api: str, flow_run: dict, order: list[str]) -> None:

@@ -223,6 +223,12 @@ def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     (lambda p: p.replace("    sad:\n      queries: [sad person]",
                          "    ../sad:\n      queries: [sad person]", 1),
      "scrape.classes: class name '../sad' is not a simple name"),
+    (lambda p: p.replace("learning_rate: 0.001", "learning_rate: .inf", 1),
+     "train.learning_rate: Input should be a finite number"),
+    (lambda p: p.replace("epochs: 30", "epochs: true", 1),
+     "train: epochs: true is a boolean, where a number or name is due"),
+    (lambda p: p.replace("  epochs: 30", "  epochs: 30\n  epochs: 5", 1),
+     "key 'epochs' is given twice; keep one of them"),
 ])
 def test_bad_params_give_one_line_errors(tmp_path: Path, edit, message: str) -> None:
     params = tmp_path / "params.yaml"
@@ -240,3 +246,13 @@ def test_missing_params_file_is_one_line(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert result.stderr.strip() == ("happysad scrape: error: params.yaml: not found; "
                                      "run from the repository root or pass --params")
+
+
+def test_a_params_folder_or_non_utf8_file_is_one_line(tmp_path: Path) -> None:
+    latin1 = tmp_path / "latin1.yaml"
+    latin1.write_bytes((REPO / "params.yaml").read_bytes() + "# caf\xe9\n".encode("latin-1"))
+    for path, message in ((tmp_path, "is a folder, not a params file"),
+                          (latin1, "is not UTF-8 text; save the file as UTF-8")):
+        result = run_cli("--params", str(path), "scrape", cwd=tmp_path)
+        assert result.returncode == 2 and "Traceback" not in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1 and message in result.stderr

@@ -158,7 +158,13 @@ def test_saved_model_and_export_predict_what_the_trained_one_does(saved: Path, t
     card = json.loads((saved / "model_card.json").read_text())
     assert card["input"]["class_names"] == ["happy", "sad"] and card["metrics"]["images"] == len(images)
     assert "no dvc.lock" in card["data_version"]["source"]
-    assert "| accuracy |" in (saved / "model_card.md").read_text()
+    text = (saved / "model_card.md").read_text()
+    assert "| accuracy |" in text
+    for section in ("## Intended use", "## Out-of-scope uses", "## Training data and its limits",
+                    "## How it was evaluated"):  # Mitchell et al.'s model card sections
+        assert section in text
+    assert "synthetic cartoon faces" in text and "mental" in text
+    assert card["files"]["litert"] == "model.tflite" and card["litert_max_difference"] <= 1e-4
 
 
 def test_predict_reports_a_corrupt_file_and_labels_the_rest(saved: Path, tiny_raw: Path,
@@ -338,3 +344,57 @@ def test_promotion_margin_and_direction() -> None:
     assert not decide(0.91, 0.90, "roc_auc", 0.02)[0]  # not by more than the margin
     assert not decide(0.90, 0.90, "accuracy", 0.0)[0]  # a tie keeps the champion
     assert decide(0.30, 0.40, "loss", 0.05)[0] and not decide(0.40, 0.30, "loss", 0.0)[0]
+
+
+def test_a_diverging_run_stops_and_ships_nothing(tiny_records: Path, tiny_train_params: TrainParams,
+                                                tmp_path: Path) -> None:
+    from pipeline.errors import UserError
+    from pipeline.train import train
+
+    # Adam steps by about the learning rate whatever the gradient: 1e38 overflows float32 at once
+    exploding = tiny_train_params.model_copy(update={"learning_rate": 1e38, "epochs": 3})
+    with pytest.raises(UserError, match=r"training diverged: the loss became (nan|inf) at epoch 1"):
+        train(tiny_records, tmp_path / "models" / "train", tmp_path / "r", exploding, seed=5)
+    assert not (tmp_path / "models" / "train" / "model.keras").exists()
+    assert not list((tmp_path / "models" / ".backup").glob("*"))  # no NaN state to resume from
+
+
+def test_a_broken_model_is_refused_by_evaluate_save_promote_and_predict(
+        saved: Path, trained: Path, tiny_records: Path, tiny_raw: Path, repo_params: Params,
+        tmp_path: Path) -> None:
+    import keras
+
+    from pipeline.clean import rules_from
+    from pipeline.errors import UserError
+    from pipeline.evaluate import evaluate
+    from pipeline.params import PromoteParams
+    from pipeline.predict import predict
+    from pipeline.promote import promote
+    from pipeline.save import save
+
+    broken = shutil.copytree(saved, tmp_path / "models", ignore=shutil.ignore_patterns(
+        "production*", "promotions.jsonl", "model.tflite"))
+    model = keras.models.load_model(broken / "model.keras", safe_mode=True, compile=False)
+    kernel, bias = model.get_layer("probability").get_weights()
+    model.get_layer("probability").set_weights([kernel * np.nan, bias])
+    model.save(broken / "model.keras")
+    with pytest.raises(UserError, match="non-finite probabilities on"):
+        evaluate(broken / "model.keras", tiny_records, trained / "reports" / "train",
+                 tmp_path / "eval", repo_params.evaluate)
+    nan_metrics = tmp_path / "nan.json"
+    good = json.loads((trained / "reports" / "evaluate" / "details.json").read_text())
+    nan_metrics.write_text(json.dumps({**good, "loss": float("nan")}))
+    with pytest.raises(UserError, match="loss is not a finite number"):
+        save(broken / "model.keras", tiny_records, nan_metrics, REPO / "params.yaml",
+             tmp_path / "dvc.lock", tmp_path / "shipped")
+    assert not (tmp_path / "shipped").exists()  # nothing written
+    with pytest.raises(UserError, match="loss is not a finite number"):
+        promote(broken, nan_metrics, tiny_records, tmp_path / "promote",
+                PromoteParams(metric="loss", margin=0.0), 0.5, 8)
+    assert not (broken / "production").exists()
+    errors: list[str] = []
+    rules = rules_from(repo_params.clean.model_copy(update={"min_side": 32}))
+    images = sorted(p for p in (tiny_raw / "happy").iterdir() if p.suffix == ".jpg")[:2]
+    labelled = list(predict(images, broken, rules, on_error=lambda p, why: errors.append(why),
+                            runtime="keras"))
+    assert labelled == [] and len(errors) == 2 and "non-finite probability" in errors[0]
