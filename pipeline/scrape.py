@@ -18,6 +18,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import os
 import shutil
 import signal
 import subprocess
@@ -25,7 +26,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -118,6 +119,28 @@ def _signals_to_child() -> Iterator[None]:
             signal.signal(sig, handler)
 
 
+def _die_with_parent() -> Callable[[], None] | None:
+    """What the crawl's process runs before the crawl: Linux then sends it SIGTERM (a pause,
+    as Ctrl-C is) when the stage's process dies, even by ``kill -9``, so no crawler outlives
+    its stage. Resolved here, before the fork: the child only calls it (no import, no lock)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+
+    prctl, pr_set_pdeathsig, parent = ctypes.CDLL(None).prctl, 1, os.getpid()
+
+    def in_child() -> None:
+        # The stage ignores SIGINT and SIGTERM while the crawl runs (_signals_to_child); the
+        # crawl must not inherit that, or a signal before Scrapy's own handlers would be lost.
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, signal.SIG_DFL)
+        prctl(pr_set_pdeathsig, int(signal.SIGTERM))
+        if os.getppid() != parent:  # the stage died before the line above: stop at once
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return in_child
+
+
 def run_crawl_subprocess(config: dict[str, Any], work: Path) -> dict[str, Any]:
     """Run ``python -m scraper.crawl`` on ``config``; its log goes to our stderr."""
     work.mkdir(parents=True, exist_ok=True)
@@ -125,7 +148,7 @@ def run_crawl_subprocess(config: dict[str, Any], work: Path) -> dict[str, Any]:
     config_path.write_text(json.dumps(config, indent=1))
     with _signals_to_child():
         result = subprocess.run([sys.executable, "-m", "scraper.crawl", str(config_path)],
-                                check=False)
+                                check=False, preexec_fn=_die_with_parent())
     stats_path = Path(config["stats_path"])
     if result.returncode == PAUSED_EXIT:
         where = f"; its queue is in {config['job_dir']}" if config.get("job_dir") else ""
@@ -135,6 +158,28 @@ def run_crawl_subprocess(config: dict[str, Any], work: Path) -> dict[str, Any]:
         raise UserError(f"the crawl failed (exit code {result.returncode}); its log above "
                         "says why. Data already stored in data/raw is kept; run again to resume")
     return json.loads(stats_path.read_text())
+
+
+WORK_PREFIX = "happysad-scrape-"  # + the stage's pid: a killed stage's folder is found later
+
+
+def _remove_orphaned_work_dirs() -> None:
+    """Delete the temporary folders of scrape stages that were killed (``kill -9`` leaves no
+    time to clean up): those whose process is gone."""
+    for folder in Path(tempfile.gettempdir()).glob(f"{WORK_PREFIX}*-*"):
+        pid = folder.name.removeprefix(WORK_PREFIX).split("-", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
 
 
 class JobFolder:
@@ -232,7 +277,8 @@ def scrape(params: ScrapeParams, demo: DemoSiteParams, raw_dir: Path, report_dir
         max_bytes=params.crawl.max_bytes, licence=source.licence, attribution=source.attribution,
         progress_every_s=params.crawl.progress_every_s) for name, source in folders.items()}
     stats: dict[str, Any] = {}
-    with tempfile.TemporaryDirectory(prefix="happysad-scrape-") as tmp:
+    _remove_orphaned_work_dirs()
+    with tempfile.TemporaryDirectory(prefix=f"{WORK_PREFIX}{os.getpid()}-") as tmp:
         work = Path(tmp)
         if web_sources(params):
             if params.demo_site:

@@ -256,3 +256,42 @@ def test_a_params_folder_or_non_utf8_file_is_one_line(tmp_path: Path) -> None:
         result = run_cli("--params", str(path), "scrape", cwd=tmp_path)
         assert result.returncode == 2 and "Traceback" not in result.stderr
         assert len(result.stderr.strip().splitlines()) == 1 and message in result.stderr
+
+
+def test_a_killed_scrape_stage_takes_its_crawler_and_temp_folder_along(tmp_path: Path) -> None:
+    """`kill -9` of the stage: the crawl subprocess stops too (it is sent SIGTERM, a pause)
+    instead of crawling on into data/raw, and the next run removes the dead stage's temp folder."""
+    import signal
+    import tempfile
+    import time
+
+    import psutil
+    import yaml
+
+    from pipeline.scrape import WORK_PREFIX, _remove_orphaned_work_dirs
+    from tests.conftest import TINY_SITE
+    from tests.project import tiny_params
+
+    params = yaml.safe_load(tiny_params(TINY_SITE))
+    # 3 s between requests: with the stage (and the demo server in it) gone, an orphaned
+    # crawler would go on for minutes through its queue of now failing requests
+    params["scrape"]["crawl"]["download_delay_s"] = 3.0
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    stage = subprocess.Popen([sys.executable, "-m", "pipeline", "scrape"], cwd=tmp_path,
+                             env={**os.environ, "PYTHONPATH": str(REPO)},
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline, crawler = time.monotonic() + 240, None
+    while time.monotonic() < deadline and crawler is None:
+        time.sleep(0.5)
+        assert stage.poll() is None, "the stage ended before its crawl started"
+        crawler = next((c for c in psutil.Process(stage.pid).children()
+                        if "scraper.crawl" in " ".join(c.cmdline())), None)
+    assert crawler is not None
+    time.sleep(2)  # the crawl is under way
+    work = list(Path(tempfile.gettempdir()).glob(f"{WORK_PREFIX}{stage.pid}-*"))
+    assert work, "the stage's temp folder should exist while it runs"
+    stage.send_signal(signal.SIGKILL)
+    stage.wait()
+    crawler.wait(timeout=30)  # raises psutil.TimeoutExpired if it outlives its stage
+    _remove_orphaned_work_dirs()
+    assert not any(folder.exists() for folder in work)
