@@ -145,14 +145,13 @@ def _write_csv(path: Path, header: list[str], rows) -> None:
 def evaluate(model_path: Path, records: Path, train_reports: Path, out: Path,
              params: EvaluateParams) -> dict:
     """Score the test split and write metrics, per-image predictions and plots to ``out``."""
-    import keras
-
     from pipeline import features, plots
+    from pipeline.model import load
 
     meta = features.read_meta(records)
     if not model_path.exists():
         raise UserError(f"{model_path}: not found; run the train stage first (dvc repro train)")
-    model = keras.models.load_model(model_path, safe_mode=True, compile=False)
+    model = load(model_path)
     names, size = meta["class_names"], meta["image_size"]
     scores = predict_test(model, records, size, params.batch_size)
     metrics = summary(scores, names, params.threshold)

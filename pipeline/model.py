@@ -7,10 +7,35 @@ evaluation, ``predict`` and the serving export all see the same preprocessing
 
 from __future__ import annotations
 
+import zipfile
+from pathlib import Path
+
 import keras
 from keras import layers, regularizers
 
+from pipeline.errors import UserError
 from pipeline.params import AugmentParams, TrainParams
+
+
+def load(path: Path) -> keras.Model:
+    """A saved model, loaded with ``safe_mode=True`` (no code from the file runs), or a
+    one-line ``UserError`` naming the file and what to do: missing, truncated, not a Keras
+    archive, a broken config, or a layer that safe mode refuses."""
+    if not path.is_file():
+        raise UserError(f"{path}: not found; run the train stage (dvc repro train), or pass the "
+                        "folder of a saved model")
+    if not zipfile.is_zipfile(path):
+        raise UserError(f"{path}: not a Keras model file (not a .keras zip archive; truncated "
+                        "or another format); save or train it again")
+    try:
+        return keras.models.load_model(path, safe_mode=True, compile=False)
+    except Exception as err:  # noqa: BLE001 - Keras raises many types for a bad archive
+        text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        if "safe_mode" in str(err) or "Lambda" in str(err):
+            raise UserError(f"{path}: holds code (a Lambda layer or custom object) that safe "
+                            "mode will not run; use a model this pipeline saved") from None
+        raise UserError(f"{path}: cannot be loaded as a Keras model ({type(err).__name__}: "
+                        f"{text[:200]}); save or train it again") from None
 
 
 def augmentation(params: AugmentParams, seed: int) -> keras.Sequential | None:

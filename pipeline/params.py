@@ -342,8 +342,29 @@ class FlowParams(_Section):
     @field_validator("schedule")
     @classmethod
     def _cron(cls, value: str) -> str:
+        import datetime
+
+        from cronsim import CronSim, CronSimError  # the parser Prefect's own Cron schedule uses
+
         if len(value.split()) != 5:
             raise ValueError(f"{value!r} is not a five-field cron expression (e.g. '0 3 * * 1')")
+        try:
+            next(CronSim(value, datetime.datetime(2000, 1, 1)))
+        except (CronSimError, StopIteration) as err:
+            raise ValueError(f"{value!r} is not a valid cron expression ({err}); e.g. '0 3 * * 1' "
+                             "is Mondays at 03:00") from None
+        return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        import zoneinfo
+
+        try:
+            zoneinfo.ZoneInfo(value)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"{value!r} is not a time zone name (IANA, e.g. UTC or "
+                             "Europe/Berlin)") from None
         return value
 
 
@@ -402,6 +423,21 @@ class Params(_Section):
     promote: PromoteParams
     flow: FlowParams
     tune: TuneParams
+
+    @model_validator(mode="after")
+    def _deep_enough_images(self) -> Self:
+        # Each block's MaxPooling2D halves the side (after the first convolution's stride):
+        # too small an image runs out of pixels, which Keras only says at train time.
+        side = -(-self.tfrecords.image_size // self.train.first_stride)
+        for block in range(1, len(self.train.filters) + 1):
+            side //= 2
+            if side < 1:
+                raise ValueError(
+                    f"tfrecords.image_size {self.tfrecords.image_size} is too small for "
+                    f"train.filters' {len(self.train.filters)} pooling blocks (first_stride "
+                    f"{self.train.first_stride}): nothing is left after block {block}; use at "
+                    f"least {self.train.first_stride * 2 ** len(self.train.filters)} px or fewer blocks")
+        return self
 
 
 def _where(error: dict) -> str:

@@ -89,9 +89,9 @@ class KerasRuntime(Runtime):
 
     def __init__(self, path: Path) -> None:
         load_tensorflow()
-        import keras
+        from pipeline.model import load
 
-        self.model = keras.models.load_model(path, safe_mode=True, compile=False)
+        self.model = load(path)
 
     def __call__(self, pixels: np.ndarray) -> np.ndarray:
         return np.asarray(self.model(pixels, training=False), dtype=np.float64)[:, 0]

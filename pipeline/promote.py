@@ -35,10 +35,9 @@ SHIPPED = ("model.keras", "serving", LITE_FILE, "model_card.md", "model_card.jso
 def champion_metrics(production: Path, records: Path, threshold: float, batch_size: int) -> dict:
     """Score the production model on the test split, exactly as the evaluate stage scores."""
     load_tensorflow()
-    import keras
-
     from pipeline import features
     from pipeline.evaluate import predict_test, summary
+    from pipeline.model import load
 
     meta = features.read_meta(records)
     contract = json.loads((production / "model_card.json").read_text())["input"]
@@ -48,7 +47,7 @@ def champion_metrics(production: Path, records: Path, threshold: float, batch_si
     if contract["image_size"] != meta["image_size"] or contract["resize"] != meta["resize"]:
         raise _IncomparableError(f"it takes {contract['image_size']} px `{contract['resize']}` images, "
                             f"the records hold {meta['image_size']} px `{meta['resize']}`")
-    model = keras.models.load_model(production / "model.keras", safe_mode=True, compile=False)
+    model = load(production / "model.keras")
     return summary(predict_test(model, records, meta["image_size"], batch_size),
                    meta["class_names"], threshold)
 

@@ -151,20 +151,19 @@ def save(trained: Path, records: Path, metrics_file: Path, params_file: Path, lo
     """Write the shipped model, its serving export and its card under ``out``; return the card."""
     import datetime
 
-    import keras
-
     from pipeline import features
+    from pipeline.model import load
 
     if not trained.exists():
         raise UserError(f"{trained}: not found; run the train stage first (dvc repro train)")
     metrics = json.loads(metrics_file.read_text())
     refuse_non_finite(metrics, metrics_file)  # before anything is written
     meta = features.read_meta(records)
-    model = keras.models.load_model(trained, safe_mode=True, compile=False)
+    model = load(trained)
     out.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(trained, out / "model.keras")
     # what we ship must reload safely
-    keras.models.load_model(out / "model.keras", safe_mode=True, compile=False)
+    load(out / "model.keras")
     shutil.rmtree(out / "serving", ignore_errors=True)
     model.export(str(out / "serving"), format="tf_saved_model", verbose=False)
     lite_difference = export_lite(model, out / "serving", out / LITE_FILE, meta["image_size"])

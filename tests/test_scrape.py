@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -229,6 +230,12 @@ def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
      "train: epochs: true is a boolean, where a number or name is due"),
     (lambda p: p.replace("  epochs: 30", "  epochs: 30\n  epochs: 5", 1),
      "key 'epochs' is given twice; keep one of them"),
+    (lambda p: re.sub(r"schedule: \"[^\"]*\"", 'schedule: "61 99 * * 9"', p, count=1),
+     "flow.schedule: '61 99 * * 9' is not a valid cron expression"),
+    (lambda p: re.sub(r"timezone: \S+", "timezone: Mars/Olympus", p, count=1),
+     "flow.timezone: 'Mars/Olympus' is not a time zone name"),
+    (lambda p: re.sub(r"image_size: \d+", "image_size: 8", p, count=1),
+     "tfrecords.image_size 8 is too small for train.filters' 5 pooling blocks"),
 ])
 def test_bad_params_give_one_line_errors(tmp_path: Path, edit, message: str) -> None:
     params = tmp_path / "params.yaml"

@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -398,3 +399,48 @@ def test_a_broken_model_is_refused_by_evaluate_save_promote_and_predict(
     labelled = list(predict(images, broken, rules, on_error=lambda p, why: errors.append(why),
                             runtime="keras"))
     assert labelled == [] and len(errors) == 2 and "non-finite probability" in errors[0]
+
+
+def test_bad_model_files_are_one_line_errors(saved: Path, tmp_path: Path) -> None:
+    """Truncated, not a zip, a broken config, a Lambda layer that safe mode refuses, a card
+    without its input contract: each is one line naming the file, never a traceback."""
+    import keras
+
+    whole = (saved / "model.keras").read_bytes()
+    cases = {"truncated": whole[: len(whole) // 2], "not-a-zip": b"<html>not a model</html>"}
+    for name, data in cases.items():
+        (tmp_path / name).mkdir()
+        shutil.copy(saved / "model_card.json", tmp_path / name / "model_card.json")
+        (tmp_path / name / "model.keras").write_bytes(data)
+    (tmp_path / "bad-config").mkdir()
+    shutil.copy(saved / "model_card.json", tmp_path / "bad-config" / "model_card.json")
+    with zipfile.ZipFile(saved / "model.keras") as source, zipfile.ZipFile(
+            tmp_path / "bad-config" / "model.keras", "w") as target:
+        for item in source.infolist():
+            target.writestr(item, b"{not json" if item.filename == "config.json" else source.read(item))
+    (tmp_path / "lambda").mkdir()
+    shutil.copy(saved / "model_card.json", tmp_path / "lambda" / "model_card.json")
+    inputs = keras.Input((32, 32, 3))
+    keras.Model(inputs, keras.layers.Lambda(lambda x: x * 2)(inputs)).save(
+        tmp_path / "lambda" / "model.keras")
+    (tmp_path / "no-input").mkdir()
+    shutil.copy(saved / "model.keras", tmp_path / "no-input" / "model.keras")
+    card = json.loads((saved / "model_card.json").read_text())
+    del card["input"]
+    (tmp_path / "no-input" / "model_card.json").write_text(json.dumps(card))
+    image = tmp_path / "x.png"
+    from PIL import Image
+
+    Image.new("RGB", (96, 96), (120, 30, 200)).save(image)
+    from pipeline.errors import UserError
+    from pipeline.images import ImageRules
+    from pipeline.predict import predict
+
+    for name, message in (("truncated", "not a Keras model file"), ("not-a-zip", "not a Keras model file"),
+                          ("bad-config", "cannot be loaded as a Keras model"),
+                          ("lambda", "safe mode will not run"),
+                          ("no-input", "not a model card the save stage wrote")):
+        with pytest.raises(UserError) as raised:  # the CLI prints a UserError as its one line
+            list(predict([image], tmp_path / name, ImageRules(min_side=32), runtime="keras"))
+        text = str(raised.value)
+        assert "\n" not in text and message in text and str(tmp_path / name) in text, text
