@@ -160,6 +160,22 @@ def run_crawl_subprocess(config: dict[str, Any], work: Path) -> dict[str, Any]:
     return json.loads(stats_path.read_text())
 
 
+def _refuse_silent_sources(params: ScrapeParams, stats: dict[str, Any],
+                           by_source: dict[str, int]) -> None:
+    """A web source that the address guard refused outright gave no page and no image: say so
+    now, not later in clean as "no usable image"."""
+    refused = int(stats.get("happysad/refused_address", 0))
+    if not refused:
+        return
+    silent = [name for name in web_sources(params)
+              if not int(stats.get(f"happysad/pages_by_source/{name}", 0)) and not by_source.get(name)]
+    if silent:
+        raise UserError(f"source {', '.join(silent)} gave no page and no image: the address guard "
+                        f"refused {refused} request(s) (a loopback or private host, or not "
+                        "http(s)); if the host is yours, add its host:port to "
+                        "scrape.crawl.allow_private_hosts, else fix the source's URLs")
+
+
 WORK_PREFIX = "happysad-scrape-"  # + the stage's pid: a killed stage's folder is found later
 
 
@@ -299,6 +315,7 @@ def scrape(params: ScrapeParams, demo: DemoSiteParams, raw_dir: Path, report_dir
         errors_text = errors_file.read_text() if errors_file.exists() else ""
     (report_dir / "errors.jsonl").write_text(errors_text)
     records, by_source, files = _raw_summary(raw_dir)
+    _refuse_silent_sources(params, stats, by_source)
     stored_by_source = {k.rsplit("/", 1)[1]: int(v) for k, v in sorted(stats.items())
                         if k.startswith("happysad/images_stored_by_source/")}
     stored_by_source.update({name: r.stored for name, r in imported.items()})

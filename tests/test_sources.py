@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 import yaml
 
+from pipeline.errors import UserError
 from pipeline.params import Params, load_params
 from pipeline.raw import read_manifest
 from pipeline.scrape import scrape
@@ -499,3 +500,16 @@ def test_crawl_settings_carry_politeness_from_params(tmp_path: Path) -> None:
     assert settings["JOBDIR"] == str(tmp_path / "job")
     assert settings.getbool("ROBOTSTXT_OBEY")
     assert settings.getlist("HAPPYSAD_ALLOW_PRIVATE_HOSTS") == [site.host_port]
+
+
+def test_a_source_the_address_guard_refuses_outright_fails_the_stage(tmp_path: Path) -> None:
+    """A loopback gallery not in allow_private_hosts stores nothing: scrape says why, at once."""
+    with LoopbackSite() as site:
+        site.routes.update({"/gallery/happy.html": html("<img src='/img/a.jpg'>")})
+        source = {"kind": "gallery", "start_urls": {"happy": [f"{site.url}/gallery/happy.html"]},
+                  "image_selector": "img", "max_pages": 1, "max_images": 10}
+        params = params_with({"web": source}, site, tmp_path, allow_private_hosts=[])
+        with pytest.raises(UserError, match=r"source web gave no page and no image: the address "
+                                            r"guard refused \d+ request"):
+            run_scrape(params, tmp_path)
+        assert site.paths() == []  # nothing was fetched from it
