@@ -176,7 +176,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    load_tensorflow()  # its native start-up notices go to the debug log
     params = load_params(args.params)
     try:
         values = json.loads(args.values)
@@ -188,6 +187,7 @@ def run(args: argparse.Namespace) -> None:
         apply(params.train, values)
     except ValueError as err:
         raise UserError(f"--values: {str(err).splitlines()[0]}") from None
+    load_tensorflow()  # after the checks, so a bad call answers at once; notices to debug
     result = run_trial(args.records, args.out, params.train, values, params.seed)
     logger.info("trial: val loss %.4f, accuracy %.3f, auc %.3f; train-val accuracy gap %+.3f "
                 "(best epoch %d of %d)", result["val"]["loss"], result["val"]["accuracy"],
