@@ -22,7 +22,7 @@ setup: .venv/.synced
 	@touch $@
 
 run: setup
-	$(UV) run python -m flows.retrain
+	$(UV) run python -m flows.retrain --port $(PREFECT_PORT)
 	@echo
 	@echo "Done. Raw images and their manifest: data/raw/ (manifest.jsonl)"
 	@echo "Crawl report: reports/scrape/report.json, failed links: reports/scrape/errors.jsonl"
@@ -53,7 +53,7 @@ retrain-now: setup
 # A budgeted hyperparameter search (params.yaml's `tune`) as a Prefect flow; the best
 # values end as reports/tune/best_params.yaml and a DVC experiment.
 tune: setup
-	$(UV) run python -m flows.tune
+	$(UV) run python -m flows.tune --port $(PREFECT_PORT)
 
 # Share data, models and the production model through the DVC remote (see the README's
 # "Sharing with a second machine"): `push` after committing dvc.lock and models/production.dvc,

@@ -16,7 +16,7 @@ import os
 import sys
 from pathlib import Path
 
-from flows.server import api_url, is_up, quiet_or_verbose, start_server, stop_server
+from flows.server import api_url, is_up, own_server, quiet_or_verbose, start_server, stop_server
 from pipeline.errors import UserError
 from pipeline.params import load_params
 
@@ -44,12 +44,16 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     server = None
     url = os.environ.get("PREFECT_API_URL") or api_url(args.port)
+    home = Path(os.environ.get("PREFECT_HOME", ".prefect")).resolve()
+    if "PREFECT_API_URL" not in os.environ and is_up(url) and own_server(args.port, home)[0] is None:
+        sys.stderr.write(f"serve: error: {own_server(args.port, home)[1]}; stop that server, or "
+                         f"serve on another port: make serve PREFECT_PORT={args.port + 1}\n")
+        return 2
     if not is_up(url):
         if "PREFECT_API_URL" in os.environ:
             sys.stderr.write(f"serve: error: no Prefect server answers at PREFECT_API_URL={url}; "
                              "start it, or unset PREFECT_API_URL to start a local one\n")
             return 2
-        home = Path(os.environ.get("PREFECT_HOME", ".prefect")).resolve()
         logger.info("starting a Prefect server on 127.0.0.1:%d (database in %s)", args.port, home)
         try:
             server = start_server(home, args.port, home / "server.log")

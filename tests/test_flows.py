@@ -65,6 +65,12 @@ def test_make_run_reports_only_to_the_server_of_this_checkout(server: str, tmp_p
     assert home is not None and own_server(port, home)[0] == server
     url, why = own_server(port, tmp_path / "another-checkout" / ".prefect")
     assert url is None and f"belongs to PREFECT_HOME {home}" in why
+    # `make serve` of another checkout does not register its deployment on this server
+    env = {k: v for k, v in tool_env().items() if k != "PREFECT_API_URL"}
+    served = subprocess.run([sys.executable, "-m", "flows.serve", "--port", str(port)], cwd=REPO,
+                            env={**env, "PREFECT_HOME": str(tmp_path / "another-checkout" / ".prefect")},
+                            capture_output=True, text=True, timeout=120)
+    assert served.returncode == 2 and f"belongs to PREFECT_HOME {home}" in served.stderr
 
 
 def _filter(api: str, what: str, body: dict) -> list[dict]:
