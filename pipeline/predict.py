@@ -19,14 +19,17 @@ import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from pipeline.errors import UserError
-from pipeline.images import ImageRules, UnusableImageError, open_rgb, square_rgb
 from pipeline.log import load_tensorflow, native_stderr_to_debug
 from pipeline.params import load_params
 from pipeline.save import LITE_FILE
+
+if TYPE_CHECKING:  # numpy and the image code load only once there is an image to label,
+    import numpy as np  # so a missing model is said before they are imported
+
+    from pipeline.images import ImageRules
 
 logger = logging.getLogger(__name__)
 SUFFIXES = {".jpg", ".jpeg", ".jpe", ".png", ".gif", ".webp", ".bmp", ".tif", ".tiff", ".mpo"}
@@ -79,6 +82,8 @@ class LiteRuntime(Runtime):
             self.shape = pixels.shape
         self.interpreter.set_tensor(self.input["index"], pixels.astype(self.input["dtype"]))
         self.interpreter.invoke()
+        import numpy as np
+
         return np.asarray(self.interpreter.get_tensor(self.output["index"]), np.float64)[:, 0]
 
 
@@ -94,6 +99,8 @@ class KerasRuntime(Runtime):
         self.model = load(path)
 
     def __call__(self, pixels: np.ndarray) -> np.ndarray:
+        import numpy as np
+
         return np.asarray(self.model(pixels, training=False), dtype=np.float64)[:, 0]
 
 
@@ -141,6 +148,10 @@ def predict(paths: list[Path], model_dir: Path, rules: ImageRules, batch_size: i
     """Predictions in input order; each unusable file goes to ``on_error`` and is skipped.
     The label is the model card's class at the card's threshold unless ``threshold`` is given."""
     card = read_card(model_dir)
+    import numpy as np
+
+    from pipeline.images import UnusableImageError, open_rgb, square_rgb
+
     contract = card["input"]
     cut = float(card["threshold"]) if threshold is None else threshold
     model = load_runtime(model_dir, runtime)
@@ -195,8 +206,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    from pipeline.clean import rules_from
-
     errors: list[Path] = []
 
     def report(path: Path, why: str) -> None:
@@ -207,6 +216,8 @@ def run(args: argparse.Namespace) -> None:
     if args.threshold is not None and not 0.0 < args.threshold < 1.0:
         raise UserError(f"--threshold {args.threshold}: must be between 0 and 1")
     read_card(args.model_dir)  # a missing model is said at once, before params are validated
+    from pipeline.clean import rules_from
+
     for prediction in predict(args.paths, args.model_dir, rules_from(load_params(args.params).clean),
                               args.batch_size, report, args.threshold, args.runtime):
         sys.stdout.write(json.dumps(prediction.__dict__) + "\n")

@@ -21,7 +21,6 @@ from pathlib import Path
 import yaml
 
 from pipeline.errors import UserError
-from pipeline.evaluate import refuse_non_finite
 from pipeline.log import load_tensorflow, native_stderr_to_debug
 from pipeline.params import load_params
 
@@ -156,6 +155,8 @@ def save(trained: Path, records: Path, metrics_file: Path, params_file: Path, lo
 
     if not trained.exists():
         raise UserError(f"{trained}: not found; run the train stage first (dvc repro train)")
+    from pipeline.evaluate import refuse_non_finite  # here: `predict` imports this module
+
     metrics = json.loads(metrics_file.read_text())
     refuse_non_finite(metrics, metrics_file)  # before anything is written
     meta = features.read_meta(records)
