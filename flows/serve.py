@@ -45,8 +45,9 @@ def main(argv: list[str] | None = None) -> int:
     server = None
     url = os.environ.get("PREFECT_API_URL") or api_url(args.port)
     home = Path(os.environ.get("PREFECT_HOME", ".prefect")).resolve()
-    if "PREFECT_API_URL" not in os.environ and is_up(url) and own_server(args.port, home)[0] is None:
-        sys.stderr.write(f"serve: error: {own_server(args.port, home)[1]}; stop that server, or "
+    ours, why = own_server(args.port, home) if "PREFECT_API_URL" not in os.environ else (url, "")
+    if ours is None and is_up(url):
+        sys.stderr.write(f"serve: error: {why}; stop that server, or "
                          f"serve on another port: make serve PREFECT_PORT={args.port + 1}\n")
         return 2
     if not is_up(url):

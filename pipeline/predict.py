@@ -113,7 +113,9 @@ def read_card(model_dir: Path) -> dict:
                         "last one `dvc repro` trained")
     try:
         card = json.loads(card_path.read_text(encoding="utf-8"))
-        card["input"]["class_names"], card["input"]["image_size"], card["input"]["resize"]
+        missing = [k for k in ("class_names", "image_size", "resize") if k not in card["input"]]
+        if missing:
+            raise KeyError(missing[0])
         float(card["threshold"])
     except (ValueError, KeyError, TypeError) as err:
         raise UserError(f"{card_path}: not a model card the save stage wrote ({err!r} is missing "
