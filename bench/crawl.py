@@ -27,21 +27,21 @@ import tempfile
 import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 
 from bench import print_table
+from demo.server import DemoSiteServer
+from demo.site import generate_site
 from flows.server import free_port
-from pipeline.params import Params, load_params
-from pipeline.scrape import crawl_config, run_crawl_subprocess
-from scraper.demo.server import DemoSiteServer
-from scraper.demo.site import DemoSiteConfig, generate_site
+from pipeline.params import DemoSiteParams, Params, load_params
+from pipeline.scrape_config import crawl_config
+from pipeline.scrape_process import run_crawl_subprocess
 
 
-def time_generation(config: DemoSiteConfig, out: Path) -> float:
+def time_generation(config: DemoSiteParams, out: Path, workers: int = 0) -> float:
     started = time.perf_counter()
-    generate_site(out, config)
+    generate_site(out, config, workers)
     return time.perf_counter() - started
 
 
@@ -120,6 +120,44 @@ def _wait_until_up(base: str) -> None:
             time.sleep(0.05)
 
 
+def _generation_rows(config: DemoSiteParams, tmp_path: Path) -> list[tuple[str, str, str]]:
+    gen_all = time_generation(config, tmp_path / "site")
+    gen_one = time_generation(config, tmp_path / "site1", workers=1)
+    return [("demo site generation, all cores", f"{gen_all:.1f} s",
+             f"{config.images_per_class} faces per class and the planted faults"),
+            ("demo site generation, one core", f"{gen_one:.1f} s",
+             f"all cores are x{gen_one / gen_all:.2f} faster")]
+
+
+def _rates(params: Params, site: Path, paths: list[str], levels: list[int],
+           tmp_path: Path) -> tuple[dict, dict, dict, dict]:
+    """Side by side, per level: http.server and the demo server to a plain client, the spider,
+    and bare Scrapy."""
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "http.server", str(port), "--bind",
+                               "127.0.0.1", "--directory", str(site / "www")],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    raw: dict[int, float] = {}
+    demo_raw: dict[int, float] = {}
+    spider: dict[int, tuple[float, int]] = {}
+    bare: dict[int, float] = {}
+    try:
+        base = f"http://127.0.0.1:{port}"
+        _wait_until_up(base)
+        with DemoSiteServer(site) as demo:
+            for level in sorted({1, *levels}):  # interleaved: drift hits every row alike
+                raw[level] = raw_serving_rate(base, paths, level)
+                demo_raw[level] = raw_serving_rate(demo.base_url, paths, level)
+                if level in levels:
+                    spider[level] = crawl_rate(impolite(params, level), demo.base_url,
+                                               tmp_path / f"crawl-{level}")
+                    bare[level] = bare_scrapy_rate(demo.base_url, paths, level)
+    finally:
+        server.terminate()
+        server.wait()
+    return raw, demo_raw, spider, bare
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images-per-class", type=int, default=None,
@@ -127,51 +165,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[4, 16])
     args = parser.parse_args(argv)
     params = load_params(Path("params.yaml"))
-    config = DemoSiteConfig(**params.demo_site.model_dump())
+    config = params.demo_site
     if args.images_per_class:
-        config = replace(config, images_per_class=args.images_per_class)
+        config = config.model_copy(update={"images_per_class": args.images_per_class})
     levels = sorted(set(args.concurrency))
-
-    rows: list[tuple[str, str, str]] = []
     with tempfile.TemporaryDirectory(prefix="happysad-bench-") as tmp:
         tmp_path = Path(tmp)
-        gen_all = time_generation(config, tmp_path / "site")
-        gen_one = time_generation(replace(config, workers=1), tmp_path / "site1")
-        rows += [("demo site generation, all cores", f"{gen_all:.1f} s",
-                  f"{config.images_per_class} faces per class and the planted faults"),
-                 ("demo site generation, one core", f"{gen_one:.1f} s",
-                  f"all cores are x{gen_one / gen_all:.2f} faster")]
+        rows = _generation_rows(config, tmp_path)
         # The throughput site: the same, but the planted slow link answers at once, so
         # the figure is the spider's rate rather than one sleeping request's.
         site = tmp_path / "site-fast"
-        generate_site(site, replace(config, slow_response_s=0.0))
+        generate_site(site, config.model_copy(update={"slow_response_s": 0.0}))
         truth = json.loads((site / "ground_truth.json").read_text())
         paths = sorted({i["url"] for i in truth["images"]
                         if i["fetch"] == "stored" and i["kind"] != "redirect"})
-
-        port = free_port()
-        server = subprocess.Popen([sys.executable, "-m", "http.server", str(port), "--bind",
-                                   "127.0.0.1", "--directory", str(site / "www")],
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        raw: dict[int, float] = {}
-        demo_raw: dict[int, float] = {}
-        spider: dict[int, tuple[float, int]] = {}
-        bare: dict[int, float] = {}
-        try:
-            base = f"http://127.0.0.1:{port}"
-            _wait_until_up(base)
-            with DemoSiteServer(site) as demo:
-                for level in sorted({1, *levels}):  # interleaved: drift hits every row alike
-                    raw[level] = raw_serving_rate(base, paths, level)
-                    demo_raw[level] = raw_serving_rate(demo.base_url, paths, level)
-                    if level in levels:
-                        spider[level] = crawl_rate(impolite(params, level), demo.base_url,
-                                                   tmp_path / f"crawl-{level}")
-                        bare[level] = bare_scrapy_rate(demo.base_url, paths, level)
-        finally:
-            server.terminate()
-            server.wait()
-
+        raw, demo_raw, spider, bare = _rates(params, site, paths, levels, tmp_path)
     best = max(raw.values())
     for level, rate in raw.items():
         rows.append((f"python -m http.server raw, {level} client thread(s)", f"{rate:.0f} img/s",

@@ -33,13 +33,13 @@ from PIL import Image
 
 from bench import print_table
 from bench.crawl import impolite
+from demo.faces import FaceStyle, draw_face
 from pipeline.clean import clean
 from pipeline.near_duplicates import hamming, near_duplicate_pairs, phash
 from pipeline.params import Params, load_params
 from pipeline.scrape import scrape
 from pipeline.split import split
 from pipeline.tfrecords import tfrecords
-from scraper.demo.faces import FaceStyle, draw_face
 
 Row = tuple[str, str, str]
 

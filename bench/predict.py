@@ -81,11 +81,10 @@ def _first_line_s(command: list[str]) -> float:
 
 
 def _per_image_s(model_dir: Path, images: list[Path], runtime: str) -> float:
-    from pipeline.clean import rules_from
     from pipeline.params import load_params
     from pipeline.predict import predict
 
-    rules = rules_from(load_params(REPO / "params.yaml").clean)
+    rules = load_params(REPO / "params.yaml").clean
     list(predict(images[:1], model_dir, rules, runtime=runtime))  # load the model: not timed
     started = time.perf_counter()
     labelled = list(predict(images, model_dir, rules, runtime=runtime))

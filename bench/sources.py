@@ -32,7 +32,8 @@ import yaml
 from bench import print_table
 from bench.crawl import bare_scrapy_rate
 from pipeline.params import load_params
-from pipeline.scrape import crawl_config, run_crawl_subprocess
+from pipeline.scrape_config import crawl_config
+from pipeline.scrape_process import run_crawl_subprocess
 from tests.sites import Answer, LoopbackSite, html, jpeg
 
 REPO = Path(__file__).resolve().parents[1]

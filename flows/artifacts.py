@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from pipeline.params import HEADLINE
 from pipeline.save import lock_outputs
 
 
@@ -84,7 +85,7 @@ def evaluate_artifacts(project: Path) -> list[Artifact]:
     metrics = _read(project / "reports" / "evaluate" / "details.json")
     if metrics is None:
         return []
-    keys = ("accuracy", "precision", "recall", "f1", "roc_auc", "loss", "images", "best_epoch")
+    keys = (*HEADLINE, "images", "best_epoch")
     rows = [{"metric": k, "test split": metrics[k]} for k in keys if k in metrics]
     gap = metrics.get("train_val_gap", {})
     rows += [{"metric": f"train-val gap: {k}", "test split": v} for k, v in gap.items()]

@@ -13,18 +13,19 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import subprocess
 import sys
 from pathlib import Path
 
 from flows.server import api_url, is_up, own_server, quiet_or_verbose, start_server, stop_server
 from pipeline.errors import UserError
-from pipeline.params import load_params
+from pipeline.params import FlowParams, load_params
 
 DEPLOYMENT = "scheduled"
 logger = logging.getLogger("happysad.serve")
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m flows.serve", description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, default=4200)
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
@@ -33,51 +34,72 @@ def main(argv: list[str] | None = None) -> int:
                              "(to try the schedule out)")
     parser.add_argument("-v", "--verbose", action="store_true",
                         help="debug logging: every API call, DVC's hints, native start-up notices")
-    args = parser.parse_args(argv)
+    return parser
+
+
+class _ServeError(Exception):
+    """A one-line reason to stop, and the exit status."""
+
+    def __init__(self, message: str, status: int = 2) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def _server_for(port: int) -> tuple[str, subprocess.Popen | None]:
+    """The API URL to serve on, and the server process this started (None: one was up)."""
+    url = os.environ.get("PREFECT_API_URL") or api_url(port)
+    home = Path(os.environ.get("PREFECT_HOME", ".prefect")).resolve()
+    ours, why = own_server(port, home) if "PREFECT_API_URL" not in os.environ else (url, "")
+    if ours is None and is_up(url):
+        raise _ServeError(f"{why}; stop that server, or serve on another port: "
+                          f"make serve PREFECT_PORT={port + 1}")
+    if is_up(url):
+        return url, None
+    if "PREFECT_API_URL" in os.environ:
+        raise _ServeError(f"no Prefect server answers at PREFECT_API_URL={url}; start it, or "
+                          "unset PREFECT_API_URL to start a local one")
+    logger.info("starting a Prefect server on 127.0.0.1:%d (database in %s)", port, home)
+    try:
+        return url, start_server(home, port, home / "server.log")
+    except RuntimeError as err:
+        raise _ServeError(str(err), 1) from None
+
+
+def _serve(settings: FlowParams, every: float | None) -> None:
+    from prefect.schedules import Cron, Interval
+
+    from flows.retrain import retrain
+
+    if every:
+        schedule, when = Interval(every, timezone=settings.timezone), f"every {every:g} s"
+    else:
+        schedule = Cron(settings.schedule, timezone=settings.timezone)
+        when = f"cron '{settings.schedule}' ({settings.timezone})"
+    logger.info("serving retrain/%s on %s; run one now: make retrain-now", DEPLOYMENT, when)
+    # limit=1: a run due while another is going waits, so two retrains never share a checkout
+    retrain.serve(name=DEPLOYMENT, schedules=[schedule],
+                  parameters={"force_scrape": settings.force_scrape}, limit=1,
+                  tags=["happysad"], pause_on_shutdown=False, print_starting_message=False)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s",
                         datefmt="%H:%M:%S")
     quiet_or_verbose(args.verbose)
     try:
         settings = load_params(args.params).flow
+        url, server = _server_for(args.port)
     except UserError as err:
         sys.stderr.write(f"serve: error: {err}\n")
         return 2
-    server = None
-    url = os.environ.get("PREFECT_API_URL") or api_url(args.port)
-    home = Path(os.environ.get("PREFECT_HOME", ".prefect")).resolve()
-    ours, why = own_server(args.port, home) if "PREFECT_API_URL" not in os.environ else (url, "")
-    if ours is None and is_up(url):
-        sys.stderr.write(f"serve: error: {why}; stop that server, or "
-                         f"serve on another port: make serve PREFECT_PORT={args.port + 1}\n")
-        return 2
-    if not is_up(url):
-        if "PREFECT_API_URL" in os.environ:
-            sys.stderr.write(f"serve: error: no Prefect server answers at PREFECT_API_URL={url}; "
-                             "start it, or unset PREFECT_API_URL to start a local one\n")
-            return 2
-        logger.info("starting a Prefect server on 127.0.0.1:%d (database in %s)", args.port, home)
-        try:
-            server = start_server(home, args.port, home / "server.log")
-        except RuntimeError as err:
-            sys.stderr.write(f"serve: error: {err}\n")
-            return 1
+    except _ServeError as err:
+        sys.stderr.write(f"serve: error: {err}\n")
+        return err.status
     os.environ["PREFECT_API_URL"] = url  # before Prefect is imported: its settings read it once
     logger.info("Prefect UI: %s  (runs: %s/runs)", url.removesuffix("/api"), url.removesuffix("/api"))
     try:
-        from prefect.schedules import Cron, Interval
-
-        from flows.retrain import retrain
-
-        if args.every:
-            schedule, when = Interval(args.every, timezone=settings.timezone), f"every {args.every:g} s"
-        else:
-            schedule = Cron(settings.schedule, timezone=settings.timezone)
-            when = f"cron '{settings.schedule}' ({settings.timezone})"
-        logger.info("serving retrain/%s on %s; run one now: make retrain-now", DEPLOYMENT, when)
-        # limit=1: a run due while another is going waits, so two retrains never share a checkout
-        retrain.serve(name=DEPLOYMENT, schedules=[schedule],
-                      parameters={"force_scrape": settings.force_scrape}, limit=1,
-                      tags=["happysad"], pause_on_shutdown=False, print_starting_message=False)
+        _serve(settings, args.every)
     except KeyboardInterrupt:
         pass
     finally:

@@ -20,7 +20,6 @@ one onto the keys of params.yaml, which keras-tuner's HyperModel would duplicate
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import logging
 import sys
@@ -36,7 +35,7 @@ from flows.retrain import run_stage
 from flows.server import own_server
 from flows.stages import StageFailedError, run_command, stage_order
 from pipeline.errors import UserError
-from pipeline.params import load_params
+from pipeline.params import Params, load_params
 
 DATA_STAGES_END = "tfrecords"  # the last stage a search needs: trials read its records
 
@@ -44,17 +43,16 @@ DATA_STAGES_END = "tfrecords"  # the last stage a search needs: trials read its 
 @task(cache_policy=NO_CACHE)
 def run_trial(project: str, view: str, out: str, values: dict[str, Any], timeout_s: float) -> dict:
     """Train one trial in its own process on the train/val view; return its result."""
+    from pipeline.tune import trial_table
+
     logger = get_run_logger()
     logger.info("trial values: %s", json.dumps(values, sort_keys=True))
     run_command([sys.executable, "-m", "pipeline", "tune", "--records", view, "--out", out,
                  "--values", json.dumps(values)], Path(project), logger, timeout_s)
     result = json.loads((Path(out) / "result.json").read_text())
-    rows = [{"split": name, **{m: result[name][m] for m in ("loss", "accuracy", "auc")}}
-            for name in ("train", "val")]
-    rows.append({"split": "gap (train - val; loss: val - train)", **result["gap"]})
     artifacts.publish([artifacts.Artifact(
         "tune-trial", f"{Path(out).name}: {json.dumps(values, sort_keys=True)}; best epoch "
-        f"{result['best_epoch']} of {result['epochs_run']}", table=rows)])
+        f"{result['best_epoch']} of {result['epochs_run']}", table=trial_table(result))])
     return result
 
 
@@ -68,51 +66,25 @@ def _task_runner(parallel: int, dask_address: str) -> Any:
     return ThreadPoolTaskRunner(max_workers=parallel)  # each trial is a process of its own
 
 
-@flow(name="tune")
-def tune(project: str = ".", trials: int | None = None, parallel: int | None = None,
-         experiment: bool | None = None) -> dict:
-    """Search ``tune.space`` on train/val; write the best values and (optionally) run them."""
+def _search(study: Any, params: Params, root: Path, view: Path, budget: int, at_once: int,
+            timeout: float) -> None:
+    """Ask ``at_once`` trials, submit each as a task, tell the study each score; until
+    ``budget`` trials have finished."""
     import optuna
 
-    from pipeline import plots
-    from pipeline.tune import (
-        create_study,
-        decode,
-        params_change,
-        score,
-        set_arguments,
-        study_key,
-        suggest,
-        train_val_view,
-    )
+    from pipeline.tune import score, suggest
 
-    logger = get_run_logger()
-    root = Path(project).resolve()
-    params = load_params(root / "params.yaml")
-    settings = params.tune
-    budget = trials or settings.trials
-    at_once = parallel or settings.parallel
-    timeout = params.flow.stage_timeout_s.get("train", params.flow.default_timeout_s)
-    order = stage_order(root)
-    for stage in order[:order.index(DATA_STAGES_END) + 1]:
-        run_stage.with_options(task_run_name=stage)(
-            str(root), stage, False, params.flow.stage_timeout_s.get(stage, params.flow.default_timeout_s))
-
-    work = root / "reports" / "tune"
-    view = train_val_view(root / "data" / "tfrecords", work / "records")
-    key = study_key(view, params.train, settings.space, params.seed, settings.metric)
-    study = create_study(settings, params.seed, params.train, settings.space,
-                         storage=f"sqlite:///{work / 'study.db'}", name=key)
+    settings, logger = params.tune, get_run_logger()
     finished = lambda: [t for t in study.trials if t.state.is_finished()]  # noqa: E731
     if finished():
-        logger.info("resuming search %s: %d of %d trials already finished", key, len(finished()),
-                    budget)
+        logger.info("resuming search %s: %d of %d trials already finished", study.study_name,
+                    len(finished()), budget)
     while len(finished()) < budget:
         asked = [study.ask() for _ in range(min(at_once, budget - len(finished())))]
         futures = []
         for trial in asked:
             values = suggest(trial, settings.space, params.train)
-            out = work / "trials" / key / f"trial-{trial.number:03d}"
+            out = root / "reports" / "tune" / "trials" / study.study_name / f"trial-{trial.number:03d}"
             futures.append(run_trial.with_options(task_run_name=f"trial-{trial.number}").submit(
                 str(root), str(view), str(out), values, timeout))
         for trial, future in zip(asked, futures, strict=True):
@@ -127,42 +99,48 @@ def tune(project: str = ".", trials: int | None = None, parallel: int | None = N
             logger.info("trial %d: %s %.4f, train-val accuracy gap %+.3f", trial.number,
                         settings.metric, score(result, settings.metric), result["gap"]["accuracy"])
 
-    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
-    if not done:
-        raise UserError("every trial failed; their task logs in the UI say why")
-    rows = [{"number": t.number, "score": t.value, "gap_accuracy": t.user_attrs["result"]["gap"]["accuracy"],
-             "val_accuracy": t.user_attrs["result"]["val"]["accuracy"],
-             "val_auc": t.user_attrs["result"]["val"]["auc"],
-             "best_epoch": t.user_attrs["result"]["best_epoch"],
-             **{f"train.{k}": json.dumps(v) for k, v in decode(t.params, settings.space).items()}}
-            for t in done]
-    best = study.best_trial
-    values = decode(best.params, settings.space)
-    with (work / "trials.csv").open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, list(rows[0]), lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
-    plots.tuning_trials(rows, settings.metric, best.number, work / "trials.png")
-    change = params_change(values)
-    (work / "best_params.yaml").write_text(
-        f"# tune: best of {len(done)} trials, {settings.metric} {best.value:.4f} on the val split "
-        f"(trial {best.number}).\n# Merge into params.yaml's train section, or run the "
-        "experiment below.\n" + change)
-    command = ["dvc", "exp", "run", *set_arguments(values)]
-    summary = {"study": key, "trials": len(done), "best_trial": best.number,
-               "metric": settings.metric, "best_score": best.value, "best_values": values,
-               "best_result": best.user_attrs["result"], "command": " ".join(command)}
-    (work / "best.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+
+def _publish_summary(summary: dict[str, Any], work: Path) -> None:
+    from pipeline.tune import params_change
+
+    change = params_change(summary["best_values"])
     artifacts.publish([artifacts.Artifact(
-        "tune-summary", f"best of {len(done)} trials by {settings.metric} on val",
+        "tune-summary", f"best of {summary['trials']} trials by {summary['metric']} on val",
         markdown=artifacts.image_markdown(work / "trials.png", "Trials: val score and overfitting gap")
-        + f"\n### Best: trial {best.number}, {settings.metric} {best.value:.4f}\n\n"
-        f"```yaml\n{change}```\n\nRun it through the whole DAG:\n\n"
-        f"```sh\n{' '.join(command)}\n```\n")])
+        + f"\n### Best: trial {summary['best_trial']}, {summary['metric']} "
+        f"{summary['best_score']:.4f}\n\n```yaml\n{change}```\n\nRun it through the whole DAG:"
+        f"\n\n```sh\n{summary['command']}\n```\n")])
+
+
+@flow(name="tune")
+def tune(project: str = ".", trials: int | None = None, parallel: int | None = None,
+         experiment: bool | None = None) -> dict:
+    """Search ``tune.space`` on train/val; write the best values and (optionally) run them."""
+    from pipeline.tune import create_study, set_arguments, study_key, train_val_view, write_report
+
+    logger = get_run_logger()
+    root = Path(project).resolve()
+    params = load_params(root / "params.yaml")
+    settings, timeouts = params.tune, params.flow
+    timeout = timeouts.stage_timeout_s.get("train", timeouts.default_timeout_s)
+    order = stage_order(root)
+    for stage in order[:order.index(DATA_STAGES_END) + 1]:
+        run_stage.with_options(task_run_name=stage)(
+            str(root), stage, False, timeouts.stage_timeout_s.get(stage, timeouts.default_timeout_s))
+
+    work = root / "reports" / "tune"
+    view = train_val_view(root / "data" / "tfrecords", work / "records")
+    key = study_key(view, params.train, settings.space, params.seed, settings.metric)
+    study = create_study(settings, params.seed, params.train, settings.space,
+                         storage=f"sqlite:///{work / 'study.db'}", name=key)
+    _search(study, params, root, view, trials or settings.trials, parallel or settings.parallel,
+            timeout)
+    summary = write_report(study, settings, work)
+    _publish_summary(summary, work)
     if settings.experiment if experiment is None else experiment:
         name = f"tune-{(flow_run.get_name() or 'best')}-{(flow_run.get_id() or 'local')[:8]}"
         run_command([sys.executable, "-m", "dvc", "exp", "run", "--name", name,
-                     *set_arguments(values)], root, logger, timeout * 2)
+                     *set_arguments(summary["best_values"])], root, logger, timeout * 2)
         summary["experiment"] = name
         logger.info("best values run through the DAG as DVC experiment %s "
                     "(`dvc exp show`; `dvc exp apply %s` puts them in params.yaml)", name, name)

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.errors import UserError
-from pipeline.images import ImageRules, UnusableImageError, open_rgb
+from pipeline.images import UnusableImageError, open_rgb
 from pipeline.near_duplicates import near_duplicate_pairs, phash
 from pipeline.params import CleanParams, load_params
 from pipeline.raw import RawRecord, read_manifest
@@ -52,14 +52,8 @@ class CleanReport:
     label_conflicts: int
 
 
-def rules_from(params: CleanParams) -> ImageRules:
-    return ImageRules(formats=tuple(params.formats), min_side=params.min_side,
-                      max_pixels=params.max_pixels, aspect_ratio=params.aspect_ratio,
-                      min_std=params.min_std)
-
-
-def inspect_file(path: Path, rules: ImageRules) -> Inspection:
-    """Decode and check one file; never raises for a bad image."""
+def inspect_file(path: Path, rules: CleanParams) -> Inspection:
+    """Decode and check one file against the clean params' rules; never raises for a bad image."""
     try:
         data = path.read_bytes()
     except OSError as err:
@@ -71,7 +65,7 @@ def inspect_file(path: Path, rules: ImageRules) -> Inspection:
     return Inspection(None, "", rgb.width, rgb.height, phash(rgb))
 
 
-def _inspect_job(job: tuple[Path, ImageRules]) -> Inspection:
+def _inspect_job(job: tuple[Path, CleanParams]) -> Inspection:
     return inspect_file(*job)
 
 
@@ -96,46 +90,62 @@ def _row(record: RawRecord, **extra: object) -> dict[str, object]:
             "sha256": record.sha256, **extra}
 
 
-def clean(raw_dir: Path, out_dir: Path, params: CleanParams) -> CleanReport:
-    """Validate and deduplicate ``raw_dir`` into ``out_dir``; see the module docstring."""
+def _read_records(raw_dir: Path) -> list[RawRecord]:
     manifest = raw_dir / "manifest.jsonl"
     if not manifest.exists():
         raise UserError(f"{manifest}: not found; run the scrape stage first (dvc repro scrape)")
     try:
-        records = list(read_manifest(raw_dir))
+        return list(read_manifest(raw_dir))
     except (ValueError, TypeError) as err:
         raise UserError(f"{manifest}: a record is not valid JSON ({err}); "
                         "restore the file from DVC (dvc checkout data/raw)") from None
-    rejected: list[dict[str, object]] = []
+
+
+def _drop_exact_copies(records: list[RawRecord],
+                       rejected: list[dict[str, object]]) -> list[RawRecord]:
+    """One record per (class, bytes): the first in manifest order is the original."""
     unique: dict[tuple[str, str], RawRecord] = {}
-    for record in records:  # manifest order: the first record of a file is its original
+    for record in records:
         key = (record.label, record.sha256)
         if key in unique:
             rejected.append(_row(record, reason="exact_duplicate", detail="same bytes",
                                  of=unique[key].url))
         else:
             unique[key] = record
-    files = list(unique.values())
-    rules = rules_from(params)
-    inspections = list(parallel_map(_inspect_job, [(raw_dir / r.path, rules) for r in files],
-                                    params.workers, "clean"))
+    return list(unique.values())
 
-    valid = [(r, i) for r, i in zip(files, inspections, strict=True) if i.reason is None]
+
+def _usable(raw_dir: Path, files: list[RawRecord], params: CleanParams,
+            rejected: list[dict[str, object]]) -> list[tuple[RawRecord, Inspection]]:
+    """The files that decode and pass the rules, each with its inspection."""
+    inspections = list(parallel_map(_inspect_job, [(raw_dir / r.path, params) for r in files],
+                                    params.workers, "clean"))
     for record, inspection in zip(files, inspections, strict=True):
         if inspection.reason is not None:
             rejected.append(_row(record, reason=inspection.reason, detail=inspection.detail))
+    return [(r, i) for r, i in zip(files, inspections, strict=True) if i.reason is None]
 
+
+def _groups(valid: list[tuple[RawRecord, Inspection]], bits: int) -> dict[int, list[int]]:
+    """Near-duplicate groups (and the same bytes under two classes), by their earliest member."""
     groups = _UnionFind(len(valid))
     hashes = np.array([i.phash for _, i in valid], dtype=np.uint64)
-    for a, b in near_duplicate_pairs(hashes, params.near_duplicate_bits):
+    for a, b in near_duplicate_pairs(hashes, bits):
         groups.union(int(a), int(b))
     by_sha: dict[str, int] = {}
-    for index, (record, _) in enumerate(valid):  # the same bytes under two classes
+    for index, (record, _) in enumerate(valid):
         groups.union(by_sha.setdefault(record.sha256, index), index)
     members: dict[int, list[int]] = defaultdict(list)
     for index in range(len(valid)):
         members[groups.find(index)].append(index)
+    return members
 
+
+def _keep_representatives(valid: list[tuple[RawRecord, Inspection]],
+                          members: dict[int, list[int]], bits: int,
+                          rejected: list[dict[str, object]]) -> tuple[list[dict[str, object]], int]:
+    """Each single-class group's representative, and the number of groups spanning classes
+    (all of whose members are rejected as label conflicts)."""
     kept: list[dict[str, object]] = []
     conflicts = 0
     for root, indices in sorted(members.items()):
@@ -154,9 +164,11 @@ def clean(raw_dir: Path, out_dir: Path, params: CleanParams) -> CleanReport:
         for i in indices[1:]:
             rejected.append(_row(valid[i][0], reason="near_duplicate", group=group_id,
                                  of=representative.url, detail="perceptual hash within "
-                                 f"{params.near_duplicate_bits} bits"))
+                                 f"{bits} bits"))
+    return kept, conflicts
 
-    report = _report(records, files, kept, rejected, members, conflicts)
+
+def _refuse_missing_classes(raw_dir: Path, records: list[RawRecord], report: CleanReport) -> None:
     for label in sorted({r.label for r in records}):
         if not report.kept.get(label):
             raise UserError(f"{raw_dir}: class {label!r} has no usable image after cleaning "
@@ -164,6 +176,18 @@ def clean(raw_dir: Path, out_dir: Path, params: CleanParams) -> CleanReport:
     if len(report.kept) < 2:
         raise UserError(f"{raw_dir}: found images of {len(report.kept)} class(es), need 2; "
                         "check scrape.classes")
+
+
+def clean(raw_dir: Path, out_dir: Path, params: CleanParams) -> CleanReport:
+    """Validate and deduplicate ``raw_dir`` into ``out_dir``; see the module docstring."""
+    records = _read_records(raw_dir)
+    rejected: list[dict[str, object]] = []
+    files = _drop_exact_copies(records, rejected)
+    valid = _usable(raw_dir, files, params, rejected)
+    members = _groups(valid, params.near_duplicate_bits)
+    kept, conflicts = _keep_representatives(valid, members, params.near_duplicate_bits, rejected)
+    report = _report(records, files, kept, rejected, members, conflicts)
+    _refuse_missing_classes(raw_dir, records, report)
     with replacing_files(out_dir) as tmp:
         write_jsonl(tmp / "images.jsonl", kept)
         write_jsonl(tmp / "rejected.jsonl", rejected)

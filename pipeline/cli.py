@@ -1,8 +1,10 @@
-"""``happysad <stage>`` / ``python -m pipeline <stage>``: dispatch to a stage module's CLI.
+"""``happysad <command>`` / ``python -m pipeline <command>``: dispatch to a command module.
 
-A stage is a module ``pipeline/<stage>.py`` with ``add_arguments(parser)`` and
-``run(args)``. This file names no stage, so adding one never changes it (and
-never makes DVC rerun the stages that depend on it).
+A command is a module of this package with ``add_arguments(parser)`` and
+``run(args)``, listed in ``COMMANDS``: the DAG's stages (each ``dvc.yaml`` stage's
+cmd is ``python -m pipeline <stage>``) and the tools around them. Only the
+chosen command's module is imported, so ``happysad --help`` starts no TensorFlow
+and a stage depends on no other stage's code.
 """
 
 from __future__ import annotations
@@ -20,19 +22,23 @@ from pipeline.log import setup_logging
 from pipeline.params import DEFAULT_PARAMS
 
 _PACKAGE = Path(__file__).resolve().parent
-_RUN = re.compile(r"^def run\(", re.MULTILINE)
+# Command name -> module (in this package); the stages in DAG order, then the tools.
+COMMANDS = {
+    "scrape": "scrape", "clean": "clean", "split": "split", "tfrecords": "tfrecords",
+    "train": "train", "evaluate": "evaluate", "save": "save",
+    "predict": "predict", "promote": "promote", "tune": "tune",
+}
 
 
 def available_stages() -> list[str]:
-    """Modules of this package that define ``run`` (read as text: nothing is imported)."""
-    return sorted(p.stem for p in _PACKAGE.glob("*.py")
-                  if p.stem not in ("cli", "__main__") and _RUN.search(p.read_text()))
+    """Every command's name, in ``COMMANDS`` order."""
+    return list(COMMANDS)
 
 
 def summary(name: str) -> str:
     """The first line of a command module's docstring, as plain text (read, not imported,
     so `happysad --help` starts no TensorFlow)."""
-    doc = ast.get_docstring(ast.parse((_PACKAGE / f"{name}.py").read_text())) or ""
+    doc = ast.get_docstring(ast.parse((_PACKAGE / f"{COMMANDS[name]}.py").read_text())) or ""
     line = re.sub(r"``([^`]*)``", r"\1", doc.splitlines()[0] if doc else "")
     return re.sub(r"^(?:The \w+ stage|happysad \w+ [^:]*): ", "", line).rstrip(".")
 
@@ -51,7 +57,7 @@ def build_parser(stage: str | None = None) -> argparse.ArgumentParser:
         if stage is None or name != stage:
             sub.add_parser(name, add_help=False, help=summary(name))
             continue
-        module = importlib.import_module(f"pipeline.{name}")
+        module = importlib.import_module(f"pipeline.{COMMANDS[name]}")
         stage_parser = sub.add_parser(name, help=summary(name), description=summary(name))
         module.add_arguments(stage_parser)
         stage_parser.set_defaults(run=module.run)

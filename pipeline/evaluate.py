@@ -19,14 +19,13 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.curves import precision_recall_curve, roc_auc, roc_curve
 from pipeline.errors import UserError
 from pipeline.log import load_tensorflow
-from pipeline.params import EvaluateParams, load_params
+from pipeline.params import HEADLINE, EvaluateParams, load_params
 from pipeline.stage_io import write_metrics
 
 logger = logging.getLogger(__name__)
-# The test metrics by name, in one place: the headline file, the card, promotion and the UI.
-HEADLINE = ("accuracy", "precision", "recall", "f1", "roc_auc", "loss")
 DETAILS_FILE = "details.json"
 
 
@@ -47,28 +46,6 @@ class Scores:
     probability: np.ndarray
 
 
-def _cumulative(actual: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Predicted-positive count, true positives and threshold at each distinct score, highest first."""
-    order = np.argsort(-score, kind="stable")
-    score, actual = score[order], actual[order]
-    last = np.r_[np.flatnonzero(np.diff(score)), len(score) - 1]  # last index of each tie
-    return last + 1, np.cumsum(actual)[last], score[last]
-
-
-def roc_curve(actual: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """False and true positive rates at every distinct threshold, from (0, 0) to (1, 1)."""
-    predicted, tp, thresholds = _cumulative(actual, score)
-    positives, negatives = max(actual.sum(), 1), max(len(actual) - actual.sum(), 1)
-    return (np.r_[0.0, (predicted - tp) / negatives], np.r_[0.0, tp / positives],
-            np.r_[np.inf, thresholds])
-
-
-def precision_recall_curve(actual: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Precision and recall at every distinct threshold, starting from (recall 0, precision 1)."""
-    predicted, tp, _ = _cumulative(actual, score)
-    return np.r_[1.0, tp / predicted], np.r_[0.0, tp / max(actual.sum(), 1)]
-
-
 def summary(scores: Scores, class_names: list[str], threshold: float) -> dict:
     """Accuracy, precision, recall, F1, ROC AUC, loss, confusion matrix and per-class figures."""
     actual, prob = scores.actual, scores.probability
@@ -83,7 +60,6 @@ def summary(scores: Scores, class_names: list[str], threshold: float) -> dict:
         f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
         per_class[name] = {"precision": round(precision, 6), "recall": round(recall, 6),
                            "f1": round(f1, 6), "support": int(matrix[index].sum())}
-    fpr, tpr, _ = roc_curve(actual, prob)
     clipped = np.clip(prob, 1e-7, 1 - 1e-7)
     loss = -np.mean(actual * np.log(clipped) + (1 - actual) * np.log(1 - clipped))
     positive = per_class[class_names[1]]
@@ -91,7 +67,7 @@ def summary(scores: Scores, class_names: list[str], threshold: float) -> dict:
         "images": len(actual), "threshold": threshold, "positive_class": class_names[1],
         "accuracy": round(float(np.trace(matrix) / max(len(actual), 1)), 6),
         "precision": positive["precision"], "recall": positive["recall"], "f1": positive["f1"],
-        "roc_auc": round(float(np.trapezoid(tpr, fpr)), 6), "loss": round(float(loss), 6),
+        "roc_auc": round(roc_auc(actual, prob), 6), "loss": round(float(loss), 6),
         "confusion_matrix": {"rows_actual_columns_predicted": class_names, "counts": matrix.tolist()},
         "per_class": per_class,
     }

@@ -14,17 +14,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from pipeline.errors import UserError
-
-
-@dataclass(frozen=True)
-class ImageRules:
-    """What an acceptable image is; built from params.yaml's `clean` section."""
-
-    formats: tuple[str, ...] = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF", "MPO")
-    min_side: int = 64
-    max_pixels: int = 40_000_000
-    aspect_ratio: tuple[float, float] = (0.33, 3.0)
-    min_std: float = 6.0
+from pipeline.params import CleanParams
 
 
 class UnusableImageError(Exception):
@@ -170,7 +160,7 @@ def encode(pixels: np.ndarray, encoding: str, jpeg_quality: int = 95) -> bytes:
     return buf.tobytes()
 
 
-def open_rgb(data: bytes, rules: ImageRules) -> Image.Image:
+def open_rgb(data: bytes, rules: CleanParams) -> Image.Image:
     """Decode ``data`` fully into an upright RGB image, or raise :class:`UnusableImageError`.
 
     Size limits are checked from the header before any pixel is decoded, so a

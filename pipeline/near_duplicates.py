@@ -14,6 +14,7 @@ number of hashes so that probes and candidate pairs balance.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 
@@ -24,6 +25,7 @@ HASH_SIDE = 32
 HASH_BITS = 64
 
 
+@functools.cache
 def _dct_matrix(n: int) -> np.ndarray:
     k = np.arange(n)[:, None]
     i = np.arange(n)[None, :]
@@ -32,14 +34,12 @@ def _dct_matrix(n: int) -> np.ndarray:
     return m
 
 
-_DCT = _dct_matrix(HASH_SIDE)
-
-
 def phash(image: Image.Image) -> int:
     """The 64-bit perceptual hash of an image, as an unsigned int."""
     grey = image.convert("L").resize((HASH_SIDE, HASH_SIDE), Image.Resampling.LANCZOS)
     pixels = np.asarray(grey, dtype=np.float64)
-    low = (_DCT @ pixels @ _DCT.T)[:8, :8].ravel()
+    dct = _dct_matrix(HASH_SIDE)
+    low = (dct @ pixels @ dct.T)[:8, :8].ravel()
     bits = low > np.median(low[1:])  # the DC term says only how bright the image is
     return int(np.packbits(bits).view(">u8")[0])
 

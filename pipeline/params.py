@@ -325,8 +325,14 @@ class EvaluateParams(_Section):
     batch_size: Positive
 
 
+# The test metrics by name, in one place: evaluate's headline file, the model card, promotion
+# and the Prefect artifacts all take them from here.
+HEADLINE = ("accuracy", "precision", "recall", "f1", "roc_auc", "loss")
+LOWER_IS_BETTER = frozenset({"loss"})  # of these and of train's figures (val_loss in tune)
+
+
 class PromoteParams(_Section):
-    metric: Literal["accuracy", "precision", "recall", "f1", "roc_auc", "loss"]
+    metric: Literal[HEADLINE]  # type: ignore[valid-type]
     margin: Annotated[float, Field(ge=0.0)]
 
 

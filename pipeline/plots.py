@@ -5,18 +5,19 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")  # files only; never a window
-import matplotlib.pyplot as plt  # noqa: E402 - after choosing the backend
-import numpy as np  # noqa: E402
+import numpy as np
+from matplotlib.figure import Figure  # figures without pyplot: files only, no window, no global state
 
 
-def _save(fig: plt.Figure, path: Path) -> None:
+def _subplots(*grid: int, figsize: tuple[float, float], **kwargs: object):
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots(*grid, **kwargs)
+
+
+def _save(fig: Figure, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
     fig.savefig(path, dpi=110, metadata={"Software": None})  # no version stamp: same bytes each run
-    plt.close(fig)
 
 
 def learning_curves(history_csv: Path, best_epoch: int, path: Path) -> None:
@@ -24,7 +25,7 @@ def learning_curves(history_csv: Path, best_epoch: int, path: Path) -> None:
     with history_csv.open() as handle:
         rows = list(csv.DictReader(handle))
     epochs = [int(r["epoch"]) for r in rows]
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    fig, axes = _subplots(1, 2, figsize=(10, 4))
     for axis, metric in zip(axes, ("loss", "accuracy"), strict=True):
         axis.plot(epochs, [float(r[metric]) for r in rows], "o-", label="train (augmented)")
         axis.plot(epochs, [float(r[f"val_{metric}"]) for r in rows], "o-", label="val")
@@ -36,7 +37,7 @@ def learning_curves(history_csv: Path, best_epoch: int, path: Path) -> None:
 
 
 def confusion(matrix: np.ndarray, class_names: list[str], path: Path) -> None:
-    fig, axis = plt.subplots(figsize=(4.5, 4))
+    fig, axis = _subplots(figsize=(4.5, 4))
     axis.imshow(matrix, cmap="Blues")
     for (i, j), count in np.ndenumerate(matrix):
         axis.text(j, i, str(count), ha="center", va="center",
@@ -49,7 +50,7 @@ def confusion(matrix: np.ndarray, class_names: list[str], path: Path) -> None:
 
 def curve(x: np.ndarray, y: np.ndarray, xlabel: str, ylabel: str, title: str, path: Path,
           diagonal: bool = False) -> None:
-    fig, axis = plt.subplots(figsize=(4.5, 4))
+    fig, axis = _subplots(figsize=(4.5, 4))
     axis.plot(x, y, lw=2)
     if diagonal:
         axis.plot([0, 1], [0, 1], "--", color="grey", label="chance")
@@ -63,7 +64,7 @@ def mistakes(images: list[np.ndarray], captions: list[str], path: Path) -> None:
     """A grid of the most confident wrong predictions (or a note that there were none)."""
     columns = min(4, max(len(images), 1))
     rows = max(1, -(-len(images) // columns))
-    fig, axes = plt.subplots(rows, columns, figsize=(3 * columns, 3.3 * rows), squeeze=False)
+    fig, axes = _subplots(rows, columns, figsize=(3 * columns, 3.3 * rows), squeeze=False)
     for axis in axes.flat:
         axis.axis("off")
     for axis, image, caption in zip(axes.flat, images, captions, strict=False):
@@ -78,7 +79,7 @@ def tuning_trials(rows: list[dict], metric: str, best_number: int, path: Path) -
     """Each trial's val score and its train-val accuracy gap (the overfitting signal)."""
     numbers = [r["number"] for r in rows]
     best = next(r for r in rows if r["number"] == best_number)
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    fig, axes = _subplots(1, 2, figsize=(10, 4))
     axes[0].plot(numbers, [r["score"] for r in rows], "o", label="trial")
     axes[0].plot([best["number"]], [best["score"]], "*", markersize=16, label="best")
     axes[0].set(xlabel="trial", ylabel=metric, title=f"{metric} per trial (val split)")

@@ -29,7 +29,7 @@ from pipeline.save import LITE_FILE
 if TYPE_CHECKING:  # numpy and the image code load only once there is an image to label,
     import numpy as np  # so a missing model is said before they are imported
 
-    from pipeline.images import ImageRules
+    from pipeline.params import CleanParams
 
 logger = logging.getLogger(__name__)
 SUFFIXES = {".jpg", ".jpeg", ".jpe", ".png", ".gif", ".webp", ".bmp", ".tif", ".tiff", ".mpo"}
@@ -144,7 +144,7 @@ def _skip(path: Path, why: str) -> None:
     logger.warning("%s: %s; skipped", path, why)
 
 
-def predict(paths: list[Path], model_dir: Path, rules: ImageRules, batch_size: int = 32,
+def predict(paths: list[Path], model_dir: Path, rules: CleanParams, batch_size: int = 32,
             on_error: Callable[[Path, str], None] = _skip, threshold: float | None = None,
             runtime: str = "auto") -> Iterator[Prediction]:
     """Predictions in input order; each unusable file goes to ``on_error`` and is skipped.
@@ -218,9 +218,7 @@ def run(args: argparse.Namespace) -> None:
     if args.threshold is not None and not 0.0 < args.threshold < 1.0:
         raise UserError(f"--threshold {args.threshold}: must be between 0 and 1")
     read_card(args.model_dir)  # a missing model is said at once, before params are validated
-    from pipeline.clean import rules_from
-
-    for prediction in predict(args.paths, args.model_dir, rules_from(load_params(args.params).clean),
+    for prediction in predict(args.paths, args.model_dir, load_params(args.params).clean,
                               args.batch_size, report, args.threshold, args.runtime):
         sys.stdout.write(json.dumps(prediction.__dict__) + "\n")
         sys.stdout.flush()

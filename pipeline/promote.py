@@ -22,13 +22,12 @@ import shutil
 from pathlib import Path
 
 from pipeline.errors import UserError
-from pipeline.evaluate import HEADLINE, refuse_non_finite
+from pipeline.evaluate import refuse_non_finite
 from pipeline.log import load_tensorflow
-from pipeline.params import PromoteParams, load_params
+from pipeline.params import HEADLINE, LOWER_IS_BETTER, PromoteParams, load_params
 from pipeline.save import LITE_FILE
 
 logger = logging.getLogger(__name__)
-LOWER_IS_BETTER = {"loss"}
 SHIPPED = ("model.keras", "serving", LITE_FILE, "model_card.md", "model_card.json")
 
 

@@ -50,11 +50,8 @@ def data_version(lock_file: Path, records: Path) -> dict[str, str]:
     return {"source": f"{lock_file} has no tfrecords output {records}"}
 
 
-def _card_markdown(card: dict) -> str:
-    m, contract = card["metrics"], card["input"]
-    names = contract["class_names"]
-    per_class = "\n".join(f"| {name} | {c['precision']:.3f} | {c['recall']:.3f} | {c['f1']:.3f} | "
-                          f"{c['support']} |" for name, c in m["per_class"].items())
+def _card_use(card: dict) -> str:
+    names = card["input"]["class_names"]
     return f"""# Model card: {card["name"]}
 
 Saved {card["date"]}. A binary image classifier: **{names[0]}** or **{names[1]}**, for
@@ -75,7 +72,11 @@ probability; `model.keras`, `serving/` (a TensorFlow SavedModel) and `{card["fil
 - Anything beyond its two classes: every input, even one with no face at all, gets one of
   {names[0]!r} or {names[1]!r}.
 
-## Training data and its limits
+"""
+
+
+def _card_data(card: dict) -> str:
+    return f"""## Training data and its limits
 Images scraped by this pipeline's sources (`scrape.sources` in params.yaml), labelled by
 the page or query they came from (not by a person), cleaned of broken files and near
 duplicates. Records `{card["data_version"].get("path", "?")}`, DVC md5
@@ -88,7 +89,14 @@ text and mislabelled photos are common), sets of a few hundred images are small,
 nobody checked whom the scraped images show: expect errors to differ by age, skin tone,
 gender, culture, pose, lighting and image quality.
 
-## How it was evaluated
+"""
+
+
+def _card_evaluation(card: dict) -> str:
+    m, names = card["metrics"], card["input"]["class_names"]
+    per_class = "\n".join(f"| {name} | {c['precision']:.3f} | {c['recall']:.3f} | {c['f1']:.3f} | "
+                          f"{c['support']} |" for name, c in m["per_class"].items())
+    return f"""## How it was evaluated
 On the test split only ({m["images"]} held-out images, never trained or early-stopped on;
 the split is by near-duplicate group, so no copy of a test image was trained on). The
 label is **{names[1]}** when its probability is at least {card["threshold"]}
@@ -107,7 +115,12 @@ accuracy by {1 / max(m["images"], 1):.3f}.
 Best epoch {m["best_epoch"]}; train-val accuracy gap at that epoch {m["train_val_gap"]["accuracy"]:+.3f}
 (large positive gaps mean overfitting).
 
-## Input
+"""
+
+
+def _card_markdown(card: dict) -> str:
+    contract, names = card["input"], card["input"]["class_names"]
+    return _card_use(card) + _card_data(card) + _card_evaluation(card) + f"""## Input
 {contract["image_size"]}x{contract["image_size"]}x3 uint8 RGB pixels (0-255; the model scales
 them to [0, 1] itself), each image resized with the `{contract["resize"]}` policy. Output:
 the probability of **{names[1]}**.

@@ -26,7 +26,8 @@ from pipeline.log import load_tensorflow
 from pipeline.params import TrainParams, load_params
 
 logger = logging.getLogger(__name__)
-METRICS = ("loss", "accuracy", "precision", "recall", "auc")
+EPOCH_METRICS = ("loss", "accuracy", "precision", "recall", "auc_approx")  # Keras', per epoch
+REPORTED = ("loss", "accuracy", "precision", "recall", "auc")  # at the best epoch; auc exact
 
 
 @dataclass(frozen=True)
@@ -168,38 +169,26 @@ def _refuse_divergence(guard, backup: Path, params: TrainParams) -> None:
 
 
 def _write_history(rows: list[dict], path: Path) -> None:
-    columns = ["epoch", *[m for m in METRICS if m in rows[0]],
-               *[f"val_{m}" for m in METRICS if f"val_{m}" in rows[0]], "learning_rate"]
+    columns = ["epoch", *[m for m in EPOCH_METRICS if m in rows[0]],
+               *[f"val_{m}" for m in EPOCH_METRICS if f"val_{m}" in rows[0]], "learning_rate"]
     with path.open("w", newline="") as handle:
         writer = csv.DictWriter(handle, columns, extrasaction="ignore", lineterminator="\n")
         writer.writeheader()
         writer.writerows({k: (r[k] if k == "epoch" else round(r[k], 6)) for k in columns} for r in rows)
 
 
-def train(records: Path, model_dir: Path, reports_dir: Path, params: TrainParams,
-          seed: int) -> TrainReport:
-    """Fit, keep the best epoch by val_loss, and write the model, history and metrics."""
+def _callbacks(backup: Path, reports_dir: Path, params: TrainParams) -> list:
+    """Resume, keep the best epoch, stop early, lower the rate, log; the divergence guard first."""
     import keras
-    import tensorflow as tf
 
-    from pipeline import features
-    from pipeline.model import build_model, compile_model, without_augmentation
-
-    meta = features.read_meta(records)
-    device = configure_runtime(seed)
-    train_data, val_data = _inputs(records, meta, params, seed)
-    backup = _backup_dir(model_dir, records, params, seed)
-    backup.mkdir(parents=True, exist_ok=True)
-    best_path, log_path = backup / "best.keras", backup / "epochs.json"
-    model = compile_model(build_model(params, meta["image_size"], seed), params.learning_rate)
-    logger.info("training %s parameters on %s: %s", f"{model.count_params():,}", device,
-                meta["counts"]["train"])
+    log_path = backup / "epochs.json"
     # A resumed run keeps the best epoch it already has unless a new one beats it.
     done = json.loads(log_path.read_text()) if log_path.exists() else []
-    callbacks = [
+    return [
+        _divergence_guard(),
         keras.callbacks.BackupAndRestore(str(backup / "state")),
-        keras.callbacks.ModelCheckpoint(str(best_path), monitor="val_loss", save_best_only=True,
-                                        initial_value_threshold=min(
+        keras.callbacks.ModelCheckpoint(str(backup / "best.keras"), monitor="val_loss",
+                                        save_best_only=True, initial_value_threshold=min(
                                             (r["val_loss"] for r in done), default=None)),
         keras.callbacks.EarlyStopping(monitor="val_loss", patience=params.early_stopping_patience,
                                       restore_best_weights=True),
@@ -209,42 +198,76 @@ def train(records: Path, model_dir: Path, reports_dir: Path, params: TrainParams
         keras.callbacks.TensorBoard(str(reports_dir / "tensorboard"), write_graph=False),
         _epoch_log(log_path, params.epochs),
     ]
-    guard = _divergence_guard()
-    callbacks.insert(0, guard)
-    train_count = sum(meta["counts"]["train"].values())
-    started = time.perf_counter()
-    fitted = model.fit(train_data, validation_data=val_data, epochs=params.epochs, callbacks=callbacks,
-              class_weight=class_weights(meta["counts"]["train"], meta["class_names"],
-                                         params.class_weight),
-              shuffle=False, verbose=1 if sys.stdout.isatty() else 0)  # tf.data shuffles
-    seconds = time.perf_counter() - started
-    _refuse_divergence(guard, backup, params)
-    rows = json.loads(log_path.read_text())
-    best = min(rows, key=lambda r: (r["val_loss"], r["epoch"]))
-    model.load_weights(best_path)  # the best epoch, also when training ran to the last one
 
-    # Figures of the best model in inference mode (no augmentation or dropout), so the
-    # train-val gap measures overfitting rather than the cost of regularisation.
+
+def _figures(model, records: Path, meta: dict, val_data, batch_size: int) -> dict[str, dict]:
+    """Figures of the best model in inference mode (no augmentation or dropout), so the
+    train-val gap measures overfitting rather than the cost of regularisation; AUC exact."""
+    import numpy as np
+    import tensorflow as tf
+
+    from pipeline import features
+    from pipeline.curves import roc_auc
+
     # Known cardinality, as in _inputs: without it Keras warns that the input "ran out of data".
     train_eval = features.labelled(records, "train", meta["image_size"]).apply(
-        tf.data.experimental.assert_cardinality(train_count)).batch(params.batch_size)
-    on_train = model.evaluate(train_eval, return_dict=True, verbose=0)
-    on_val = model.evaluate(val_data, return_dict=True, verbose=0)
-    figures = {name: {m: round(float(d[m]), 6) for m in METRICS} for name, d in
-               (("train", on_train), ("val", on_val))}
+        tf.data.experimental.assert_cardinality(sum(meta["counts"]["train"].values()))
+    ).batch(batch_size)
+    figures = {}
+    for name, data in (("train", train_eval), ("val", val_data)):
+        scores = model.evaluate(data, return_dict=True, verbose=0)
+        pairs = [(y.numpy().ravel(), np.asarray(model.predict_on_batch(x)).ravel())
+                 for x, y in data]  # one pass: labels and scores in the same order
+        scores["auc"] = roc_auc(np.concatenate([y for y, _ in pairs]),
+                                np.concatenate([p for _, p in pairs]))
+        figures[name] = {m: round(float(scores[m]), 6) for m in REPORTED}
+    return figures
+
+
+def _write_reports(report: TrainReport, rows: list[dict], reports_dir: Path) -> None:
+    reports_dir.mkdir(parents=True, exist_ok=True)
+    _write_history(rows, reports_dir / "history.csv")
+    metrics = {k: v for k, v in asdict(report).items() if k not in ("images_per_second", "device")}
+    (reports_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+
+
+def train(records: Path, model_dir: Path, reports_dir: Path, params: TrainParams,
+          seed: int) -> TrainReport:
+    """Fit, keep the best epoch by val_loss, and write the model, history and metrics."""
+    from pipeline import features
+    from pipeline.model import build_model, compile_model, without_augmentation
+
+    meta = features.read_meta(records)
+    device = configure_runtime(seed)
+    train_data, val_data = _inputs(records, meta, params, seed)
+    backup = _backup_dir(model_dir, records, params, seed)
+    backup.mkdir(parents=True, exist_ok=True)
+    model = compile_model(build_model(params, meta["image_size"], seed), params.learning_rate)
+    logger.info("training %s parameters on %s: %s", f"{model.count_params():,}", device,
+                meta["counts"]["train"])
+    callbacks = _callbacks(backup, reports_dir, params)
+    started = time.perf_counter()
+    fitted = model.fit(train_data, validation_data=val_data, epochs=params.epochs,
+                       callbacks=callbacks, class_weight=class_weights(
+                           meta["counts"]["train"], meta["class_names"], params.class_weight),
+                       shuffle=False, verbose=1 if sys.stdout.isatty() else 0)  # tf.data shuffles
+    seconds = time.perf_counter() - started
+    _refuse_divergence(callbacks[0], backup, params)
+    rows = json.loads((backup / "epochs.json").read_text())
+    best = min(rows, key=lambda r: (r["val_loss"], r["epoch"]))
+    model.load_weights(backup / "best.keras")  # the best epoch, also when training ran to the end
+    figures = _figures(model, records, meta, val_data, params.batch_size)
     gap = {"accuracy": round(figures["train"]["accuracy"] - figures["val"]["accuracy"], 6),
            "loss": round(figures["val"]["loss"] - figures["train"]["loss"], 6),
            "auc": round(figures["train"]["auc"] - figures["val"]["auc"], 6)}
+    train_count = sum(meta["counts"]["train"].values())
     report = TrainReport(best_epoch=best["epoch"], epochs_run=len(rows), train=figures["train"],
                          val=figures["val"], gap=gap,
                          images_per_second=train_count * len(fitted.epoch) / seconds, device=device)
     inference = compile_model(without_augmentation(model, params, meta["image_size"]),
                               params.learning_rate)
     _save(inference, meta, model_dir)
-    reports_dir.mkdir(parents=True, exist_ok=True)
-    _write_history(rows, reports_dir / "history.csv")
-    metrics = {k: v for k, v in asdict(report).items() if k not in ("images_per_second", "device")}
-    (reports_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+    _write_reports(report, rows, reports_dir)
     shutil.rmtree(backup, ignore_errors=True)  # finished: nothing left to resume
     return report
 

@@ -21,12 +21,11 @@ from typing import Any
 
 from pipeline.errors import UserError
 from pipeline.log import load_tensorflow
-from pipeline.params import Dimension, TrainParams, TuneParams, load_params
+from pipeline.params import LOWER_IS_BETTER, Dimension, TrainParams, TuneParams, load_params
 
 logger = logging.getLogger(__name__)
 
 SEEN = ("train", "val")
-LOWER_IS_BETTER = {"val_loss"}
 
 
 def train_val_view(records: Path, dest: Path) -> Path:
@@ -115,7 +114,8 @@ def create_study(settings: TuneParams, seed: int, base: TrainParams, space: dict
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(
         study_name=name, storage=storage, load_if_exists=storage is not None,
-        direction="minimize" if settings.metric in LOWER_IS_BETTER else "maximize",
+        direction="minimize" if settings.metric.removeprefix("val_") in LOWER_IS_BETTER
+        else "maximize",
         sampler=optuna.samplers.TPESampler(seed=seed, n_startup_trials=1 + settings.random_trials))
     if not study.trials:
         study.enqueue_trial(current_values(base, space))
@@ -166,6 +166,59 @@ def run_trial(records: Path, out: Path, train: TrainParams, values: dict[str, An
     result = {"values": values, **asdict(report), "seconds": round(time.perf_counter() - started, 1)}
     (out / "result.json").write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
     return result
+
+
+def trial_table(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """A trial's loss, accuracy and AUC on train and val at its best epoch, and the gap."""
+    rows = [{"split": name, **{m: result[name][m] for m in ("loss", "accuracy", "auc")}}
+            for name in SEEN]
+    rows.append({"split": "gap (train - val; loss: val - train)", **result["gap"]})
+    return rows
+
+
+def _trial_rows(done: list[Any], space: dict[str, Dimension]) -> list[dict[str, Any]]:
+    rows = []
+    for t in done:
+        result = t.user_attrs["result"]
+        rows.append({"number": t.number, "score": t.value,
+                     "gap_accuracy": result["gap"]["accuracy"],
+                     "val_accuracy": result["val"]["accuracy"], "val_auc": result["val"]["auc"],
+                     "best_epoch": result["best_epoch"],
+                     **{f"train.{k}": json.dumps(v) for k, v in decode(t.params, space).items()}})
+    return rows
+
+
+def write_report(study: Any, settings: TuneParams, work: Path) -> dict[str, Any]:
+    """``trials.csv``, ``trials.png``, ``best_params.yaml`` and ``best.json`` in ``work`` for the
+    completed trials of ``study``; returns the summary (``best.json``'s content)."""
+    import csv
+
+    import optuna
+
+    from pipeline import plots
+
+    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    if not done:
+        raise UserError("every trial failed; their task logs in the UI say why")
+    rows = _trial_rows(done, settings.space)
+    best = study.best_trial
+    values = decode(best.params, settings.space)
+    with (work / "trials.csv").open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, list(rows[0]), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+    plots.tuning_trials(rows, settings.metric, best.number, work / "trials.png")
+    change = params_change(values)
+    (work / "best_params.yaml").write_text(
+        f"# tune: best of {len(done)} trials, {settings.metric} {best.value:.4f} on the val split "
+        f"(trial {best.number}).\n# Merge into params.yaml's train section, or run the "
+        "experiment below.\n" + change)
+    summary = {"study": study.study_name, "trials": len(done), "best_trial": best.number,
+               "metric": settings.metric, "best_score": best.value, "best_values": values,
+               "best_result": best.user_attrs["result"],
+               "command": " ".join(["dvc", "exp", "run", *set_arguments(values)])}
+    (work / "best.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+    return summary
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -22,41 +22,41 @@ from typing import Any
 from scrapy.crawler import CrawlerProcess
 from scrapy.settings import Settings
 
+from pipeline import crawl_contract as stat
+from pipeline.params import CrawlParams
 from scraper.policy import user_agent
 from scraper.spiders.images import ImagesSpider
-
-PAUSED = 3
 
 
 def crawl_settings(config: dict[str, Any]) -> Settings:
     """Project settings with the politeness knobs of params.yaml's `scrape.crawl` applied."""
     settings = Settings()
     settings.setmodule("scraper.settings", priority="project")
-    crawl = config["crawl"]
+    crawl = CrawlParams.model_validate(config["crawl"])  # typed again, checked again
     headers = dict(settings.getdict("DEFAULT_REQUEST_HEADERS"))
-    if "@" in crawl.get("contact", ""):
-        headers["From"] = crawl["contact"]  # RFC 9110: the e-mail of the bot's operator
+    if "@" in crawl.contact:
+        headers["From"] = crawl.contact  # RFC 9110: the e-mail of the bot's operator
     settings.setdict({
-        "ROBOTSTXT_OBEY": crawl["obey_robots"],
-        "AUTOTHROTTLE_ENABLED": crawl["autothrottle"],
-        "AUTOTHROTTLE_START_DELAY": crawl["autothrottle_start_delay_s"],
-        "AUTOTHROTTLE_MAX_DELAY": crawl["autothrottle_max_delay_s"],
-        "AUTOTHROTTLE_TARGET_CONCURRENCY": crawl["autothrottle_target_concurrency"],
-        "CONCURRENT_REQUESTS": crawl["concurrent_requests"],
-        "CONCURRENT_REQUESTS_PER_DOMAIN": crawl["concurrent_requests_per_domain"],
-        "DOWNLOAD_SLOTS": {host: {"concurrency": limit["concurrency"], "delay": limit["delay_s"]}
-                           for host, limit in crawl.get("domain_limits", {}).items()},
-        "DOWNLOAD_DELAY": crawl["download_delay_s"],
-        "DOWNLOAD_TIMEOUT": crawl["download_timeout_s"],
-        "DOWNLOAD_MAXSIZE": crawl["max_bytes"],
-        "DOWNLOAD_WARNSIZE": min(crawl["max_bytes"], 10 * 1024 * 1024),
-        "RETRY_TIMES": crawl["retries"],
-        "USER_AGENT": user_agent(crawl["user_agent"], crawl.get("contact", "")),
+        "ROBOTSTXT_OBEY": crawl.obey_robots,
+        "AUTOTHROTTLE_ENABLED": crawl.autothrottle,
+        "AUTOTHROTTLE_START_DELAY": crawl.autothrottle_start_delay_s,
+        "AUTOTHROTTLE_MAX_DELAY": crawl.autothrottle_max_delay_s,
+        "AUTOTHROTTLE_TARGET_CONCURRENCY": crawl.autothrottle_target_concurrency,
+        "CONCURRENT_REQUESTS": crawl.concurrent_requests,
+        "CONCURRENT_REQUESTS_PER_DOMAIN": crawl.concurrent_requests_per_domain,
+        "DOWNLOAD_SLOTS": {host: {"concurrency": limit.concurrency, "delay": limit.delay_s}
+                           for host, limit in crawl.domain_limits.items()},
+        "DOWNLOAD_DELAY": crawl.download_delay_s,
+        "DOWNLOAD_TIMEOUT": crawl.download_timeout_s,
+        "DOWNLOAD_MAXSIZE": crawl.max_bytes,
+        "DOWNLOAD_WARNSIZE": min(crawl.max_bytes, 10 * 1024 * 1024),
+        "RETRY_TIMES": crawl.retries,
+        "USER_AGENT": user_agent(crawl.user_agent, crawl.contact),
         "DEFAULT_REQUEST_HEADERS": headers,
-        "HAPPYSAD_PROGRESS_EVERY_S": crawl["progress_every_s"],
+        "HAPPYSAD_PROGRESS_EVERY_S": crawl.progress_every_s,
         "HAPPYSAD_RAW_DIR": config["raw_dir"],
         "HAPPYSAD_URL_ALIASES": config.get("url_aliases", {}),
-        "HAPPYSAD_ALLOW_PRIVATE_HOSTS": crawl.get("allow_private_hosts", []),
+        "HAPPYSAD_ALLOW_PRIVATE_HOSTS": crawl.allow_private_hosts,
     }, priority="cmdline")
     if config.get("job_dir"):
         settings.set("JOBDIR", config["job_dir"], priority="cmdline")
@@ -80,7 +80,7 @@ def run_crawl(config: dict[str, Any]) -> dict[str, Any]:
     process.crawl(crawler, config=config)
     process.start()
     # Peak resident memory of this crawl process (Linux reports KiB).
-    crawler.stats.set_value("happysad/peak_rss_mb",
+    crawler.stats.set_value(stat.PEAK_RSS_MB,
                             round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1))
     stats = {k: v.isoformat() if isinstance(v, datetime) else v
              for k, v in crawler.stats.get_stats().items()
@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.write("usage: python -m scraper.crawl CONFIG.json\n")
         return 2
     reason = run_crawl(json.loads(Path(args[0]).read_text())).get("finish_reason")
-    return {"finished": 0, "shutdown": PAUSED}.get(str(reason), 1)
+    return {"finished": stat.FINISHED_EXIT, "shutdown": stat.PAUSED_EXIT}.get(str(reason), 1)
 
 
 if __name__ == "__main__":

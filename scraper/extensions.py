@@ -11,6 +11,8 @@ from scrapy.exceptions import NotConfigured
 from scrapy.statscollectors import StatsCollector
 from scrapy.utils.asyncio import create_looping_call
 
+from pipeline import crawl_contract as stat
+
 logger = logging.getLogger(__name__)
 
 
@@ -35,12 +37,12 @@ class CrawlProgress:
 
     def line(self) -> str:
         value = self.stats.get_value
-        pages = sum(v for k, v in self.stats.get_stats().items() if k.startswith("happysad/pages/"))
-        stored = value("happysad/images_stored", 0)
+        pages = sum(v for k, v in self.stats.get_stats().items() if k.startswith(stat.PAGES))
+        stored = value(stat.IMAGES_STORED, 0)
         elapsed = max(time.monotonic() - self.started, 1e-9)
-        return (f"pages {pages}, images stored {stored} ({value('happysad/files_new', 0)} new "
-                f"files, {stored / elapsed:.1f}/s), already had {value('happysad/images_known', 0)}, "
-                f"blocked {value('happysad/blocked', 0)}, errors {value('happysad/errors', 0)}")
+        return (f"pages {pages}, images stored {stored} ({value(stat.FILES_NEW, 0)} new "
+                f"files, {stored / elapsed:.1f}/s), already had {value(stat.IMAGES_KNOWN, 0)}, "
+                f"blocked {value(stat.BLOCKED, 0)}, errors {value(stat.ERRORS, 0)}")
 
     def spider_opened(self) -> None:
         self.started = time.monotonic()

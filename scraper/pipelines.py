@@ -14,6 +14,7 @@ from pathlib import Path
 from scrapy.crawler import Crawler
 from scrapy.exceptions import NotConfigured
 
+from pipeline import crawl_contract as stat
 from pipeline.raw import RawRecord, RawStore
 from scraper.items import ImageItem
 from scraper.policy import canonical
@@ -50,7 +51,7 @@ class RawImagePipeline:
         )
         self.store.append(record)
         item.body = b""  # the bytes are on disk; do not keep them in Scrapy's item memory
-        stats.inc_value("happysad/images_stored")
-        stats.inc_value(f"happysad/images_stored_by_source/{item.source}")
-        stats.inc_value("happysad/files_new" if is_new else "happysad/files_existing")
+        stats.inc_value(stat.IMAGES_STORED)
+        stats.inc_value(stat.IMAGES_STORED_BY_SOURCE + item.source)
+        stats.inc_value(stat.FILES_NEW if is_new else stat.FILES_EXISTING)
         return item

@@ -31,6 +31,8 @@ from scrapy.utils.httpobj import urlparse_cached
 from scrapy.utils.request import RequestFingerprinter
 from twisted.internet.defer import Deferred
 
+from pipeline import crawl_contract as stat
+
 logger = logging.getLogger(__name__)
 
 SCHEMES = ("http", "https")
@@ -69,7 +71,7 @@ class AddressGuard:
         return cls(crawler, crawler.settings.getlist("HAPPYSAD_ALLOW_PRIVATE_HOSTS"))
 
     def _refuse(self, request: Request, why: str) -> None:
-        self.crawler.stats.inc_value("happysad/refused_address")
+        self.crawler.stats.inc_value(stat.REFUSED_ADDRESS)
         logger.warning("refused %s: %s", request.url, why)
         raise RefusedAddressError(f"refused: {why}")
 

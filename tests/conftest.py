@@ -6,13 +6,20 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.params import CleanParams, Params, load_params
-from scraper.demo.site import DemoSiteConfig, generate_site
+from demo.site import generate_site
+from pipeline.params import CleanParams, DemoSiteParams, Params, load_params
 
 REPO = Path(__file__).resolve().parents[1]
 
-TINY_SITE = DemoSiteConfig(seed=11, images_per_class=10, min_side=48, max_side=80,
-                           results_per_page=6, slow_response_s=0.5, workers=1)
+
+
+def demo_site(**changes: object) -> DemoSiteParams:
+    """The repository's demo_site params with ``changes``."""
+    return load_params(REPO / "params.yaml").demo_site.model_copy(update=changes)
+
+
+TINY_SITE = demo_site(seed=11, images_per_class=10, min_side=48, max_side=80, results_per_page=6,
+                      slow_response_s=0.5)
 
 
 @pytest.fixture(scope="session")
@@ -24,7 +31,7 @@ def repo_params() -> Params:
 def tiny_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A demo site with 10 faces per class and every planted fault."""
     site = tmp_path_factory.mktemp("site") / "demo_site"
-    generate_site(site, TINY_SITE)
+    generate_site(site, TINY_SITE, workers=1)
     return site
 
 
@@ -37,7 +44,7 @@ def fast_params(repo_params: Params) -> Params:
     })
     scrape = repo_params.scrape.model_copy(update={"crawl": crawl})
     demo = repo_params.demo_site.model_copy(update={
-        k: v for k, v in TINY_SITE.__dict__.items() if k != "workers"})
+        k: v for k, v in TINY_SITE.__dict__.items()})
     return repo_params.model_copy(update={"scrape": scrape, "demo_site": demo})
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import yaml
 
-from scraper.demo.site import DemoSiteConfig
+from pipeline.params import DemoSiteParams
 
 REPO = Path(__file__).resolve().parents[1]
 GIT = ["git", "-c", "user.name=happysad tests", "-c", "user.email=tests@happysad.invalid"]
@@ -40,11 +40,10 @@ def copy_project(dest: Path, params: str | None = None) -> Path:
     return dest
 
 
-def tiny_params(site: DemoSiteConfig, text: str | None = None) -> str:
+def tiny_params(site: DemoSiteParams, text: str | None = None) -> str:
     """params.yaml shrunk to seconds: a tiny demo site, 32 px images, one epoch."""
     params = yaml.safe_load(text if text is not None else (REPO / "params.yaml").read_text())
-    params["demo_site"].update({k: v for k, v in site.__dict__.items() if k != "workers"})
-    params["demo_site"]["jpeg_quality"] = list(site.jpeg_quality)
+    params["demo_site"].update(site.model_dump(mode="json"))
     params["scrape"]["crawl"].update({"autothrottle": False, "download_timeout_s": 5.0})
     params["clean"].update({"min_side": 32, "workers": 1})
     params["split"]["fractions"] = {"train": 0.5, "val": 0.25, "test": 0.25}

@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from demo.faces import draw_face
 from pipeline.clean import clean
 from pipeline.errors import UserError
 from pipeline.near_duplicates import hamming, near_duplicate_pairs, phash
 from pipeline.params import CleanParams
-from scraper.demo.faces import draw_face
 
 VALIDATION_REASONS = {"empty", "not_an_image", "corrupt", "too_small", "too_many_pixels",
                       "unsupported_format", "bad_aspect_ratio", "blank", "unreadable"}

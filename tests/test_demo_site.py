@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from scraper.demo.server import DemoSiteServer
-from scraper.demo.site import DemoSiteConfig, ensure_site, generate_site
-from tests.conftest import TINY_SITE
+from demo.server import DemoSiteServer
+from demo.site import ensure_site, generate_site
+from tests.conftest import TINY_SITE, demo_site
 
 FAULT_KINDS = {
     "exact_duplicate", "near_duplicate_reencoded", "near_duplicate_resized",
@@ -38,11 +38,11 @@ def by_kind(truth: dict) -> dict[str, list[dict]]:
 
 
 def test_same_seed_same_site_other_seed_other_site(tmp_path: Path, tiny_site: Path) -> None:
-    again = generate_site(tmp_path / "again", TINY_SITE)
+    again = generate_site(tmp_path / "again", TINY_SITE, workers=1)
     assert tree_digest(tmp_path / "again") == tree_digest(tiny_site)
     assert again["images"] == json.loads((tiny_site / "ground_truth.json").read_text())["images"]
-    other = DemoSiteConfig(**{**TINY_SITE.__dict__, "seed": TINY_SITE.seed + 1})
-    generate_site(tmp_path / "other", other)
+    other = TINY_SITE.model_copy(update={"seed": TINY_SITE.seed + 1})
+    generate_site(tmp_path / "other", other, workers=1)
     assert tree_digest(tmp_path / "other") != tree_digest(tiny_site)
 
 
@@ -53,7 +53,7 @@ def test_ensure_site_reuses_a_matching_site_and_rebuilds_otherwise(tmp_path: Pat
     first = marker.stat().st_mtime_ns
     ensure_site(site, TINY_SITE)
     assert marker.stat().st_mtime_ns == first
-    ensure_site(site, DemoSiteConfig(**{**TINY_SITE.__dict__, "images_per_class": 12}))
+    ensure_site(site, TINY_SITE.model_copy(update={"images_per_class": 12}), workers=1)
     faces = [i for i in json.loads(marker.read_text())["images"] if i["kind"] == "face"]
     assert len(faces) == 24
 
@@ -144,8 +144,8 @@ def _cv_accuracy(x: np.ndarray, y: np.ndarray, folds: int = 5, seed: int = 0) ->
 
 
 def test_no_cheap_feature_predicts_the_label(tmp_path: Path) -> None:
-    config = DemoSiteConfig(seed=3, images_per_class=150, workers=2)
-    truth = generate_site(tmp_path / "site", config)
+    config = demo_site(seed=3, images_per_class=150)
+    truth = generate_site(tmp_path / "site", config, workers=2)
     faces = [i for i in truth["images"] if i["kind"] == "face"]
     x = np.array([_cheap_features((tmp_path / "site" / "www" / i["url"].lstrip("/")).read_bytes())
                   for i in faces])

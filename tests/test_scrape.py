@@ -16,10 +16,12 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from demo.server import DemoSiteServer
 from pipeline.params import Params
 from pipeline.raw import RawRecord, RawStore, read_manifest
-from pipeline.scrape import crawl_config, run_crawl_subprocess, scrape
-from scraper.demo.server import DemoSiteServer
+from pipeline.scrape import scrape
+from pipeline.scrape_config import crawl_config
+from pipeline.scrape_process import run_crawl_subprocess
 from tests.conftest import REPO
 
 
@@ -267,7 +269,8 @@ def test_a_params_folder_or_non_utf8_file_is_one_line(tmp_path: Path) -> None:
 
 def test_a_killed_scrape_stage_takes_its_crawler_and_temp_folder_along(tmp_path: Path) -> None:
     """`kill -9` of the stage: the crawl subprocess stops too (it is sent SIGTERM, a pause)
-    instead of crawling on into data/raw, and the next run removes the dead stage's temp folder."""
+    instead of crawling on into data/raw, so does the demo site's server, and the next run
+    removes the dead stage's temp folder."""
     import signal
     import tempfile
     import time
@@ -275,7 +278,7 @@ def test_a_killed_scrape_stage_takes_its_crawler_and_temp_folder_along(tmp_path:
     import psutil
     import yaml
 
-    from pipeline.scrape import WORK_PREFIX, _remove_orphaned_work_dirs
+    from pipeline.scrape_process import WORK_PREFIX, remove_orphaned_work_dirs
     from tests.conftest import TINY_SITE
     from tests.project import tiny_params
 
@@ -287,18 +290,20 @@ def test_a_killed_scrape_stage_takes_its_crawler_and_temp_folder_along(tmp_path:
     stage = subprocess.Popen([sys.executable, "-m", "pipeline", "scrape"], cwd=tmp_path,
                              env={**os.environ, "PYTHONPATH": str(REPO)},
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline, crawler = time.monotonic() + 240, None
+    deadline, crawler, site = time.monotonic() + 240, None, None
     while time.monotonic() < deadline and crawler is None:
         time.sleep(0.5)
         assert stage.poll() is None, "the stage ended before its crawl started"
-        crawler = next((c for c in psutil.Process(stage.pid).children()
-                        if "scraper.crawl" in " ".join(c.cmdline())), None)
-    assert crawler is not None
+        children = psutil.Process(stage.pid).children()
+        crawler = next((c for c in children if "scraper.crawl" in " ".join(c.cmdline())), None)
+        site = next((c for c in children if "demo" in c.cmdline()), None)
+    assert crawler is not None and site is not None
     time.sleep(2)  # the crawl is under way
     work = list(Path(tempfile.gettempdir()).glob(f"{WORK_PREFIX}{stage.pid}-*"))
     assert work, "the stage's temp folder should exist while it runs"
     stage.send_signal(signal.SIGKILL)
     stage.wait()
     crawler.wait(timeout=30)  # raises psutil.TimeoutExpired if it outlives its stage
-    _remove_orphaned_work_dirs()
+    site.wait(timeout=30)  # the demo site's server too: its input, a pipe from the stage, closed
+    remove_orphaned_work_dirs()
     assert not any(folder.exists() for folder in work)

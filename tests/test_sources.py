@@ -489,7 +489,7 @@ def test_crawl_settings_carry_politeness_from_params(tmp_path: Path) -> None:
                                       "image_selector": "img", "max_pages": 1, "max_images": 1}},
                              site, tmp_path, job_dir="job",
                              domain_limits={"upload.example.org": {"concurrency": 2, "delay_s": 1.5}})
-    from pipeline.scrape import crawl_config
+    from pipeline.scrape_config import crawl_config
 
     config = crawl_config(params.scrape, tmp_path / "raw", tmp_path, None)
     settings = crawl_settings({**config, "job_dir": str(tmp_path / "job")})
@@ -513,3 +513,20 @@ def test_a_source_the_address_guard_refuses_outright_fails_the_stage(tmp_path: P
                                             r"guard refused \d+ request"):
             run_scrape(params, tmp_path)
         assert site.paths() == []  # nothing was fetched from it
+
+
+def test_every_web_kind_of_params_has_one_plugin_and_back() -> None:
+    """The registry finds each kind's module by itself: a kind in params.yaml's Source union
+    (all but the folder import, which is not crawled) has exactly one plugin of that name,
+    whose params model is that kind's."""
+    import typing
+
+    from pipeline.params import FolderSource, Source
+    from scraper.sources import registry
+
+    models = {m.model_fields["kind"].annotation.__args__[0]: m
+              for m in typing.get_args(typing.get_args(Source)[0]) if m is not FolderSource}
+    kinds = registry()
+    assert set(kinds) == set(models)
+    for kind, plugin in kinds.items():
+        assert plugin.kind == kind and plugin.params_model is models[kind]

@@ -156,8 +156,8 @@ def test_examples_and_framing_match_tensorflow_byte_for_byte(tmp_path: Path) -> 
 
 
 def test_large_jpeg_decodes_scaled_down_to_nearly_the_same_pixels() -> None:
+    from demo.faces import FaceStyle, draw_face
     from pipeline.images import decode_rgb
-    from scraper.demo.faces import FaceStyle, draw_face
 
     photo = draw_face(np.random.default_rng(3), "happy", FaceStyle(min_side=1100, max_side=1100))
     buf = io.BytesIO()

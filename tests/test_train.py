@@ -206,13 +206,12 @@ def test_predict_labels_at_the_cards_threshold_on_litert_without_tensorflow(
         saved: Path, tiny_raw: Path, tmp_path: Path) -> None:
     """LiteRT answers as Keras does (within the export's 1e-4), starts no TensorFlow, and the
     label follows the card's threshold unless --threshold overrides it."""
-    from pipeline.clean import rules_from
     from pipeline.params import load_params
     from pipeline.predict import predict
 
     images = sorted(p for p in (tiny_raw / "happy").iterdir() if p.suffix == ".jpg")[:3]
     images += sorted(p for p in (tiny_raw / "sad").iterdir() if p.suffix == ".jpg")[:3]
-    rules = rules_from(load_params(REPO / "params.yaml").clean.model_copy(update={"min_side": 32}))
+    rules = load_params(REPO / "params.yaml").clean.model_copy(update={"min_side": 32})
     lite = list(predict(images, saved, rules, on_error=lambda *_: None, runtime="litert"))
     slow = list(predict(images, saved, rules, on_error=lambda *_: None, runtime="keras"))
     assert len(lite) == len(slow) > 0
@@ -365,7 +364,6 @@ def test_a_broken_model_is_refused_by_evaluate_save_promote_and_predict(
         tmp_path: Path) -> None:
     import keras
 
-    from pipeline.clean import rules_from
     from pipeline.errors import UserError
     from pipeline.evaluate import evaluate
     from pipeline.params import PromoteParams
@@ -394,7 +392,7 @@ def test_a_broken_model_is_refused_by_evaluate_save_promote_and_predict(
                 PromoteParams(metric="loss", margin=0.0), 0.5, 8)
     assert not (broken / "production").exists()
     errors: list[str] = []
-    rules = rules_from(repo_params.clean.model_copy(update={"min_side": 32}))
+    rules = repo_params.clean.model_copy(update={"min_side": 32})
     images = sorted(p for p in (tiny_raw / "happy").iterdir() if p.suffix == ".jpg")[:2]
     labelled = list(predict(images, broken, rules, on_error=lambda p, why: errors.append(why),
                             runtime="keras"))
@@ -433,14 +431,15 @@ def test_bad_model_files_are_one_line_errors(saved: Path, tmp_path: Path) -> Non
 
     Image.new("RGB", (96, 96), (120, 30, 200)).save(image)
     from pipeline.errors import UserError
-    from pipeline.images import ImageRules
+    from pipeline.params import load_params
     from pipeline.predict import predict
 
+    rules = load_params(REPO / "params.yaml").clean.model_copy(update={"min_side": 32})
     for name, message in (("truncated", "not a Keras model file"), ("not-a-zip", "not a Keras model file"),
                           ("bad-config", "cannot be loaded as a Keras model"),
                           ("lambda", "safe mode will not run"),
                           ("no-input", "not a model card the save stage wrote")):
         with pytest.raises(UserError) as raised:  # the CLI prints a UserError as its one line
-            list(predict([image], tmp_path / name, ImageRules(min_side=32), runtime="keras"))
+            list(predict([image], tmp_path / name, rules, runtime="keras"))
         text = str(raised.value)
         assert "\n" not in text and message in text and str(tmp_path / name) in text, text

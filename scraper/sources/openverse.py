@@ -10,21 +10,46 @@ a page; a bearer token lifts the rate limit.
 
 from __future__ import annotations
 
-from typing import Any
+import json
+from collections.abc import Iterator
+from typing import Any, ClassVar
 from urllib.parse import urlencode
 
-from scraper.sources.found import FoundImage
+from scrapy.http import Response
+
+from pipeline.params import OpenverseSource
+from scraper.sources.base import FoundImage, Parsed, Progress, Step, WebSource
 
 
-def page_url(config: dict[str, Any], query: str, page: int) -> str:
-    params: dict[str, str | int] = {"q": query, "page": page, "page_size": config["page_size"]}
-    if config.get("licences"):
-        params["license"] = ",".join(config["licences"])
-    if config.get("licence_types"):
-        params["license_type"] = ",".join(config["licence_types"])
-    if not config.get("mature", False):
-        params["mature"] = "false"
-    return f"{config['api_url']}?{urlencode(params)}"
+class Openverse(WebSource):
+    kind: ClassVar[str] = "openverse"
+    params_model = OpenverseSource
+    images_anywhere = True
+    params: OpenverseSource
+
+    def start(self, label: str, queries: list[str]) -> Iterator[Step]:
+        for q in queries:
+            yield Step(page_url(self.params, q, 1), {"query": q, "page": 1}, api=True)
+
+    def parse(self, response: Response, state: dict[str, Any], progress: Progress) -> Parsed:
+        images, page_count = parse_page(json.loads(response.text))
+        yield from images
+        page = state["page"]
+        if (page < min(page_count, self.params.max_pages) and images
+                and progress.images < self.params.max_images):
+            yield Step(page_url(self.params, state["query"], page + 1),
+                       {**state, "page": page + 1}, api=True)
+
+
+def page_url(params: OpenverseSource, query: str, page: int) -> str:
+    query_params: dict[str, str | int] = {"q": query, "page": page, "page_size": params.page_size}
+    if params.licences:
+        query_params["license"] = ",".join(params.licences)
+    if params.licence_types:
+        query_params["license_type"] = ",".join(params.licence_types)
+    if not params.mature:
+        query_params["mature"] = "false"
+    return f"{params.api_url}?{urlencode(query_params)}"
 
 
 def licence_name(result: dict[str, Any]) -> str | None:

@@ -10,32 +10,65 @@ search of the File namespace (``generator=search&gsrnamespace=6``), with
 from __future__ import annotations
 
 import html
+import json
 import re
-from typing import Any
+from collections.abc import Iterator
+from typing import Any, ClassVar
 from urllib.parse import urlencode
 
-from scraper.sources.found import FoundImage
+from scrapy.http import Response
+
+from pipeline.params import WikimediaSource
+from scraper.sources.base import ApiError, FoundImage, Parsed, Progress, Step, WebSource
 
 _TAG = re.compile(r"<[^>]+>")
 
 
-def query_url(config: dict[str, Any], *, category: str | None = None, search: str | None = None,
-              cont: dict[str, Any] | None = None) -> str:
+class Wikimedia(WebSource):
+    kind: ClassVar[str] = "wikimedia"
+    params_model = WikimediaSource
+    images_anywhere = True
+    params: WikimediaSource
+
+    def start(self, label: str, queries: list[str]) -> Iterator[Step]:
+        for category in self.params.categories.get(label, []):
+            yield Step(query_url(self.params, category=category),
+                       {"query": category, "batch": 1, "category": True}, api=True)
+        if self.params.search:
+            for q in queries:
+                yield Step(query_url(self.params, search=q),
+                           {"query": q, "batch": 1, "category": False}, api=True)
+
+    def parse(self, response: Response, state: dict[str, Any], progress: Progress) -> Parsed:
+        data = json.loads(response.text)
+        if "error" in data:
+            raise ApiError(str(data["error"].get("info") or data["error"]))
+        images, cont = parse_batch(data)
+        yield from images
+        if (cont and state["batch"] < self.params.max_batches
+                and progress.images < self.params.max_images):
+            where = {"category": state["query"]} if state["category"] else {"search": state["query"]}
+            yield Step(query_url(self.params, cont=cont, **where),
+                       {**state, "batch": state["batch"] + 1}, api=True)
+
+
+def query_url(config: WikimediaSource, *, category: str | None = None,
+              search: str | None = None, cont: dict[str, Any] | None = None) -> str:
     params: dict[str, Any] = {
         "action": "query", "format": "json", "formatversion": "2", "prop": "imageinfo",
         "iiprop": "url|size|mime|extmetadata",
         "iiextmetadatafilter": "LicenseShortName|LicenseUrl|Artist|Credit|UsageTerms",
     }
-    if config.get("thumb_width"):
-        params["iiurlwidth"] = config["thumb_width"]
+    if config.thumb_width:
+        params["iiurlwidth"] = config.thumb_width
     if category is not None:
         params.update({"generator": "categorymembers", "gcmtitle": category, "gcmtype": "file",
-                       "gcmlimit": config["batch_size"]})
+                       "gcmlimit": config.batch_size})
     else:
         params.update({"generator": "search", "gsrsearch": search, "gsrnamespace": "6",
-                       "gsrlimit": config["batch_size"]})
+                       "gsrlimit": config.batch_size})
     params.update(cont or {})
-    return f"{config['api_url']}?{urlencode(params)}"
+    return f"{config.api_url}?{urlencode(params)}"
 
 
 def plain_text(value: str | None) -> str | None:

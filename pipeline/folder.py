@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
@@ -28,6 +29,14 @@ class FolderImport:
     too_large: int
 
 
+def _files(root: Path, folder: Path, path: str) -> Iterator[tuple[Path, str]]:
+    """The files of one class folder, hidden ones left out, each with its ``file:`` URL."""
+    for file in sorted(p for p in folder.rglob("*") if p.is_file()):
+        relative = file.relative_to(root).as_posix()
+        if not any(part.startswith(".") for part in PurePosixPath(relative).parts):
+            yield file, f"file:{PurePosixPath(path) / relative}"
+
+
 def import_folder(source: str, path: str, labels: list[str], raw_dir: Path, *, max_images: int,
                   max_bytes: int, licence: str | None = None, attribution: str | None = None,
                   progress_every_s: float = 5.0) -> FolderImport:
@@ -44,11 +53,7 @@ def import_folder(source: str, path: str, labels: list[str], raw_dir: Path, *, m
         prefix = f"file:{PurePosixPath(path) / label}/"
         # max_images is on the folder, not on one run: earlier imports count.
         taken = sum(1 for lab, url in known if lab == label and url.startswith(prefix))
-        for file in sorted(p for p in folder.rglob("*") if p.is_file()):
-            relative = file.relative_to(root).as_posix()
-            if any(part.startswith(".") for part in PurePosixPath(relative).parts):
-                continue
-            url = f"file:{PurePosixPath(path) / relative}"
+        for file, url in _files(root, folder, path):
             if (label, url) in known:
                 had += 1
                 continue

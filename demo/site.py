@@ -25,27 +25,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageEnhance
 
-from scraper.demo.faces import LABELS, FaceStyle, draw_face
+from demo.faces import LABELS, FaceStyle, draw_face
+from pipeline.params import DemoSiteParams
 
 logger = logging.getLogger(__name__)
 
 GENERATOR_VERSION = 3
 DISALLOWED_PREFIX = "/private/"
-
-
-@dataclass(frozen=True)
-class DemoSiteConfig:
-    """What the generator needs; mirrors the ``demo_site`` section of params.yaml."""
-
-    seed: int = 2026
-    images_per_class: int = 300
-    min_side: int = 160
-    max_side: int = 320
-    jpeg_quality: tuple[int, int] = (55, 95)
-    png_fraction: float = 0.1
-    results_per_page: int = 24
-    slow_response_s: float = 2.0
-    workers: int = 0  # 0: one per core
 
 
 @dataclass
@@ -74,7 +60,7 @@ class _Built:
         return Image.open(io.BytesIO(self.data)).convert("RGB")
 
 
-def _encode(img: Image.Image, rng: np.random.Generator, config: DemoSiteConfig) -> tuple[bytes, str]:
+def _encode(img: Image.Image, rng: np.random.Generator, config: DemoSiteParams) -> tuple[bytes, str]:
     buf = io.BytesIO()
     if rng.uniform() < config.png_fraction:
         img.save(buf, "PNG", optimize=False)
@@ -84,7 +70,7 @@ def _encode(img: Image.Image, rng: np.random.Generator, config: DemoSiteConfig) 
     return buf.getvalue(), "jpg"
 
 
-def _make_face(args: tuple[np.random.SeedSequence, str, DemoSiteConfig]) -> tuple[bytes, str]:
+def _make_face(args: tuple[np.random.SeedSequence, str, DemoSiteParams]) -> tuple[bytes, str]:
     seed, label, config = args
     rng = np.random.default_rng(seed)
     style = FaceStyle(config.min_side, config.max_side, config.jpeg_quality)
@@ -92,11 +78,11 @@ def _make_face(args: tuple[np.random.SeedSequence, str, DemoSiteConfig]) -> tupl
 
 
 def _face_bytes(
-    seeds: list[np.random.SeedSequence], labels: list[str], config: DemoSiteConfig
+    seeds: list[np.random.SeedSequence], labels: list[str], config: DemoSiteParams, workers: int
 ) -> Iterator[tuple[bytes, str]]:
     """Generate faces in parallel; each has its own seed, so order and workers don't matter."""
     jobs = [(s, lab, config) for s, lab in zip(seeds, labels, strict=True)]
-    workers = config.workers or os.cpu_count() or 1
+    workers = workers or os.cpu_count() or 1
     if workers == 1 or len(jobs) < 16:
         yield from map(_make_face, jobs)
         return
@@ -150,9 +136,9 @@ class _SiteWriter:
         return entry
 
 
-def _plant_content_faults(w: _SiteWriter, faces: dict[str, list[tuple[SiteImage, _Built]]],
-                          extra: Iterator[tuple[str, _Built]]) -> None:
-    """Faults whose bytes reach data/raw and that the clean stage must catch or repair."""
+def _plant_copies(w: _SiteWriter, faces: dict[str, list[tuple[SiteImage, _Built]]]) -> None:
+    """Copies the clean stage must group: exact and near duplicates, and one picture under
+    both classes (once by the same URL, once as a copy)."""
     for label in LABELS:
         orig, built = faces[label][0]
         w.add(w.new_path("img", built.ext), built.data, label=label, kind="exact_duplicate",
@@ -170,8 +156,6 @@ def _plant_content_faults(w: _SiteWriter, faces: dict[str, list[tuple[SiteImage,
         crop = built4.image.crop((iw // 25, ih // 25, iw - iw // 25, ih - ih // 25))
         w.add(w.new_path("img", "jpg"), _save(crop, "JPEG", quality=90), label=label,
               kind="near_duplicate_cropped", clean="near_duplicate", of=orig4.url)
-
-    # The same picture under both queries: once by the same URL, once as a copy.
     shared = faces["happy"][4][0]
     w.images.append(SiteImage(url=shared.url, label="sad", kind="cross_class_same_url",
                               clean="label_conflict", of=shared.url, sha256=shared.sha256))
@@ -181,6 +165,9 @@ def _plant_content_faults(w: _SiteWriter, faces: dict[str, list[tuple[SiteImage,
           kind="cross_class_copy", clean="label_conflict", of=copied.url)
     copied.clean = "label_conflict"
 
+
+def _plant_unusable(w: _SiteWriter, extra: Iterator[tuple[str, _Built]]) -> None:
+    """Files the clean stage must reject, each with its reason code."""
     label, built = next(extra)
     jpeg = _save(built.image, "JPEG", quality=90)
     w.add(w.new_path("img", "jpg"), jpeg[: len(jpeg) * 6 // 10], label=label,
@@ -196,7 +183,9 @@ def _plant_content_faults(w: _SiteWriter, faces: dict[str, list[tuple[SiteImage,
     w.add(w.new_path("img", "png"), _save(Image.new("1", (9000, 9000), 1), "PNG"),
           label="happy", kind="over_pixel_limit", clean="too_many_pixels")
 
-    # Awkward but valid encodings: the clean stage must keep and convert them.
+
+def _plant_awkward_encodings(w: _SiteWriter, extra: Iterator[tuple[str, _Built]]) -> None:
+    """Awkward but valid encodings: the clean stage must keep and convert them."""
     label, built = next(extra)
     first = built.image
     frames = [first, ImageEnhance.Brightness(first).enhance(0.6),
@@ -222,7 +211,7 @@ def _plant_content_faults(w: _SiteWriter, faces: dict[str, list[tuple[SiteImage,
 
 
 def _plant_http_faults(w: _SiteWriter, extra: Iterator[tuple[str, _Built]],
-                       config: DemoSiteConfig) -> None:
+                       config: DemoSiteParams) -> None:
     """Faults of the transport: the spider must report, follow or avoid them."""
     w.add(w.new_path("img", "jpg"), None, label="happy", kind="http_404", fetch="error")
     url = w.new_path("img", "jpg")
@@ -269,7 +258,7 @@ def _page(title: str, body: str) -> str:
             "<footer>Synthetic faces, CC0-1.0. Generated by happysad.</footer></body></html>\n")
 
 
-def _write_pages(w: _SiteWriter, config: DemoSiteConfig) -> dict[str, int]:
+def _write_pages(w: _SiteWriter, config: DemoSiteParams) -> dict[str, int]:
     """Result pages per class, detail pages and thumbnails; returns the page count per class."""
     pages: dict[str, int] = {}
     for label in LABELS:
@@ -316,21 +305,14 @@ def _write_static(w: _SiteWriter, pages: dict[str, int]) -> None:
     w.write("/index.html", _page("happysad demo image search", f"<ul>{links}</ul>").encode())
 
 
-def generate_site(out_dir: Path, config: DemoSiteConfig = DemoSiteConfig()) -> dict[str, object]:
-    """Write the demo site into ``out_dir`` (replacing it) and return its ground truth."""
-    out_dir = Path(out_dir)
-    tmp = out_dir.with_name(out_dir.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    www = tmp / "www"
-    www.mkdir(parents=True)
-    root = np.random.SeedSequence(config.seed)
-    site_seed, face_seed = root.spawn(2)
-    w = _SiteWriter(www, np.random.default_rng(site_seed))
-
+def _place_faces(w: _SiteWriter, face_seed: np.random.SeedSequence, config: DemoSiteParams,
+                 workers: int) -> tuple[dict[str, list[tuple[SiteImage, _Built]]],
+                                        list[tuple[str, _Built]]]:
+    """The faces of the result pages, per class, and 12 spare faces for the planted faults."""
     n_extra = 12
     labels = [lab for _ in range(config.images_per_class) for lab in LABELS]
     labels += [LABELS[i % 2] for i in range(n_extra)]
-    built_faces = _face_bytes(face_seed.spawn(len(labels)), labels, config)
+    built_faces = _face_bytes(face_seed.spawn(len(labels)), labels, config, workers)
     faces: dict[str, list[tuple[SiteImage, _Built]]] = {lab: [] for lab in LABELS}
     renders = ("src", "lazy", "srcset", "detail", "relative")
     extras: list[tuple[str, _Built]] = []
@@ -342,15 +324,32 @@ def generate_site(out_dir: Path, config: DemoSiteConfig = DemoSiteConfig()) -> d
         render = renders[int(w.rng.integers(len(renders)))]
         entry = w.add(w.new_path("img", ext), data, label=label, render=render)
         faces[label].append((entry, built))
+    return faces, extras
+
+
+def generate_site(out_dir: Path, config: DemoSiteParams, workers: int = 0) -> dict[str, object]:
+    """Write the demo site into ``out_dir`` (replacing it) and return its ground truth;
+    faces are drawn by ``workers`` processes (0: one per core)."""
+    out_dir = Path(out_dir)
+    tmp = out_dir.with_name(out_dir.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    www = tmp / "www"
+    www.mkdir(parents=True)
+    root = np.random.SeedSequence(config.seed)
+    site_seed, face_seed = root.spawn(2)
+    w = _SiteWriter(www, np.random.default_rng(site_seed))
+    faces, extras = _place_faces(w, face_seed, config, workers)
     extra = iter(extras)
-    _plant_content_faults(w, faces, extra)
+    _plant_copies(w, faces)
+    _plant_unusable(w, extra)
+    _plant_awkward_encodings(w, extra)
     _plant_http_faults(w, extra, config)
     pages = _write_pages(w, config)
     _write_static(w, pages)
 
     truth = {
         "generator_version": GENERATOR_VERSION,
-        "config": asdict(config),
+        "config": config.model_dump(),
         "disallowed_prefix": DISALLOWED_PREFIX,
         "start_paths": {lab: f"/search/{lab}/1.html" for lab in LABELS},
         "pages": pages,
@@ -366,14 +365,13 @@ def generate_site(out_dir: Path, config: DemoSiteConfig = DemoSiteConfig()) -> d
     return truth
 
 
-def site_key(config: DemoSiteConfig) -> dict[str, object]:
+def site_key(config: DemoSiteParams) -> dict[str, object]:
     """What identifies a generated site: reuse one on disk only if this matches."""
-    key = asdict(config)
-    key.pop("workers")
+    key = config.model_dump()
     return {"generator_version": GENERATOR_VERSION, **key}
 
 
-def ensure_site(out_dir: Path, config: DemoSiteConfig) -> Path:
+def ensure_site(out_dir: Path, config: DemoSiteParams, workers: int = 0) -> Path:
     """Generate the site unless ``out_dir`` already holds one built from the same config."""
     marker = Path(out_dir) / "site.json"
     try:
@@ -381,9 +379,5 @@ def ensure_site(out_dir: Path, config: DemoSiteConfig) -> Path:
             return Path(out_dir)
     except (OSError, ValueError):
         pass
-    generate_site(out_dir, config)
+    generate_site(out_dir, config, workers)
     return Path(out_dir)
-
-
-def load_ground_truth(site_dir: Path) -> dict[str, object]:
-    return json.loads((Path(site_dir) / "ground_truth.json").read_text())
