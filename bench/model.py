@@ -69,7 +69,7 @@ def input_rows(records: Path, epochs: int) -> list[Row]:
     params = load_params(REPO / "params.yaml")
     meta = features.read_meta(records)
     size = meta["image_size"]
-    train_data, _ = _inputs(records, meta, params.train, params.seed)
+    train_data, steps, _ = _inputs(records, meta, params.train, params.seed)
     pairs = list(features.labelled(records, "train", size).as_numpy_iterator())
     images, labels = np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
 
@@ -82,7 +82,7 @@ def input_rows(records: Path, epochs: int) -> list[Row]:
         return len(images) * epochs / (time.perf_counter() - started)
 
     def from_records(model: keras.Model, n: int) -> None:
-        model.fit(train_data, epochs=n, verbose=0, shuffle=False)
+        model.fit(train_data, epochs=n, steps_per_epoch=steps, verbose=0, shuffle=False)
 
     def from_memory(model: keras.Model, n: int) -> None:
         model.fit(images, labels, batch_size=params.train.batch_size, epochs=n, verbose=0,

@@ -20,6 +20,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from pipeline.lifeline import parent_death_signal
+
 SKIPPED, RESTORED, RAN = "skipped", "restored from run-cache", "ran"
 # Kept, but at debug level: TensorFlow's C++ start-up notices, printed before its logging
 # can be configured (TF_CPP_MIN_LOG_LEVEL does not reach them), and DVC's hints after every
@@ -86,7 +88,10 @@ def run_command(command: list[str], project: Path, logger: logging.Logger | logg
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     process = subprocess.Popen(command, cwd=project, env=env, stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, text=True, bufsize=1,
-                               start_new_session=True)
+                               start_new_session=True,
+                               # and it ends with this process, even after its kill -9 (the
+                               # stage DVC runs then ends with DVC: pipeline.lifeline)
+                               preexec_fn=parent_death_signal(signal.SIGTERM))
     timed_out = threading.Event()
 
     def expire() -> None:

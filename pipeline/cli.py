@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 from pipeline.errors import UserError
+from pipeline.lifeline import die_with_dvc
 from pipeline.log import setup_logging
 from pipeline.params import DEFAULT_PARAMS
 
@@ -80,6 +81,7 @@ def _stage_named(argv: list[str]) -> str | None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    die_with_dvc()  # a stage run by `dvc repro` ends when DVC does, even after kill -9
     args = build_parser(_stage_named(argv)).parse_args(argv)
     setup_logging(args.verbose)
     try:

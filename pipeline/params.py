@@ -189,6 +189,7 @@ class CrawlParams(_Section):
     download_delay_s: Annotated[float, Field(ge=0.0)]
     download_timeout_s: Annotated[float, Field(gt=0.0)]
     max_bytes: Positive
+    max_page_elements: Positive  # per selector per page: parsing stays short
     retries: Annotated[int, Field(ge=0)]
     user_agent: Annotated[str, Field(min_length=1)]
     contact: str = ""

@@ -17,12 +17,13 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from pipeline import crawl_contract
 from pipeline.errors import UserError
+from pipeline.lifeline import parent_death_signal
 from pipeline.params import DemoSiteParams
 
 
@@ -42,28 +43,6 @@ def _signals_to_child() -> Iterator[None]:
             signal.signal(sig, handler)
 
 
-def _die_with_parent() -> Callable[[], None] | None:
-    """What the crawl's process runs before the crawl: Linux then sends it SIGTERM (a pause,
-    as Ctrl-C is) when the stage's process dies, even by ``kill -9``, so no crawler outlives
-    its stage. Resolved here, before the fork: the child only calls it (no import, no lock)."""
-    if not sys.platform.startswith("linux"):
-        return None
-    import ctypes
-
-    prctl, pr_set_pdeathsig, parent = ctypes.CDLL(None).prctl, 1, os.getpid()
-
-    def in_child() -> None:
-        # The stage ignores SIGINT and SIGTERM while the crawl runs (_signals_to_child); the
-        # crawl must not inherit that, or a signal before Scrapy's own handlers would be lost.
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, signal.SIG_DFL)
-        prctl(pr_set_pdeathsig, int(signal.SIGTERM))
-        if os.getppid() != parent:  # the stage died before the line above: stop at once
-            os.kill(os.getpid(), signal.SIGTERM)
-
-    return in_child
-
-
 def run_crawl_subprocess(config: dict[str, Any], work: Path) -> dict[str, Any]:
     """Run ``python -m scraper.crawl`` on ``config``; its log goes to our stderr."""
     work.mkdir(parents=True, exist_ok=True)
@@ -71,7 +50,11 @@ def run_crawl_subprocess(config: dict[str, Any], work: Path) -> dict[str, Any]:
     config_path.write_text(json.dumps(config, indent=1))
     with _signals_to_child():
         result = subprocess.run([sys.executable, "-m", "scraper.crawl", str(config_path)],
-                                check=False, preexec_fn=_die_with_parent())
+                                check=False,
+                                # SIGTERM pauses the crawl, as Ctrl-C does; the stage ignores
+                                # both while it waits (_signals_to_child), the crawl must not
+                                preexec_fn=parent_death_signal(
+                                    signal.SIGTERM, reset=(signal.SIGINT, signal.SIGTERM)))
     stats_path = Path(config["stats_path"])
     if result.returncode == crawl_contract.PAUSED_EXIT:
         where = f"; its queue is in {config['job_dir']}" if config.get("job_dir") else ""

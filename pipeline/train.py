@@ -15,6 +15,7 @@ import csv
 import hashlib
 import json
 import logging
+import math
 import shutil
 import sys
 import time
@@ -55,7 +56,10 @@ def configure_runtime(seed: int) -> str:
     return "CPU (deterministic)"
 
 
-def _inputs(records: Path, meta: dict, params: TrainParams, seed: int):
+def _inputs(records: Path, meta: dict, params: TrainParams, seed: int, first_epoch: int = 0):
+    """The train stream for epochs ``first_epoch`` on (each epoch's order a function of the
+    seed and the epoch alone, so a resumed run sees what an uninterrupted one would), its
+    batches per epoch, and the val batches."""
     import tensorflow as tf
 
     from pipeline import features
@@ -71,13 +75,17 @@ def _inputs(records: Path, meta: dict, params: TrainParams, seed: int):
         tf.data.experimental.assert_cardinality(train_images))
     if train_images * size * size * 3 <= params.cache_max_mb * 2**20:
         train = train.cache()  # decoded once; later epochs read memory
-    train = (train.shuffle(min(params.shuffle_buffer, train_images), seed=seed,
-                           reshuffle_each_iteration=True)
-             .batch(params.batch_size).prefetch(tf.data.AUTOTUNE))
+    buffer = min(params.shuffle_buffer, train_images)
+
+    def epoch(number: tf.Tensor) -> tf.data.Dataset:
+        return train.shuffle(buffer, seed=number + seed * 1_000_003).batch(params.batch_size)
+
+    stream = (tf.data.Dataset.range(first_epoch, params.epochs).flat_map(epoch)
+              .prefetch(tf.data.AUTOTUNE))
     val = (features.labelled(records, "val", size)
            .apply(tf.data.experimental.assert_cardinality(sum(counts["val"].values())))
            .batch(params.batch_size).cache())
-    return train, val.prefetch(tf.data.AUTOTUNE)
+    return stream, math.ceil(train_images / params.batch_size), val.prefetch(tf.data.AUTOTUNE)
 
 
 def class_weights(counts: dict[str, int], class_names: list[str], mode: str) -> dict[int, float] | None:
@@ -184,20 +192,65 @@ def _callbacks(backup: Path, reports_dir: Path, params: TrainParams) -> list:
     log_path = backup / "epochs.json"
     # A resumed run keeps the best epoch it already has unless a new one beats it.
     done = json.loads(log_path.read_text()) if log_path.exists() else []
+    stopping = keras.callbacks.EarlyStopping(
+        monitor="val_loss", patience=params.early_stopping_patience, restore_best_weights=True)
+    plateau = keras.callbacks.ReduceLROnPlateau(
+        monitor="val_loss", factor=params.reduce_lr_factor, patience=params.reduce_lr_patience,
+        min_lr=params.min_learning_rate)
     return [
         _divergence_guard(),
         keras.callbacks.BackupAndRestore(str(backup / "state")),
         keras.callbacks.ModelCheckpoint(str(backup / "best.keras"), monitor="val_loss",
                                         save_best_only=True, initial_value_threshold=min(
                                             (r["val_loss"] for r in done), default=None)),
-        keras.callbacks.EarlyStopping(monitor="val_loss", patience=params.early_stopping_patience,
-                                      restore_best_weights=True),
-        keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=params.reduce_lr_factor,
-                                          patience=params.reduce_lr_patience,
-                                          min_lr=params.min_learning_rate),
+        stopping, plateau,
+        _resumed_counters(backup / "counters.json", [stopping, plateau], _resume_epoch(backup)),
         keras.callbacks.TensorBoard(str(reports_dir / "tensorboard"), write_graph=False),
         _epoch_log(log_path, params.epochs),
     ]
+
+
+def _resume_epoch(backup: Path) -> int:
+    """The epoch BackupAndRestore will resume from (0 for a new run)."""
+    try:
+        return int(json.loads((backup / "state" / "training_metadata.json").read_text())["epoch"])
+    except (OSError, ValueError, KeyError):
+        return 0
+
+
+def _resumed_counters(path: Path, kept: list, resume_epoch: int):
+    """What BackupAndRestore does not keep (it saves weights and optimizer state before the
+    plateau schedule acts): early stopping's and the plateau's counters, the learning rate
+    the plateau set, and the random layers' seed states (augmentation, dropout); saved after
+    every epoch and put back when a run resumes from the same epoch."""
+    import keras
+
+    keys = ("wait", "best", "best_epoch", "stopped_epoch", "cooldown_counter")
+
+    def seeds(model: keras.Model) -> list:
+        weights = {id(w) for w in model.weights}
+        return [v for v in model.variables if id(v) not in weights]
+
+    class ResumedCounters(keras.callbacks.Callback):
+        def on_train_begin(self, logs: dict | None = None) -> None:
+            saved = json.loads(path.read_text()) if path.exists() else {}
+            if saved.get("epoch") != resume_epoch:  # not the epoch the weights are from
+                return
+            for callback, state in zip(kept, saved.get("callbacks", []), strict=False):
+                vars(callback).update(state)
+            for variable, value in zip(seeds(self.model), saved["seeds"], strict=True):
+                variable.assign(value)
+            self.model.optimizer.learning_rate.assign(saved["learning_rate"])
+
+        def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+            path.write_text(json.dumps({
+                "epoch": epoch + 1,
+                "callbacks": [{k: float(v) if k == "best" and v is not None else v
+                               for k, v in vars(c).items() if k in keys} for c in kept],
+                "seeds": [variable.numpy().tolist() for variable in seeds(self.model)],
+                "learning_rate": float(self.model.optimizer.learning_rate.numpy())}))
+
+    return ResumedCounters()
 
 
 def _figures(model, records: Path, meta: dict, val_data, batch_size: int) -> dict[str, dict]:
@@ -239,16 +292,17 @@ def train(records: Path, model_dir: Path, reports_dir: Path, params: TrainParams
 
     meta = features.read_meta(records)
     device = configure_runtime(seed)
-    train_data, val_data = _inputs(records, meta, params, seed)
     backup = _backup_dir(model_dir, records, params, seed)
     backup.mkdir(parents=True, exist_ok=True)
+    train_data, steps, val_data = _inputs(records, meta, params, seed, _resume_epoch(backup))
     model = compile_model(build_model(params, meta["image_size"], seed), params.learning_rate)
+    model.optimizer.build(model.trainable_variables)  # so a resumed run gets its state back
     logger.info("training %s parameters on %s: %s", f"{model.count_params():,}", device,
                 meta["counts"]["train"])
     callbacks = _callbacks(backup, reports_dir, params)
     started = time.perf_counter()
     fitted = model.fit(train_data, validation_data=val_data, epochs=params.epochs,
-                       callbacks=callbacks, class_weight=class_weights(
+                       steps_per_epoch=steps, callbacks=callbacks, class_weight=class_weights(
                            meta["counts"]["train"], meta["class_names"], params.class_weight),
                        shuffle=False, verbose=1 if sys.stdout.isatty() else 0)  # tf.data shuffles
     seconds = time.perf_counter() - started

@@ -36,6 +36,7 @@ class Answer:
     body: bytes = b""
     headers: dict[str, str] = field(default_factory=dict)
     chunked: bool = False
+    close_delimited: bool = False  # no length, no chunks: the body ends when the connection does
 
 
 @dataclass
@@ -78,6 +79,14 @@ class _Handler(BaseHTTPRequestHandler):
                 self.wfile.write(b"0\r\n\r\n")
             except (BrokenPipeError, ConnectionResetError):
                 pass
+            return
+        if answer.close_delimited:
+            self.send_header("Connection", "close")
+            self.end_headers()
+            self.close_connection = True
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                for start in range(0, len(answer.body), 1 << 16):
+                    self.wfile.write(answer.body[start:start + (1 << 16)])
             return
         self.send_header("Content-Length", str(len(answer.body)))
         self.end_headers()

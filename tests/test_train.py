@@ -283,6 +283,55 @@ def test_an_interrupted_training_resumes_from_its_last_epoch(
         assert [row["epoch"] for row in csv.DictReader(handle)] == ["1", "2", "3"]
 
 
+def test_a_resumed_training_is_the_run_it_would_have_been(
+        tiny_records: Path, tiny_train_params: TrainParams, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Killed after epoch 2 of 4 and resumed: every epoch's loss, val loss and learning rate
+    equal an uninterrupted run's (optimizer state, RNG state, data order and the plateau and
+    early-stopping counters all come back). The learning rate halves after one flat epoch,
+    so a lost plateau counter would show."""
+    import keras
+
+    from pipeline import train as train_module
+
+    params = tiny_train_params.model_copy(update={
+        "epochs": 4, "early_stopping_patience": 10, "reduce_lr_patience": 1,
+        "reduce_lr_factor": 0.5})
+
+    def history(root: Path) -> list[dict[str, float]]:
+        with (root / "r" / "history.csv").open() as handle:
+            return [{k: float(row[k]) for k in ("loss", "val_loss", "learning_rate")}
+                    for row in csv.DictReader(handle)]
+
+    train_module.train(tiny_records, tmp_path / "whole" / "models" / "train",
+                       tmp_path / "whole" / "r", params, seed=7)
+    real_log = train_module._epoch_log
+
+    def crashing_log(path: Path, epochs: int) -> keras.callbacks.Callback:
+        callback = real_log(path, epochs)
+        original = callback.on_epoch_end
+
+        def on_epoch_end(epoch: int, logs: dict | None = None) -> None:
+            original(epoch, logs)
+            if epoch == 1:
+                raise KeyboardInterrupt  # killed once epoch 2 is saved
+
+        callback.on_epoch_end = on_epoch_end
+        return callback
+
+    resumed = tmp_path / "resumed"
+    monkeypatch.setattr(train_module, "_epoch_log", crashing_log)
+    with pytest.raises(KeyboardInterrupt):
+        train_module.train(tiny_records, resumed / "models" / "train", resumed / "r", params, seed=7)
+    monkeypatch.setattr(train_module, "_epoch_log", real_log)
+    train_module.train(tiny_records, resumed / "models" / "train", resumed / "r", params, seed=7)
+    whole, again = history(tmp_path / "whole"), history(resumed)
+    assert len(whole) == len(again) == 4
+    for epoch, (a, b) in enumerate(zip(whole, again, strict=True), start=1):
+        for key in a:
+            assert b[key] == pytest.approx(a[key], rel=1e-5, abs=1e-7), (epoch, key, a, b)
+
+
 def _overconfident(models: Path, dest: Path) -> Path:
     """``models``' shipped files with +6 on the output's bias: every image looks `sad`, so the
     cross-entropy of a model trained to minimise it gets clearly worse."""

@@ -10,6 +10,8 @@ from typing import Any, ClassVar, Protocol
 from pydantic import BaseModel
 from scrapy.http import Response
 
+from pipeline.params import CrawlParams
+
 
 @dataclass(frozen=True)
 class FoundImage:
@@ -58,13 +60,14 @@ class WebSource(ABC):
     images_anywhere: ClassVar[bool] = False  # images may be on any host (an API names them)
     html_pages: ClassVar[bool] = False  # its pages are HTML, which may opt out of AI use
 
-    def __init__(self, params: Any) -> None:
+    def __init__(self, params: Any, crawl: CrawlParams) -> None:
         self.params = params
+        self.crawl = crawl  # the crawl's limits and politeness, shared by every source
 
     @classmethod
-    def from_config(cls, data: dict[str, Any]) -> WebSource:
+    def from_config(cls, data: dict[str, Any], crawl: CrawlParams) -> WebSource:
         """The source of one entry of the crawl config, its params checked again."""
-        return cls(cls.params_model.model_validate(data))
+        return cls(cls.params_model.model_validate(data), crawl)
 
     @property
     def token_env(self) -> str | None:

@@ -10,15 +10,19 @@ and ``allowed_domains``.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from typing import Any, ClassVar
 from urllib.parse import quote_plus, urlsplit
 
+from parsel import SelectorList
 from scrapy.http import Response
 
 from pipeline.params import GallerySource
 from scraper.markup import element_url, select
 from scraper.sources.base import FoundImage, Parsed, Progress, Step, WebSource
+
+logger = logging.getLogger(__name__)
 
 
 class Gallery(WebSource):
@@ -47,19 +51,30 @@ class Gallery(WebSource):
         yield from self._images(response, self.params.image_selector)
         detail = {**state, "detail": True}
         if self.params.detail_selector:
-            for link in select(response, self.params.detail_selector):
+            for link in self._select(response, self.params.detail_selector):
                 href = element_url(link)
                 if href:
                     yield Step(href, detail, page=False)
         next_selector = self.params.next_page_selector
         if next_selector and progress.pages < self.params.max_pages:
-            for link in select(response, next_selector)[:1]:
+            for link in self._select(response, next_selector)[:1]:
                 href = element_url(link)
                 if href:
                     yield Step(href, state)
 
+    def _select(self, response: Response, selector: str) -> SelectorList:
+        """The elements ``selector`` matches, at most ``scrape.crawl.max_page_elements``: a page
+        of 100,000 images is parsed in a second, not minutes (each element is work)."""
+        found = select(response, selector)
+        cap = self.crawl.max_page_elements
+        if len(found) > cap:
+            logger.warning("%s: %d elements match %r; taking the first %d "
+                           "(scrape.crawl.max_page_elements)", response.url, len(found),
+                           selector, cap)
+        return found[:cap]
+
     def _images(self, response: Response, selector: str) -> Iterator[FoundImage]:
-        for element in select(response, selector):
+        for element in self._select(response, selector):
             href = element_url(element)
             if href:
                 yield FoundImage(url=response.urljoin(href),  # honours <base href>

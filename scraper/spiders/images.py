@@ -65,13 +65,13 @@ class ImagesSpider(scrapy.Spider):
         if not isinstance(config, dict):
             config = json.loads(Path(config).read_text())
         self.classes = {label: ClassParams.model_validate(c) for label, c in config["classes"].items()}
-        kinds = registry()
+        kinds, crawl = registry(), CrawlParams.model_validate(config["crawl"])
         self.sources: dict[str, WebSource] = {
-            name: kinds[data["kind"]].from_config(data)
+            name: kinds[data["kind"]].from_config(data, crawl)
             for name, data in config["sources"].items()}
         self.sources = {name: s for name, s in self.sources.items() if s.params.enabled}
         self.aliases: dict[str, str] = config.get("url_aliases", {})
-        self.opt_out = CrawlParams.model_validate(config["crawl"]).opt_out
+        self.opt_out = crawl.opt_out
         self.errors_path = Path(config["errors_path"]) if config.get("errors_path") else None
         self.known = {(r.label, r.url) for r in read_manifest(Path(config["raw_dir"]))}
         self.image_domains = sorted({d for s in self.sources.values() for d in s.image_domains()})
@@ -116,7 +116,7 @@ class ImagesSpider(scrapy.Spider):
                       response: Response | None = None) -> scrapy.Request:
         if step.page:
             self.pages_requested[(source, label)] += 1
-        kwargs: dict[str, Any] = {"callback": self.parse_step,
+        kwargs: dict[str, Any] = {"callback": self.parse_step, "errback": self.page_failed,
                                   "cb_kwargs": {"source": source, "label": label,
                                                 "state": step.state, "page": step.page}}
         if step.api:
@@ -127,8 +127,7 @@ class ImagesSpider(scrapy.Spider):
             if token_env:
                 meta[AUTH_ENV_META] = token_env  # the token itself is never in a request
                 meta[AUTH_HOST_META] = urlsplit(step.url).netloc
-            kwargs.update(errback=self.page_failed, meta=meta,
-                          headers={"Accept": "application/json"})
+            kwargs.update(meta=meta, headers={"Accept": "application/json"})
         if response is not None:
             return response.follow(step.url, **kwargs)
         return scrapy.Request(step.url, **kwargs)
@@ -206,31 +205,32 @@ class ImagesSpider(scrapy.Spider):
             final_url=response.url,
             content_type=response.headers.get(b"Content-Type", b"").decode("latin-1"))
 
-    def image_failed(self, failure: Failure) -> None:
-        request = failure.request  # type: ignore[attr-defined]
-        ref = request.cb_kwargs["ref"]
+    def _failure_kind(self, failure: Failure) -> tuple[str, str] | None:
+        """The error kind and detail of a failed request, pages and images alike; None when
+        it was refused (robots.txt or the address guard), which counts as blocked."""
         if failure.check(HttpError):  # (an IgnoreRequest too: test it first)
             status = failure.value.response.status
-            self._fail(ref, f"http_{status}", f"HTTP {status}")
-        elif failure.check(IgnoreRequest):  # robots.txt or the address guard said no
+            return f"http_{status}", f"HTTP {status}"
+        if failure.check(IgnoreRequest):
             self.crawler.stats.inc_value(stat.BLOCKED)
-            logger.info("not fetched (%s): %s", failure.value or "filtered", request.url)
-        elif failure.check(DownloadCancelledError, CancelledError):
-            self._fail(ref, "too_large", str(failure.value) or "download cancelled "
-                       "(over scrape.crawl.max_bytes)")
-        else:
-            self._fail(ref, type(failure.value).__name__, str(failure.value) or repr(failure.value))
+            logger.info("not fetched (%s): %s", failure.value or "filtered",
+                        failure.request.url)  # type: ignore[attr-defined]
+            return None
+        if failure.check(DownloadCancelledError, CancelledError):  # a body over max_bytes
+            return "too_large", str(failure.value) or "download cancelled (over " \
+                "scrape.crawl.max_bytes)"
+        return type(failure.value).__name__, str(failure.value) or repr(failure.value)
+
+    def image_failed(self, failure: Failure) -> None:
+        found = self._failure_kind(failure)
+        if found is not None:
+            self._fail(failure.request.cb_kwargs["ref"], *found)  # type: ignore[attr-defined]
 
     def page_failed(self, failure: Failure) -> None:
         request = failure.request  # type: ignore[attr-defined]
-        label = request.cb_kwargs.get("label", "")
-        if failure.check(IgnoreRequest) and not failure.check(HttpError):
-            self.crawler.stats.inc_value(stat.BLOCKED)
-            logger.info("not fetched (%s): %s", failure.value or "filtered", request.url)
-            return
-        kind = (f"http_{failure.value.response.status}" if failure.check(HttpError)
-                else type(failure.value).__name__)
-        self._record_error(request.url, request.url, label, kind, str(failure.value))
+        found = self._failure_kind(failure)
+        if found is not None:
+            self._record_error(request.url, request.url, request.cb_kwargs.get("label", ""), *found)
 
     def _fail(self, ref: dict[str, Any], kind: str, detail: str) -> None:
         self._record_error(ref["url"], ref["page_url"], ref["label"], kind, detail)
