@@ -136,26 +136,30 @@ class _SiteWriter:
         return entry
 
 
-def _plant_copies(w: _SiteWriter, faces: dict[str, list[tuple[SiteImage, _Built]]]) -> None:
-    """Copies the clean stage must group: exact and near duplicates, and one picture under
-    both classes (once by the same URL, once as a copy)."""
-    for label in LABELS:
-        orig, built = faces[label][0]
-        w.add(w.new_path("img", built.ext), built.data, label=label, kind="exact_duplicate",
-              clean="exact_duplicate", of=orig.url)
-        orig2, built2 = faces[label][1]
-        img = built2.image
-        w.add(w.new_path("img", "jpg"), _save(img, "JPEG", quality=40), label=label,
-              kind="near_duplicate_reencoded", clean="near_duplicate", of=orig2.url)
-        orig3, built3 = faces[label][2]
-        small = built3.image.resize((built3.image.width * 3 // 4, built3.image.height * 3 // 4))
-        w.add(w.new_path("img", "jpg"), _save(small, "JPEG", quality=90), label=label,
-              kind="near_duplicate_resized", clean="near_duplicate", of=orig3.url)
-        orig4, built4 = faces[label][3]
-        iw, ih = built4.image.size
-        crop = built4.image.crop((iw // 25, ih // 25, iw - iw // 25, ih - ih // 25))
-        w.add(w.new_path("img", "jpg"), _save(crop, "JPEG", quality=90), label=label,
-              kind="near_duplicate_cropped", clean="near_duplicate", of=orig4.url)
+def _plant_copies(w: _SiteWriter, faces: dict[str, list[tuple[SiteImage, _Built]]],
+                  copies: int) -> None:
+    """Copies the clean stage must group: ``copies`` sets per class of an exact and three near
+    duplicates, and one picture under both classes (once by the same URL, once as a copy)."""
+    for copy in range(copies):
+        for label in LABELS:
+            # the first set from faces 0-3, later ones after the two cross-class faces (4, 5)
+            first = 0 if copy == 0 else 6 + 4 * (copy - 1)
+            orig, built = faces[label][first]
+            w.add(w.new_path("img", built.ext), built.data, label=label, kind="exact_duplicate",
+                  clean="exact_duplicate", of=orig.url)
+            orig2, built2 = faces[label][first + 1]
+            img = built2.image
+            w.add(w.new_path("img", "jpg"), _save(img, "JPEG", quality=40), label=label,
+                  kind="near_duplicate_reencoded", clean="near_duplicate", of=orig2.url)
+            orig3, built3 = faces[label][first + 2]
+            small = built3.image.resize((built3.image.width * 3 // 4, built3.image.height * 3 // 4))
+            w.add(w.new_path("img", "jpg"), _save(small, "JPEG", quality=90), label=label,
+                  kind="near_duplicate_resized", clean="near_duplicate", of=orig3.url)
+            orig4, built4 = faces[label][first + 3]
+            iw, ih = built4.image.size
+            crop = built4.image.crop((iw // 25, ih // 25, iw - iw // 25, ih - ih // 25))
+            w.add(w.new_path("img", "jpg"), _save(crop, "JPEG", quality=90), label=label,
+                  kind="near_duplicate_cropped", clean="near_duplicate", of=orig4.url)
     shared = faces["happy"][4][0]
     w.images.append(SiteImage(url=shared.url, label="sad", kind="cross_class_same_url",
                               clean="label_conflict", of=shared.url, sha256=shared.sha256))
@@ -340,7 +344,7 @@ def generate_site(out_dir: Path, config: DemoSiteParams, workers: int = 0) -> di
     w = _SiteWriter(www, np.random.default_rng(site_seed))
     faces, extras = _place_faces(w, face_seed, config, workers)
     extra = iter(extras)
-    _plant_copies(w, faces)
+    _plant_copies(w, faces, config.copies_per_class)
     _plant_unusable(w, extra)
     _plant_awkward_encodings(w, extra)
     _plant_http_faults(w, extra, config)

@@ -22,7 +22,14 @@ import numpy as np
 
 from pipeline.errors import UserError
 from pipeline.images import UnusableImageError, open_rgb
-from pipeline.near_duplicates import near_duplicate_pairs, phash
+from pipeline.near_duplicates import (
+    CROPS,
+    group_by_representative,
+    near_duplicate_pairs,
+    pair_similarity,
+    phash,
+    thumbnails,
+)
 from pipeline.params import CleanParams, load_params
 from pipeline.raw import RawRecord, read_manifest
 from pipeline.stage_io import parallel_map, replacing_files, write_jsonl, write_metrics
@@ -39,6 +46,7 @@ class Inspection:
     width: int | None = None
     height: int | None = None
     phash: int | None = None
+    thumbnails: bytes = b""  # near_duplicates.thumbnails, for confirming candidate pairs
 
 
 @dataclass(frozen=True)
@@ -49,6 +57,9 @@ class CleanReport:
     rejected: dict[str, int]
     rejected_by_class: dict[str, dict[str, int]]
     near_duplicate_groups: int
+    largest_group: int
+    candidate_pairs: int  # within clean.near_duplicate_bits
+    confirmed_pairs: int  # of those, confirmed by the thumbnails
     label_conflicts: int
 
 
@@ -62,27 +73,11 @@ def inspect_file(path: Path, rules: CleanParams) -> Inspection:
         rgb = open_rgb(data, rules)
     except UnusableImageError as err:
         return Inspection(err.reason, err.detail)
-    return Inspection(None, "", rgb.width, rgb.height, phash(rgb))
+    return Inspection(None, "", rgb.width, rgb.height, phash(rgb), thumbnails(rgb).tobytes())
 
 
 def _inspect_job(job: tuple[Path, CleanParams]) -> Inspection:
     return inspect_file(*job)
-
-
-class _UnionFind:
-    def __init__(self, n: int) -> None:
-        self.parent = list(range(n))
-
-    def find(self, i: int) -> int:
-        while self.parent[i] != i:
-            self.parent[i] = self.parent[self.parent[i]]
-            i = self.parent[i]
-        return i
-
-    def union(self, a: int, b: int) -> None:
-        ra, rb = self.find(a), self.find(b)
-        if ra != rb:  # the earlier member stays the root: ids follow fetch order
-            self.parent[max(ra, rb)] = min(ra, rb)
 
 
 def _row(record: RawRecord, **extra: object) -> dict[str, object]:
@@ -126,35 +121,57 @@ def _usable(raw_dir: Path, files: list[RawRecord], params: CleanParams,
     return [(r, i) for r, i in zip(files, inspections, strict=True) if i.reason is None]
 
 
-def _groups(valid: list[tuple[RawRecord, Inspection]], bits: int) -> dict[int, list[int]]:
-    """Near-duplicate groups (and the same bytes under two classes), by their earliest member."""
-    groups = _UnionFind(len(valid))
+@dataclass(frozen=True)
+class _Groups:
+    members: dict[int, list[int]]  # representative -> its members, itself first
+    similarity: np.ndarray  # each image's similarity to its representative
+    candidates: int  # pairs within the hash radius
+    confirmed: int  # of which the thumbnails confirmed
+
+
+def _groups(valid: list[tuple[RawRecord, Inspection]], params: CleanParams) -> _Groups:
+    """Near-duplicate groups around representatives (see pipeline.near_duplicates); the same
+    bytes under two classes always pair up."""
     hashes = np.array([i.phash for _, i in valid], dtype=np.uint64)
-    for a, b in near_duplicate_pairs(hashes, bits):
-        groups.union(int(a), int(b))
-    by_sha: dict[str, int] = {}
-    for index, (record, _) in enumerate(valid):
-        groups.union(by_sha.setdefault(record.sha256, index), index)
+    pairs = near_duplicate_pairs(hashes, params.near_duplicate_bits)
+    thumbs = np.stack([np.frombuffer(i.thumbnails, np.uint8).reshape(len(CROPS), -1)
+                       for _, i in valid]) if valid else np.empty((0, len(CROPS), 1), np.uint8)
+    scores, residual = pair_similarity(thumbs, pairs)
+    labels = np.array([r.label for r, _ in valid])
+    # Across classes a pair must also have no block that differs much: the same face with
+    # another expression (a burst of photos) is two good images, each rightly labelled, not
+    # a copy filed twice. Within a class a confirmed pair costs at most one image.
+    across = labels[pairs[:, 0]] != labels[pairs[:, 1]] if len(pairs) else np.zeros(0, bool)
+    keep = ((scores >= params.near_duplicate_similarity)
+            & (~across | (residual <= params.near_duplicate_block_residual)))
+    first: dict[str, int] = {}
+    same = [(first.setdefault(r.sha256, k), k) for k, (r, _) in enumerate(valid)
+            if first.setdefault(r.sha256, k) != k]
+    confirmed = np.concatenate([pairs[keep], np.array(same, dtype=np.int64).reshape(-1, 2)])
+    scores = np.concatenate([scores[keep], np.ones(len(same), dtype=np.float32)])
+    representative, similarity = group_by_representative(len(valid), confirmed, scores)
     members: dict[int, list[int]] = defaultdict(list)
-    for index in range(len(valid)):
-        members[groups.find(index)].append(index)
-    return members
+    for index, rep_index in enumerate(representative.tolist()):
+        members[rep_index].append(index)
+    return _Groups(dict(members), similarity, len(pairs), int(keep.sum()))
 
 
-def _keep_representatives(valid: list[tuple[RawRecord, Inspection]],
-                          members: dict[int, list[int]], bits: int,
+def _keep_representatives(valid: list[tuple[RawRecord, Inspection]], groups: _Groups,
                           rejected: list[dict[str, object]]) -> tuple[list[dict[str, object]], int]:
     """Each single-class group's representative, and the number of groups spanning classes
-    (all of whose members are rejected as label conflicts)."""
+    (all of whose members are rejected as label conflicts, each with its similarity to the
+    representative, so a review can show the pair)."""
     kept: list[dict[str, object]] = []
     conflicts = 0
-    for root, indices in sorted(members.items()):
+    for root, indices in sorted(groups.members.items()):
         group_id = valid[root][0].sha256
         labels = sorted({valid[i][0].label for i in indices})
         if len(labels) > 1:
             conflicts += 1
             for i in indices:
                 rejected.append(_row(valid[i][0], reason="label_conflict", group=group_id,
+                                     of=valid[root][0].url,
+                                     similarity=round(float(groups.similarity[i]), 4),
                                      detail=f"near-duplicate group spans {', '.join(labels)}"))
             continue
         representative, inspection = valid[root]
@@ -163,8 +180,9 @@ def _keep_representatives(valid: list[tuple[RawRecord, Inspection]],
                          phash=f"{inspection.phash:016x}"))
         for i in indices[1:]:
             rejected.append(_row(valid[i][0], reason="near_duplicate", group=group_id,
-                                 of=representative.url, detail="perceptual hash within "
-                                 f"{bits} bits"))
+                                 of=representative.url,
+                                 similarity=round(float(groups.similarity[i]), 4),
+                                 detail="a confirmed copy of the group's representative"))
     return kept, conflicts
 
 
@@ -184,9 +202,9 @@ def clean(raw_dir: Path, out_dir: Path, params: CleanParams) -> CleanReport:
     rejected: list[dict[str, object]] = []
     files = _drop_exact_copies(records, rejected)
     valid = _usable(raw_dir, files, params, rejected)
-    members = _groups(valid, params.near_duplicate_bits)
-    kept, conflicts = _keep_representatives(valid, members, params.near_duplicate_bits, rejected)
-    report = _report(records, files, kept, rejected, members, conflicts)
+    groups = _groups(valid, params)
+    kept, conflicts = _keep_representatives(valid, groups, rejected)
+    report = _report(records, files, kept, rejected, groups, conflicts)
     _refuse_missing_classes(raw_dir, records, report)
     with replacing_files(out_dir) as tmp:
         write_jsonl(tmp / "images.jsonl", kept)
@@ -196,8 +214,7 @@ def clean(raw_dir: Path, out_dir: Path, params: CleanParams) -> CleanReport:
 
 
 def _report(records: list[RawRecord], files: list[RawRecord], kept: list[dict[str, object]],
-            rejected: list[dict[str, object]], members: dict[int, list[int]],
-            conflicts: int) -> CleanReport:
+            rejected: list[dict[str, object]], groups: _Groups, conflicts: int) -> CleanReport:
     by_class: dict[str, Counter[str]] = defaultdict(Counter)
     for row in rejected:
         by_class[str(row["label"])][str(row["reason"])] += 1
@@ -207,7 +224,10 @@ def _report(records: list[RawRecord], files: list[RawRecord], kept: list[dict[st
         kept=dict(sorted(Counter(str(r["label"]) for r in kept).items())),
         rejected=dict(sorted(Counter(str(r["reason"]) for r in rejected).items())),
         rejected_by_class={k: dict(sorted(v.items())) for k, v in sorted(by_class.items())},
-        near_duplicate_groups=sum(1 for m in members.values() if len(m) > 1),
+        near_duplicate_groups=sum(1 for m in groups.members.values() if len(m) > 1),
+        largest_group=max((len(m) for m in groups.members.values()), default=0),
+        candidate_pairs=groups.candidates,
+        confirmed_pairs=groups.confirmed,
         label_conflicts=conflicts,
     )
 

@@ -1,4 +1,16 @@
-"""Perceptual hashes and a sub-quadratic search for pairs within a Hamming distance.
+"""Near duplicates: candidate pairs by perceptual hash, confirmed by aligned thumbnails,
+grouped around representatives so that groups cannot chain.
+
+Candidates: a 64-bit DCT hash (pHash) and a sub-quadratic search for pairs within a
+Hamming distance. Confirmation: each image's grey ``THUMB_SIDE`` px thumbnails, whole
+and with ``CROPS`` cut from every side; a pair is a copy when one image's whole
+thumbnail correlates with the other's best-aligned crop (either way round) at about 1
+and no block of their difference is large: a re-encode, a resize or a crop of a few
+percent differs a little everywhere, two faces of the same layout (or one face with
+another expression) differ a lot somewhere. Grouping: in manifest order, an image
+joins the group of the most similar earlier *representative* it is confirmed with,
+else it starts a group; every member is confirmed against its representative, never
+linked to it through a chain of members.
 
 The hash is a 64-bit DCT hash (pHash): the image as 32x32 grey, its 8x8 lowest
 DCT frequencies, one bit each for above/below their median. Re-encoding,
@@ -23,6 +35,9 @@ from PIL import Image
 
 HASH_SIDE = 32
 HASH_BITS = 64
+THUMB_SIDE = 32
+CROPS = (0.0, 0.02, 0.04, 0.06)  # cut from each side of the confirmation thumbnails
+BLOCKS = 4  # the residual grid: BLOCKS x BLOCKS blocks of a thumbnail
 
 
 @functools.cache
@@ -114,3 +129,70 @@ def near_duplicate_pairs(hashes: np.ndarray, max_bits: int) -> np.ndarray:
         return np.empty((0, 2), dtype=np.int64)
     pairs = np.concatenate(found).astype(np.int64)
     return np.unique(pairs, axis=0)
+
+
+def thumbnails(image: Image.Image) -> np.ndarray:
+    """The confirmation thumbnails of an image: uint8, shape ``(len(CROPS), THUMB_SIDE**2)``."""
+    grey = image.convert("L")
+    w, h = grey.size
+    rows = []
+    for f in CROPS:
+        cut = grey.crop((round(w * f), round(h * f), w - round(w * f), h - round(h * f)))
+        rows.append(np.asarray(cut.resize((THUMB_SIDE, THUMB_SIDE), Image.Resampling.BILINEAR),
+                               dtype=np.uint8).ravel())
+    return np.stack(rows)
+
+
+def _standard(thumbs: np.ndarray) -> np.ndarray:
+    """Each thumbnail at mean 0 and standard deviation 1."""
+    v = thumbs.astype(np.float32)
+    v -= v.mean(axis=-1, keepdims=True)
+    v /= v.std(axis=-1, keepdims=True) + 1e-6
+    return v
+
+
+def pair_similarity(thumbs: np.ndarray, pairs: np.ndarray,
+                    chunk: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+    """For each pair (i, j): the best correlation of one whole thumbnail with the other's
+    crops, either way round (about 1 for copies), and at that alignment the largest RMS
+    difference over a ``BLOCKS`` x ``BLOCKS`` grid: a copy differs a little everywhere, a
+    different expression of the same face a lot in one place (its mouth). ``thumbs``:
+    (n, crops, pixels) from :func:`thumbnails`."""
+    x = _standard(thumbs)
+    pixels = x.shape[-1]
+    similarity = np.empty(len(pairs), dtype=np.float32)
+    residual = np.empty(len(pairs), dtype=np.float32)
+    block = THUMB_SIDE // BLOCKS
+    for start in range(0, len(pairs), chunk):
+        a, b = pairs[start:start + chunk, 0], pairs[start:start + chunk, 1]
+        whole = np.concatenate([x[a, 0], x[b, 0]])  # (2c, d): each side's whole thumbnail
+        crops = np.concatenate([x[b], x[a]])  # (2c, k, d): the other side's crops
+        ncc = np.einsum("cd,ckd->ck", whole, crops) / pixels
+        best = ncc.argmax(axis=1)
+        diff = whole - crops[np.arange(len(crops)), best]
+        blocks = (diff ** 2).reshape(-1, BLOCKS, block, BLOCKS, block).mean(axis=(2, 4))
+        worst = np.sqrt(blocks.reshape(len(diff), -1).max(axis=1))
+        n = len(a)
+        pick = np.where(ncc.max(axis=1)[:n] >= ncc.max(axis=1)[n:], 0, n) + np.arange(n)
+        similarity[start:start + n] = ncc.max(axis=1)[pick]
+        residual[start:start + n] = worst[pick]
+    return similarity, residual
+
+
+def group_by_representative(n: int, pairs: np.ndarray,
+                            scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each item's representative (itself for a representative) and its similarity to it, for
+    items in order (earliest first) and confirmed ``pairs`` (i < j) with their ``scores``: an
+    item joins its most similar earlier representative (the earliest on a tie), else it is
+    one. No item is grouped through another member, so groups cannot chain."""
+    representative = np.arange(n)
+    similarity = np.ones(n, dtype=np.float32)
+    earlier: list[list[tuple[float, int]]] = [[] for _ in range(n)]
+    for (i, j), score in zip(pairs.tolist(), scores.tolist(), strict=True):
+        earlier[max(i, j)].append((-score, min(i, j)))
+    for item in range(n):
+        for negative, other in sorted(earlier[item]):
+            if representative[other] == other:
+                representative[item], similarity[item] = other, -negative
+                break
+    return representative, similarity

@@ -66,9 +66,13 @@ class DemoSiteParams(_Section):
     png_fraction: Fraction
     results_per_page: Positive
     slow_response_s: Annotated[float, Field(ge=0.0)]
+    copies_per_class: Annotated[int, Field(ge=1)]  # planted sets of four copies, per class
 
     @model_validator(mode="after")
     def _ranges(self) -> Self:
+        if self.images_per_class < 6 + 4 * self.copies_per_class:
+            raise ValueError(f"images_per_class must be at least 6 + 4 x copies_per_class "
+                             f"({6 + 4 * self.copies_per_class}): each copy needs its original")
         if self.min_side > self.max_side:
             raise ValueError("min_side must not exceed max_side")
         if self.jpeg_quality[0] > self.jpeg_quality[1]:
@@ -257,6 +261,8 @@ class CleanParams(_Section):
     aspect_ratio: tuple[Annotated[float, Field(gt=0)], Annotated[float, Field(gt=0)]]
     min_std: Annotated[float, Field(ge=0.0)]
     near_duplicate_bits: Annotated[int, Field(ge=0, le=32)]
+    near_duplicate_similarity: Annotated[float, Field(gt=0.0, le=1.0)]
+    near_duplicate_block_residual: Annotated[float, Field(gt=0.0)]
     workers: Annotated[int, Field(ge=0)]
 
     @model_validator(mode="after")

@@ -189,3 +189,48 @@ def test_clean_replaces_only_its_own_files(cleaned: Path, tiny_raw: Path, tiny_c
     assert (out / ".gitignore").read_text() == "/images.jsonl\n"
     assert (out / "images.jsonl").read_bytes() == (cleaned / "images.jsonl").read_bytes()
     assert not out.with_name("clean.partial").exists()
+
+
+def test_groups_cannot_chain_a_to_c_through_b() -> None:
+    """A~B and B~C are confirmed but A and C are not: no group holds both A and C, and every
+    member is confirmed against its group's representative."""
+    from pipeline.near_duplicates import group_by_representative
+
+    a, b, c, d = range(4)
+    pairs = np.array([[a, b], [b, c], [c, d]])
+    representative, similarity = group_by_representative(4, pairs, np.array([0.97, 0.99, 0.96]))
+    assert representative.tolist() == [a, a, c, c]  # C is not A's: it starts a group, D joins it
+    assert similarity.tolist() == pytest.approx([1.0, 0.97, 1.0, 0.96])
+    # the most similar earlier representative wins, whatever the order of the pairs
+    representative, _ = group_by_representative(3, np.array([[1, 2], [0, 2]]), np.array([0.99, 0.96]))
+    assert representative.tolist() == [0, 1, 1]
+
+
+def test_copies_confirm_and_faces_differing_only_in_expression_do_not(repo_params) -> None:
+    """The demo's re-encodes, resizes and 4% crops are confirmed copies; the same drawn face
+    made happy and made sad (same seed: the mouth and brows differ), a pair across classes,
+    is not, though it correlates as well as a copy: one block of the difference is too large."""
+    import io
+
+    from PIL import Image
+
+    from demo.faces import FaceStyle, draw_face
+    from pipeline.near_duplicates import pair_similarity, thumbnails
+
+    def jpeg(image: Image.Image, quality: int) -> Image.Image:
+        out = io.BytesIO()
+        image.save(out, "JPEG", quality=quality)
+        return Image.open(io.BytesIO(out.getvalue())).convert("RGB")
+
+    clean_params = repo_params.clean
+    for seed in range(24):
+        happy = jpeg(draw_face(np.random.default_rng(seed), "happy", FaceStyle()), 85)
+        sad = jpeg(draw_face(np.random.default_rng(seed), "sad", FaceStyle()), 85)
+        w, h = happy.size
+        copies = [jpeg(happy, 40), jpeg(happy.resize((w * 3 // 4, h * 3 // 4)), 90),
+                  jpeg(happy.crop((w // 25, h // 25, w - w // 25, h - h // 25)), 90)]
+        thumbs = np.stack([thumbnails(i) for i in (happy, sad, *copies)])
+        scores, residual = pair_similarity(thumbs, np.array([[0, 1], [0, 2], [0, 3], [0, 4]]))
+        copy = ((scores >= clean_params.near_duplicate_similarity)
+                & (residual <= clean_params.near_duplicate_block_residual))
+        assert copy.tolist() == [False, True, True, True], (seed, scores, residual)
