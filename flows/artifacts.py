@@ -86,9 +86,13 @@ def evaluate_artifacts(project: Path) -> list[Artifact]:
     if metrics is None:
         return []
     keys = (*HEADLINE, "images", "best_epoch")
-    rows = [{"metric": k, "test split": metrics[k]} for k in keys if k in metrics]
+    bounds = metrics.get("intervals", {})
+    label = f"{bounds.get('confidence', 0.95):.0%} interval"
+    rows = [{"metric": k, "test split": metrics[k],
+             label: f"{bounds[k]['low']:.3f} - {bounds[k]['high']:.3f}" if k in bounds else ""}
+            for k in keys if k in metrics]
     gap = metrics.get("train_val_gap", {})
-    rows += [{"metric": f"train-val gap: {k}", "test split": v} for k, v in gap.items()]
+    rows += [{"metric": f"train-val gap: {k}", "test split": v, label: ""} for k, v in gap.items()]
     out = [Artifact("test-metrics", "Held-out test metrics of the new model", table=rows)]
     plots = project / "reports" / "evaluate" / "plots"
     for name, key, title in (("learning_curves.png", "learning-curves", "Training curves"),
@@ -105,8 +109,14 @@ def promotion_artifacts(decision: dict) -> list[Artifact]:
     champion = decision["champion_metrics"] or {}
     rows = "\n".join(f"| {k} | {v:.4f} | {champion[k]:.4f} |" if k in champion else f"| {k} | {v:.4f} | - |"
                      for k, v in decision["challenger_metrics"].items())
+    test = decision.get("paired_test")
+    paired = (f"Paired test on the same {decision['test_images']} images: difference "
+              f"{test['difference']:+.4f}, {test['confidence']:.0%} interval {test['low']:+.4f} to "
+              f"{test['high']:+.4f}; challenger better with probability "
+              f"{test['probability_better']:.2f} (promotes at {decision['confidence']}).\n\n"
+              if test else "")
     text = (f"## {verdict}\n\n{decision['reason']}.\n\nDeciding metric: `{decision['metric']}`, "
-            f"margin {decision['margin']}, on {decision['test_images']} test images.\n\n"
+            f"margin {decision['margin']}, on {decision['test_images']} test images.\n\n{paired}"
             f"| metric | challenger (this run) | champion (production) |\n| --- | --- | --- |\n{rows}\n")
     return [Artifact("promotion", "Champion against challenger: the decision and both scores",
                      markdown=text)]

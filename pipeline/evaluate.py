@@ -118,29 +118,9 @@ def _write_csv(path: Path, header: list[str], rows) -> None:
         writer.writerows(rows)
 
 
-def evaluate(model_path: Path, records: Path, train_reports: Path, out: Path,
-             params: EvaluateParams) -> dict:
-    """Score the test split and write metrics, per-image predictions and plots to ``out``."""
-    from pipeline import features, plots
-    from pipeline.model import load
-
-    meta = features.read_meta(records)
-    if not model_path.exists():
-        raise UserError(f"{model_path}: not found; run the train stage first (dvc repro train)")
-    model = load(model_path)
-    names, size = meta["class_names"], meta["image_size"]
-    scores = predict_test(model, records, size, params.batch_size)
-    metrics = summary(scores, names, params.threshold)
-    trained = json.loads((train_reports / "metrics.json").read_text())
-    metrics["best_epoch"] = trained["best_epoch"]
-    metrics["train_val_gap"] = trained["gap"]
-
-    out.mkdir(parents=True, exist_ok=True)
-    (out / DETAILS_FILE).write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
-    write_metrics(out / "metrics.json", {**{k: metrics[k] for k in HEADLINE},
-                                         "train_val_gap": metrics["train_val_gap"]["accuracy"],
-                                         "images": metrics["images"]})
-    predicted = (scores.probability >= params.threshold).astype(int)
+def _write_tables(out: Path, scores: Scores, names: list[str], threshold: float) -> None:
+    """Per-image predictions and the curves' data, for DVC plots."""
+    predicted = (scores.probability >= threshold).astype(int)
     _write_csv(out / "predictions.csv", ["sha256", "actual", "predicted", f"p_{names[1]}"],
                ((s, names[a], names[p], f"{q:.6f}") for s, a, p, q in
                 zip(scores.sha256, scores.actual, predicted, scores.probability, strict=True)))
@@ -152,17 +132,56 @@ def evaluate(model_path: Path, records: Path, train_reports: Path, out: Path,
     _write_csv(out / "precision_recall.csv", ["recall", "precision"],
                ((f"{r:.6f}", f"{p:.6f}") for r, p in zip(recall, precision, strict=True)))
 
-    pictures = out / "plots"
-    plots.learning_curves(train_reports / "history.csv", trained["best_epoch"],
+
+def _draw(out: Path, records: Path, train_reports: Path, scores: Scores, metrics: dict,
+          meta: dict, params: EvaluateParams, seed: int) -> None:
+    from pipeline import bootstrap, plots
+
+    names, pictures = meta["class_names"], out / "plots"
+    plots.learning_curves(train_reports / "history.csv", metrics["best_epoch"],
                           pictures / "learning_curves.png")
     plots.confusion(np.array(metrics["confusion_matrix"]["counts"]), names, pictures / "confusion.png")
+    fpr, tpr, _ = roc_curve(scores.actual, scores.probability)
+    band = bootstrap.roc_band(scores.actual, scores.probability, params.bootstrap_resamples,
+                              params.confidence, seed)
+    auc, interval = metrics["roc_auc"], metrics["intervals"]["roc_auc"]
     plots.curve(fpr, tpr, "false positive rate", "true positive rate",
-                f"ROC (AUC {metrics['roc_auc']:.3f})", pictures / "roc.png", diagonal=True)
+                f"ROC (AUC {auc:.3f}, {params.confidence:.0%} interval {interval['low']:.3f}-"
+                f"{interval['high']:.3f})", pictures / "roc.png", diagonal=True, band=band)
+    precision, recall = precision_recall_curve(scores.actual, scores.probability)
     plots.curve(recall, precision, f"recall ({names[1]})", f"precision ({names[1]})",
                 "precision-recall", pictures / "precision_recall.png")
-    images, captions = _worst_mistakes(records, size, scores, names, params.threshold,
-                                       params.worst_mistakes)
+    images, captions = _worst_mistakes(records, meta["image_size"], scores, names,
+                                       params.threshold, params.worst_mistakes)
     plots.mistakes(images, captions, pictures / "mistakes.png")
+
+
+def evaluate(model_path: Path, records: Path, train_reports: Path, out: Path,
+             params: EvaluateParams, seed: int = 0) -> dict:
+    """Score the test split and write metrics (with bootstrap intervals), per-image
+    predictions and plots to ``out``."""
+    from pipeline import bootstrap, features
+    from pipeline.model import load
+
+    meta = features.read_meta(records)
+    if not model_path.exists():
+        raise UserError(f"{model_path}: not found; run the train stage first (dvc repro train)")
+    model = load(model_path)
+    scores = predict_test(model, records, meta["image_size"], params.batch_size)
+    metrics = summary(scores, meta["class_names"], params.threshold)
+    metrics["intervals"] = bootstrap.intervals(scores.actual, scores.probability,
+                                               params.threshold, params.bootstrap_resamples,
+                                               params.confidence, seed)
+    trained = json.loads((train_reports / "metrics.json").read_text())
+    metrics["best_epoch"] = trained["best_epoch"]
+    metrics["train_val_gap"] = trained["gap"]
+    out.mkdir(parents=True, exist_ok=True)
+    (out / DETAILS_FILE).write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+    write_metrics(out / "metrics.json", {**{k: metrics[k] for k in HEADLINE},
+                                         "train_val_gap": metrics["train_val_gap"]["accuracy"],
+                                         "images": metrics["images"]})
+    _write_tables(out, scores, meta["class_names"], params.threshold)
+    _draw(out, records, train_reports, scores, metrics, meta, params, seed)
     return metrics
 
 
@@ -175,8 +194,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> None:
     load_tensorflow()  # its native start-up notices go to the debug log
-    metrics = evaluate(args.model, args.records, args.train_reports, args.out,
-                       load_params(args.params).evaluate)
-    logger.info("evaluate: test accuracy %.3f, ROC AUC %.3f, F1 %.3f on %d images; "
-                "reports and plots in %s", metrics["accuracy"], metrics["roc_auc"], metrics["f1"],
+    params = load_params(args.params)
+    metrics = evaluate(args.model, args.records, args.train_reports, args.out, params.evaluate,
+                       params.seed)
+    low, high = metrics["intervals"]["accuracy"]["low"], metrics["intervals"]["accuracy"]["high"]
+    logger.info("evaluate: test accuracy %.3f (%.0f%% interval %.3f-%.3f), ROC AUC %.3f, F1 %.3f "
+                "on %d images; reports and plots in %s", metrics["accuracy"],
+                100 * params.evaluate.confidence, low, high, metrics["roc_auc"], metrics["f1"],
                 metrics["images"], args.out)

@@ -330,6 +330,8 @@ class EvaluateParams(_Section):
     threshold: Annotated[float, Field(gt=0.0, lt=1.0)]
     worst_mistakes: Annotated[int, Field(ge=0, le=100)]
     batch_size: Positive
+    bootstrap_resamples: Annotated[int, Field(ge=100, le=100_000)]
+    confidence: Annotated[float, Field(gt=0.5, lt=1.0)]  # of the intervals
 
 
 # The test metrics by name, in one place: evaluate's headline file, the model card, promotion
@@ -341,6 +343,7 @@ LOWER_IS_BETTER = frozenset({"loss"})  # of these and of train's figures (val_lo
 class PromoteParams(_Section):
     metric: Literal[HEADLINE]  # type: ignore[valid-type]
     margin: Annotated[float, Field(ge=0.0)]
+    confidence: Annotated[float, Field(ge=0.5, lt=1.0)]  # P(challenger better) to promote
 
 
 class FlowParams(_Section):

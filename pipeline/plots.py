@@ -49,13 +49,18 @@ def confusion(matrix: np.ndarray, class_names: list[str], path: Path) -> None:
 
 
 def curve(x: np.ndarray, y: np.ndarray, xlabel: str, ylabel: str, title: str, path: Path,
-          diagonal: bool = False) -> None:
+          diagonal: bool = False,
+          band: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None) -> None:
+    """A curve, with ``band`` (x, low, high) shaded around it when given."""
     fig, axis = _subplots(figsize=(4.5, 4))
+    if band is not None:
+        axis.fill_between(band[0], band[1], band[2], alpha=0.25, lw=0, label="bootstrap interval")
     axis.plot(x, y, lw=2)
     if diagonal:
         axis.plot([0, 1], [0, 1], "--", color="grey", label="chance")
         axis.legend(loc="lower right")
-    axis.set(xlabel=xlabel, ylabel=ylabel, title=title, xlim=(0, 1), ylim=(0, 1.02))
+    axis.set(xlabel=xlabel, ylabel=ylabel, xlim=(0, 1), ylim=(0, 1.02))
+    axis.set_title(title, fontsize=9)
     axis.grid(alpha=0.3)
     _save(fig, path)
 

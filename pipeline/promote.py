@@ -15,14 +15,17 @@ Promotion swaps whole folders, so ``models/production/`` is never half written.
 from __future__ import annotations
 
 import argparse
+import csv
 import datetime
 import json
 import logging
 import shutil
 from pathlib import Path
 
+import numpy as np
+
 from pipeline.errors import UserError
-from pipeline.evaluate import refuse_non_finite
+from pipeline.evaluate import Scores, refuse_non_finite
 from pipeline.log import load_tensorflow
 from pipeline.params import HEADLINE, LOWER_IS_BETTER, PromoteParams, load_params
 from pipeline.save import LITE_FILE
@@ -31,8 +34,10 @@ logger = logging.getLogger(__name__)
 SHIPPED = ("model.keras", "serving", LITE_FILE, "model_card.md", "model_card.json")
 
 
-def champion_metrics(production: Path, records: Path, threshold: float, batch_size: int) -> dict:
-    """Score the production model on the test split, exactly as the evaluate stage scores."""
+def champion_metrics(production: Path, records: Path, threshold: float,
+                     batch_size: int) -> tuple[dict, Scores]:
+    """Score the production model on the test split, exactly as the evaluate stage scores;
+    its figures and its per-image scores."""
     load_tensorflow()
     from pipeline import features
     from pipeline.evaluate import predict_test, summary
@@ -47,8 +52,31 @@ def champion_metrics(production: Path, records: Path, threshold: float, batch_si
         raise _IncomparableError(f"it takes {contract['image_size']} px `{contract['resize']}` images, "
                             f"the records hold {meta['image_size']} px `{meta['resize']}`")
     model = load(production / "model.keras")
-    return summary(predict_test(model, records, meta["image_size"], batch_size),
-                   meta["class_names"], threshold)
+    scores = predict_test(model, records, meta["image_size"], batch_size)
+    return summary(scores, meta["class_names"], threshold), scores
+
+
+def challenger_scores(predictions: Path) -> dict[str, tuple[int, float]]:
+    """The evaluate stage's per-image test scores: sha256 -> (true class index, probability)."""
+    with predictions.open(newline="") as handle:
+        rows = list(csv.reader(handle))
+    positive = rows[0][3].removeprefix("p_")  # the column p_<class>: that class is index 1
+    return {r[0]: (int(r[1] == positive), float(r[3])) for r in rows[1:]}
+
+
+def paired_test(challenger: dict[str, tuple[int, float]], champion: Scores, threshold: float,
+                params: PromoteParams, resamples: int, seed: int,
+                interval: float) -> dict | None:
+    """The paired bootstrap of challenger minus champion on the images both were scored on
+    (None when they share none)."""
+    from pipeline.bootstrap import paired_difference
+
+    common = [i for i, sha in enumerate(champion.sha256) if sha in challenger]
+    if not common:
+        return None
+    ours = np.array([challenger[champion.sha256[i]][1] for i in common])
+    return paired_difference(champion.actual[common], ours, champion.probability[common],
+                             threshold, params.metric, resamples, interval, seed)
 
 
 class _IncomparableError(Exception):
@@ -68,6 +96,21 @@ def decide(challenger: float, champion: float | None, metric: str, margin: float
     return False, (f"challenger {metric} {challenger:.4f} against champion {champion:.4f}: "
                    f"{gain:+.4f} is not more than the margin {margin} ({direction} is better); "
                    "the champion stays")
+
+
+def decide_paired(test: dict, params: PromoteParams) -> tuple[bool, str]:
+    """Promote when the challenger is better in ``promote.metric`` with probability at least
+    ``promote.confidence`` and by more than ``promote.margin``, on the same images."""
+    lower = params.metric in LOWER_IS_BETTER
+    gain = -test["difference"] if lower else test["difference"]
+    odds = (f"{params.metric} difference {test['difference']:+.4f} ({test['confidence']:.0%} interval "
+            f"{test['low']:+.4f} to {test['high']:+.4f}; {'lower' if lower else 'higher'} is "
+            f"better), challenger better in {test['probability_better']:.0%} of "
+            f"{test['resamples']} paired resamples")
+    if test["probability_better"] >= params.confidence and gain > params.margin:
+        return True, f"challenger beats champion: {odds}"
+    return False, (f"{odds}: not beyond promote.confidence {params.confidence:.0%} and margin "
+                   f"{params.margin}; the champion stays")
 
 
 def _swap_in(models: Path, production: Path) -> None:
@@ -95,7 +138,8 @@ def _same_file(a: Path, b: Path) -> bool:
 
 
 def promote(models: Path, metrics_file: Path, records: Path, out: Path, params: PromoteParams,
-            threshold: float, batch_size: int, run_name: str = "") -> dict:
+            threshold: float, batch_size: int, run_name: str = "", resamples: int = 1000,
+            seed: int = 0, interval: float = 0.95) -> dict:
     """Compare, promote if better, record the decision; return it."""
     if not metrics_file.exists():
         raise UserError(f"{metrics_file}: not found; run the evaluate stage first (dvc repro)")
@@ -106,7 +150,7 @@ def promote(models: Path, metrics_file: Path, records: Path, out: Path, params: 
                         f"to one of {', '.join(HEADLINE)}")
     production = models / "production"
     champion: dict | None = None
-    note = ""
+    note, test = "", None
     same_model = (production / "model.keras").exists() and _same_file(
         production / "model.keras", models / "model.keras")
     if same_model:
@@ -114,12 +158,15 @@ def promote(models: Path, metrics_file: Path, records: Path, out: Path, params: 
         champion = challenger_metrics
     elif (production / "model.keras").exists():
         try:
-            champion = champion_metrics(production, records, threshold, batch_size)
+            champion, champion_images = champion_metrics(production, records, threshold, batch_size)
+            test = paired_test(challenger_scores(metrics_file.parent / "predictions.csv"),
+                               champion_images, threshold, params, resamples, seed, interval)
         except _IncomparableError as why:
             note = f"the champion cannot be scored on these records ({why}); "
     challenger_score = float(challenger_metrics[params.metric])
     champion_score = None if champion is None else float(champion[params.metric])
-    promoted, reason = decide(challenger_score, champion_score, params.metric, params.margin)
+    promoted, reason = (decide_paired(test, params) if test is not None else
+                        decide(challenger_score, champion_score, params.metric, params.margin))
     if same_model:
         reason = "the new model is the production model itself (the same file): the champion stays"
     if note:
@@ -127,6 +174,7 @@ def promote(models: Path, metrics_file: Path, records: Path, out: Path, params: 
     decision = {
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "run": run_name, "metric": params.metric, "margin": params.margin,
+        "confidence": params.confidence, "paired_test": test,
         "challenger": challenger_score, "champion": champion_score,
         "promoted": promoted, "reason": reason,
         "challenger_metrics": {k: challenger_metrics[k] for k in HEADLINE},
@@ -156,6 +204,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> None:
     params = load_params(args.params)
     decision = promote(args.models, args.metrics, args.records, args.out, params.promote,
-                       params.evaluate.threshold, params.evaluate.batch_size, args.run_name)
+                       params.evaluate.threshold, params.evaluate.batch_size, args.run_name,
+                       params.evaluate.bootstrap_resamples, params.seed, params.evaluate.confidence)
     logger.info("promote: %s: %s", "PROMOTED" if decision["promoted"] else "kept the champion",
                 decision["reason"])

@@ -94,6 +94,11 @@ gender, culture, pose, lighting and image quality.
 
 def _card_evaluation(card: dict) -> str:
     m, names = card["metrics"], card["input"]["class_names"]
+    bounds = m.get("intervals", {})
+    ci = (f"{bounds['confidence']:.0%} interval ({bounds['resamples']} stratified bootstrap "
+          "resamples)") if bounds else "interval (not computed)"
+    spans = " | ".join(f"{bounds[k]['low']:.3f}-{bounds[k]['high']:.3f}" if k in bounds else "-"
+                       for k in ("accuracy", "precision", "recall", "f1", "roc_auc", "loss"))
     per_class = "\n".join(f"| {name} | {c['precision']:.3f} | {c['recall']:.3f} | {c['f1']:.3f} | "
                           f"{c['support']} |" for name, c in m["per_class"].items())
     return f"""## How it was evaluated
@@ -101,12 +106,13 @@ On the test split only ({m["images"]} held-out images, never trained or early-st
 the split is by near-duplicate group, so no copy of a test image was trained on). The
 label is **{names[1]}** when its probability is at least {card["threshold"]}
 (`evaluate.threshold`). With few test images every figure is uncertain: one image moves
-accuracy by {1 / max(m["images"], 1):.3f}.
+accuracy by {1 / max(m["images"], 1):.3f}; the second row gives each figure's {ci}.
 
-| accuracy | precision | recall | F1 | ROC AUC | loss |
-| --- | --- | --- | --- | --- | --- |
-| {m["accuracy"]:.3f} | {m["precision"]:.3f} | {m["recall"]:.3f} | {m["f1"]:.3f} | \
+| | accuracy | precision | recall | F1 | ROC AUC | loss |
+| --- | --- | --- | --- | --- | --- | --- |
+| test split | {m["accuracy"]:.3f} | {m["precision"]:.3f} | {m["recall"]:.3f} | {m["f1"]:.3f} | \
 {m["roc_auc"]:.3f} | {m["loss"]:.3f} |
+| {ci} | {spans} |
 
 | class | precision | recall | F1 | images |
 | --- | --- | --- | --- | --- |

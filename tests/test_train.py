@@ -351,7 +351,7 @@ def test_promotion_keeps_a_better_champion_and_replaces_a_worse_one(
     from pipeline.params import PromoteParams
     from pipeline.promote import promote
 
-    rule = PromoteParams(metric="loss", margin=0.0)
+    rule = PromoteParams(metric="loss", margin=0.0, confidence=0.9)
     threshold, batch = repo_params.evaluate.threshold, repo_params.evaluate.batch_size
     good = shutil.copytree(saved, tmp_path / "good",
                            ignore=shutil.ignore_patterns("production*", "promotions.jsonl"))
@@ -438,7 +438,7 @@ def test_a_broken_model_is_refused_by_evaluate_save_promote_and_predict(
     assert not (tmp_path / "shipped").exists()  # nothing written
     with pytest.raises(UserError, match="loss is not a finite number"):
         promote(broken, nan_metrics, tiny_records, tmp_path / "promote",
-                PromoteParams(metric="loss", margin=0.0), 0.5, 8)
+                PromoteParams(metric="loss", margin=0.0, confidence=0.9), 0.5, 8)
     assert not (broken / "production").exists()
     errors: list[str] = []
     rules = repo_params.clean.model_copy(update={"min_side": 32})
