@@ -137,6 +137,20 @@ def _same_file(a: Path, b: Path) -> bool:
     return b.exists() and a.stat().st_size == b.stat().st_size and a.read_bytes() == b.read_bytes()
 
 
+def _against_champion(production: Path, metrics_file: Path, records: Path, params: PromoteParams,
+                      threshold: float, batch_size: int,
+                      bootstrap: tuple[int, int, float]) -> tuple[dict | None, dict | None, str]:
+    """The champion's figures on these records, the paired test (resamples, seed, interval),
+    and a note when the champion cannot be scored on them."""
+    try:
+        champion, images = champion_metrics(production, records, threshold, batch_size)
+    except _IncomparableError as why:
+        return None, None, f"the champion cannot be scored on these records ({why}); "
+    test = paired_test(challenger_scores(metrics_file.parent / "predictions.csv"), images,
+                       threshold, params, *bootstrap)
+    return champion, test, ""
+
+
 def promote(models: Path, metrics_file: Path, records: Path, out: Path, params: PromoteParams,
             threshold: float, batch_size: int, run_name: str = "", resamples: int = 1000,
             seed: int = 0, interval: float = 0.95) -> dict:
@@ -157,12 +171,8 @@ def promote(models: Path, metrics_file: Path, records: Path, out: Path, params: 
         # Nothing upstream changed (a new training run writes a new file): no need to score it.
         champion = challenger_metrics
     elif (production / "model.keras").exists():
-        try:
-            champion, champion_images = champion_metrics(production, records, threshold, batch_size)
-            test = paired_test(challenger_scores(metrics_file.parent / "predictions.csv"),
-                               champion_images, threshold, params, resamples, seed, interval)
-        except _IncomparableError as why:
-            note = f"the champion cannot be scored on these records ({why}); "
+        champion, test, note = _against_champion(production, metrics_file, records, params,
+                                                 threshold, batch_size, (resamples, seed, interval))
     challenger_score = float(challenger_metrics[params.metric])
     champion_score = None if champion is None else float(champion[params.metric])
     promoted, reason = (decide_paired(test, params) if test is not None else
