@@ -73,13 +73,32 @@ def test_make_run_reports_only_to_the_server_of_this_checkout(server: str, tmp_p
     assert served.returncode == 2 and f"belongs to PREFECT_HOME {home}" in served.stderr
 
 
-def _filter(api: str, what: str, body: dict) -> list[dict]:
-    """POST the server's REST filter endpoint, as the UI does."""
+def _call(method: str, url: str, body: dict, patience_s: float = 180.0) -> object:
+    """One REST call, tried again while the server answers 5xx (a loaded 2-core machine makes
+    Prefect's SQLite answer 503 now and then) or not at all, up to ``patience_s``."""
+    import time
+
     import httpx
 
-    response = httpx.post(f"{api}/{what}/filter", json={"limit": 200, "offset": 0, **body}, timeout=30)
-    response.raise_for_status()
-    return response.json()
+    deadline = time.monotonic() + patience_s
+    while True:
+        try:
+            response = httpx.request(method, url, json=body, timeout=30)
+            if response.status_code < 500:
+                response.raise_for_status()
+                return response.json() if response.content else None
+        except httpx.TransportError:
+            if time.monotonic() > deadline:
+                raise
+        else:
+            if time.monotonic() > deadline:
+                response.raise_for_status()
+        time.sleep(2)
+
+
+def _filter(api: str, what: str, body: dict) -> list[dict]:
+    """POST the server's REST filter endpoint, as the UI does."""
+    return _call("POST", f"{api}/{what}/filter", {"limit": 200, "offset": 0, **body})  # type: ignore[return-value]
 
 
 def _task_runs(api: str, flow_run_id) -> dict[str, dict]:
@@ -302,8 +321,6 @@ def test_the_schedule_fires_and_the_served_flow_runs_it(server: str, retrained, 
     import datetime
     import time
 
-    import httpx
-
     project = retrained[0]
     env = {**tool_env(), "PREFECT_API_URL": server, "PREFECT_RUNNER_POLL_FREQUENCY": "1",
            "COLUMNS": "200"}  # the CLI's tables: wide enough that no name is cut
@@ -335,8 +352,7 @@ def test_the_schedule_fires_and_the_served_flow_runs_it(server: str, retrained, 
         assert set(stage_order(project)) <= set(tasks)
         assert {run["state"]["type"] for run in tasks.values()} == {"COMPLETED"}
         # Stop the schedule, let any run already started finish, then stop serving.
-        httpx.patch(f"{server}/deployments/{deployment['id']}", json={"paused": True},
-                    timeout=30).raise_for_status()
+        _call("PATCH", f"{server}/deployments/{deployment['id']}", {"paused": True})
         while time.monotonic() < deadline and _filter(server, "flow_runs", {
                 "deployments": {"id": {"any_": [deployment["id"]]}},
                 "flow_runs": {"state": {"type": {"any_": ["RUNNING", "PENDING"]}}}}):
