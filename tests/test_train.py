@@ -245,25 +245,31 @@ def test_predict_labels_at_the_cards_threshold_on_litert_without_tensorflow(
         "last one `dvc repro` trained", "False"]
 
 
+def _interrupted_after(real_log, epoch: int):
+    """train's epoch log, raising KeyboardInterrupt once ``epoch`` (0-based) is logged."""
+    def crashing_log(path: Path, epochs: int):
+        callback = real_log(path, epochs)
+        original = callback.on_epoch_end
+
+        def on_epoch_end(done: int, logs: dict | None = None) -> None:
+            original(done, logs)
+            if done == epoch:
+                raise KeyboardInterrupt
+
+        callback.on_epoch_end = on_epoch_end
+        return callback
+
+    return crashing_log
+
+
 def test_an_interrupted_training_resumes_from_its_last_epoch(
         tiny_records: Path, tiny_train_params: TrainParams, tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
-    import keras
 
     from pipeline import train as train_module
 
     real_log = train_module._epoch_log
-
-    def crashing_log(path: Path, epochs: int) -> keras.callbacks.Callback:
-        callback = real_log(path, epochs)
-        original = callback.on_epoch_end
-
-        def on_epoch_end(epoch: int, logs: dict | None = None) -> None:
-            original(epoch, logs)
-            raise KeyboardInterrupt  # as if the user pressed Ctrl-C after epoch 1
-
-        callback.on_epoch_end = on_epoch_end
-        return callback
+    crashing_log = _interrupted_after(real_log, epoch=0)  # Ctrl-C once epoch 1 is saved
 
     params = tiny_train_params.model_copy(update={"epochs": 3, "early_stopping_patience": 5})
     monkeypatch.setattr(train_module, "_epoch_log", crashing_log)
@@ -290,7 +296,6 @@ def test_a_resumed_training_is_the_run_it_would_have_been(
     equal an uninterrupted run's (optimizer state, RNG state, data order and the plateau and
     early-stopping counters all come back). The learning rate halves after one flat epoch,
     so a lost plateau counter would show."""
-    import keras
 
     from pipeline import train as train_module
 
@@ -306,18 +311,7 @@ def test_a_resumed_training_is_the_run_it_would_have_been(
     train_module.train(tiny_records, tmp_path / "whole" / "models" / "train",
                        tmp_path / "whole" / "r", params, seed=7)
     real_log = train_module._epoch_log
-
-    def crashing_log(path: Path, epochs: int) -> keras.callbacks.Callback:
-        callback = real_log(path, epochs)
-        original = callback.on_epoch_end
-
-        def on_epoch_end(epoch: int, logs: dict | None = None) -> None:
-            original(epoch, logs)
-            if epoch == 1:
-                raise KeyboardInterrupt  # killed once epoch 2 is saved
-
-        callback.on_epoch_end = on_epoch_end
-        return callback
+    crashing_log = _interrupted_after(real_log, epoch=1)  # killed once epoch 2 is saved
 
     resumed = tmp_path / "resumed"
     monkeypatch.setattr(train_module, "_epoch_log", crashing_log)
