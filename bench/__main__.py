@@ -2,8 +2,8 @@
 
 import sys
 
-from bench import bootstrap, crawl, data_stages, dedupe, flow, model, predict, sources, tune
+from bench import bootstrap, crawl, data_stages, dedupe, faults, flow, model, predict, sources, tune
 
-BENCHMARKS = (crawl, data_stages, dedupe, bootstrap, model, flow, predict, sources, tune)
+BENCHMARKS = (crawl, data_stages, dedupe, bootstrap, faults, model, flow, predict, sources, tune)
 
 sys.exit(next((code for code in (b.main([]) for b in BENCHMARKS) if code), 0))
