@@ -145,8 +145,11 @@ def _groups(valid: list[tuple[RawRecord, Inspection]], params: CleanParams) -> _
     keep = ((scores >= params.near_duplicate_similarity)
             & (~across | (residual <= params.near_duplicate_block_residual)))
     first: dict[str, int] = {}
-    same = [(first.setdefault(r.sha256, k), k) for k, (r, _) in enumerate(valid)
-            if first.setdefault(r.sha256, k) != k]
+    same = []  # (earliest, later) indices of the same bytes (under another class)
+    for index, (record, _) in enumerate(valid):
+        earliest = first.setdefault(record.sha256, index)
+        if earliest != index:
+            same.append((earliest, index))
     confirmed = np.concatenate([pairs[keep], np.array(same, dtype=np.int64).reshape(-1, 2)])
     scores = np.concatenate([scores[keep], np.ones(len(same), dtype=np.float32)])
     representative, similarity = group_by_representative(len(valid), confirmed, scores)

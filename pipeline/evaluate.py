@@ -133,6 +133,15 @@ def _write_tables(out: Path, scores: Scores, names: list[str], threshold: float)
                ((f"{r:.6f}", f"{p:.6f}") for r, p in zip(recall, precision, strict=True)))
 
 
+def read_predictions(path: Path) -> dict[str, tuple[int, float]]:
+    """``predictions.csv`` as _write_tables wrote it: sha256 -> (true class index, probability
+    of class 1); the header's ``p_<class>`` column names class 1."""
+    with path.open(newline="") as handle:
+        rows = list(csv.reader(handle))
+    positive = rows[0][3].removeprefix("p_")
+    return {r[0]: (int(r[1] == positive), float(r[3])) for r in rows[1:]}
+
+
 def _draw(out: Path, records: Path, train_reports: Path, scores: Scores, metrics: dict,
           meta: dict, params: EvaluateParams, seed: int) -> None:
     from pipeline import bootstrap, plots

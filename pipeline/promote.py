@@ -15,7 +15,6 @@ Promotion swaps whole folders, so ``models/production/`` is never half written.
 from __future__ import annotations
 
 import argparse
-import csv
 import datetime
 import json
 import logging
@@ -25,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.errors import UserError
-from pipeline.evaluate import Scores, refuse_non_finite
+from pipeline.evaluate import Scores, read_predictions, refuse_non_finite
 from pipeline.log import load_tensorflow
 from pipeline.params import HEADLINE, LOWER_IS_BETTER, PromoteParams, load_params
 from pipeline.save import LITE_FILE
@@ -54,14 +53,6 @@ def champion_metrics(production: Path, records: Path, threshold: float,
     model = load(production / "model.keras")
     scores = predict_test(model, records, meta["image_size"], batch_size)
     return summary(scores, meta["class_names"], threshold), scores
-
-
-def challenger_scores(predictions: Path) -> dict[str, tuple[int, float]]:
-    """The evaluate stage's per-image test scores: sha256 -> (true class index, probability)."""
-    with predictions.open(newline="") as handle:
-        rows = list(csv.reader(handle))
-    positive = rows[0][3].removeprefix("p_")  # the column p_<class>: that class is index 1
-    return {r[0]: (int(r[1] == positive), float(r[3])) for r in rows[1:]}
 
 
 def paired_test(challenger: dict[str, tuple[int, float]], champion: Scores, threshold: float,
@@ -146,7 +137,7 @@ def _against_champion(production: Path, metrics_file: Path, records: Path, param
         champion, images = champion_metrics(production, records, threshold, batch_size)
     except _IncomparableError as why:
         return None, None, f"the champion cannot be scored on these records ({why}); "
-    test = paired_test(challenger_scores(metrics_file.parent / "predictions.csv"), images,
+    test = paired_test(read_predictions(metrics_file.parent / "predictions.csv"), images,
                        threshold, params, *bootstrap)
     return champion, test, ""
 
