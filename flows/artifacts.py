@@ -104,6 +104,27 @@ def evaluate_artifacts(project: Path) -> list[Artifact]:
     return out
 
 
+def crossval_artifacts(project: Path) -> list[Artifact]:
+    details = _read(project / "reports" / "crossval" / "details.json")
+    if details is None or not details.get("folds"):
+        return []
+    pooled, bounds = details["pooled"], details["pooled"]["intervals"]
+    label = f"pooled: {bounds['confidence']:.0%} interval"
+    rows = [{"metric": k, "mean over folds": details["mean"][k], "sd": details["sd"][k],
+             "pooled out-of-fold": pooled[k],
+             label: f"{bounds[k]['low']:.3f} - {bounds[k]['high']:.3f}"} for k in HEADLINE]
+    rows += [{"metric": f"fold {f['fold']}: accuracy", "mean over folds": f["accuracy"],
+              "sd": "", "pooled out-of-fold": f"best epoch {f['best_epoch']}", label: ""}
+             for f in details["per_fold"]]
+    out = [Artifact("crossval-metrics", f"{details['folds']}-fold grouped cross-validation on "
+                    f"{details['images']} train and val images", table=rows)]
+    picture = project / "reports" / "crossval" / "plots" / "folds.png"
+    if picture.exists():
+        out.append(Artifact("crossval-folds", "Cross-validation per fold",
+                            markdown=image_markdown(picture, "Cross-validation per fold")))
+    return out
+
+
 def promotion_artifacts(decision: dict) -> list[Artifact]:
     verdict = "**Promoted** to `models/production/`" if decision["promoted"] else "**Not promoted**"
     champion = decision["champion_metrics"] or {}
@@ -127,6 +148,7 @@ BY_STAGE: dict[str, Callable[[Path], list[Artifact]]] = {
     "clean": clean_artifacts,
     "split": split_artifacts,
     "tfrecords": data_version_artifacts,
+    "crossval": crossval_artifacts,
     "evaluate": evaluate_artifacts,
 }
 

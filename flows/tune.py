@@ -48,7 +48,9 @@ def run_trial(project: str, view: str, out: str, values: dict[str, Any], timeout
     logger = get_run_logger()
     logger.info("trial values: %s", json.dumps(values, sort_keys=True))
     run_command([sys.executable, "-m", "pipeline", "tune", "--records", view, "--out", out,
-                 "--values", json.dumps(values)], Path(project), logger, timeout_s)
+                 "--values", json.dumps(values), "--split",
+                 str(Path(project) / "data" / "split" / "split.jsonl")],
+                Path(project), logger, timeout_s)
     result = json.loads((Path(out) / "result.json").read_text())
     artifacts.publish([artifacts.Artifact(
         "tune-trial", f"{Path(out).name}: {json.dumps(values, sort_keys=True)}; best epoch "
@@ -105,7 +107,8 @@ def _publish_summary(summary: dict[str, Any], work: Path) -> None:
 
     change = params_change(summary["best_values"])
     artifacts.publish([artifacts.Artifact(
-        "tune-summary", f"best of {summary['trials']} trials by {summary['metric']} on val",
+        "tune-summary", f"best of {summary['trials']} trials by {summary['metric']} on "
+        f"{summary['scored_on']}",
         markdown=artifacts.image_markdown(work / "trials.png", "Trials: val score and overfitting gap")
         + f"\n### Best: trial {summary['best_trial']}, {summary['metric']} "
         f"{summary['best_score']:.4f}\n\n```yaml\n{change}```\n\nRun it through the whole DAG:"
@@ -130,7 +133,8 @@ def tune(project: str = ".", trials: int | None = None, parallel: int | None = N
 
     work = root / "reports" / "tune"
     view = train_val_view(root / "data" / "tfrecords", work / "records")
-    key = study_key(view, params.train, settings.space, params.seed, settings.metric)
+    key = study_key(view, params.train, settings.space, params.seed, settings.metric,
+                    settings.cv_folds)
     study = create_study(settings, params.seed, params.train, settings.space,
                          storage=f"sqlite:///{work / 'study.db'}", name=key)
     _search(study, params, root, view, trials or settings.trials, parallel or settings.parallel,
@@ -183,9 +187,9 @@ def main(argv: list[str] | None = None) -> int:
     except (UserError, StageFailedError, TimeoutError) as err:
         sys.stderr.write(f"tune: error: {err}\n")
         return 1
-    log.info("tune: best of %d trials is trial %d, %s %.4f on val; values in "
+    log.info("tune: best of %d trials is trial %d, %s %.4f on %s; values in "
              "reports/tune/best_params.yaml; plot in reports/tune/trials.png%s", result["trials"],
-             result["best_trial"], result["metric"], result["best_score"],
+             result["best_trial"], result["metric"], result["best_score"], result["scored_on"],
              f"; DVC experiment {result['experiment']}" if "experiment" in result else "")
     return 0
 

@@ -26,7 +26,7 @@ _PACKAGE = Path(__file__).resolve().parent
 # Command name -> module (in this package); the stages in DAG order, then the tools.
 COMMANDS = {
     "scrape": "scrape", "clean": "clean", "split": "split", "tfrecords": "tfrecords",
-    "train": "train", "evaluate": "evaluate", "save": "save",
+    "train": "train", "crossval": "crossval", "evaluate": "evaluate", "save": "save",
     "predict": "predict", "promote": "promote", "tune": "tune",
 }
 

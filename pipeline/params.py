@@ -318,12 +318,25 @@ class TrainParams(_Section):
     batch_size: Annotated[int, Field(gt=0, le=4096)]
     epochs: Annotated[int, Field(gt=0, le=10_000)]
     early_stopping_patience: Positive
+    min_epochs: Annotated[int, Field(ge=0)]  # early stopping may not end training before this
+    val_loss_smoothing: Annotated[float, Field(ge=0.0, lt=1.0)]  # EMA weight of the past; 0 = raw
     reduce_lr_patience: Positive
     reduce_lr_factor: Annotated[float, Field(gt=0.0, lt=1.0)]
     min_learning_rate: Annotated[float, Field(ge=0.0)]
     class_weight: Literal["balanced", "none"]
     shuffle_buffer: Positive
     cache_max_mb: Annotated[int, Field(ge=0)]
+
+
+class CrossvalParams(_Section):
+    folds: Annotated[int, Field(ge=0, le=20)]  # 0 = off
+
+    @field_validator("folds")
+    @classmethod
+    def _two_or_off(cls, value: int) -> int:
+        if value == 1:
+            raise ValueError("1 fold holds nothing out; use 0 (off) or 2 and up (5 is usual)")
+        return value
 
 
 class EvaluateParams(_Section):
@@ -411,9 +424,17 @@ class TuneParams(_Section):
     parallel: Positive                # trials at once (each its own process)
     random_trials: Annotated[int, Field(ge=0)] = 4  # after trial 0, before TPE takes over
     metric: Literal["val_loss", "val_accuracy", "val_auc"]
+    # > 1: score each trial by grouped k-fold cross-validation of the train and val images
+    # (pooled out-of-fold figures) instead of the one val split; k times the work
+    cv_folds: Annotated[int, Field(ge=0, le=20)]
     dask_address: str = ""            # tcp://host:8786: trials run on that Dask cluster
     experiment: bool                  # run the best params through the DAG as a DVC experiment
     space: Annotated[dict[str, Dimension], Field(min_length=1)]
+
+    @field_validator("cv_folds")
+    @classmethod
+    def _folds(cls, value: int) -> int:
+        return CrossvalParams._two_or_off(value)
 
     @field_validator("space")
     @classmethod
@@ -435,6 +456,7 @@ class Params(_Section):
     split: SplitParams
     tfrecords: TfrecordsParams
     train: TrainParams
+    crossval: CrossvalParams
     evaluate: EvaluateParams
     promote: PromoteParams
     flow: FlowParams

@@ -96,3 +96,35 @@ def tuning_trials(rows: list[dict], metric: str, best_number: int, path: Path) -
         axis.grid(alpha=0.3)
     axes[0].legend()
     _save(fig, path)
+
+
+def folds(details: dict, path: Path) -> None:
+    """Cross-validation: each metric per fold, its mean +- sd, and the pooled out-of-fold
+    figure with its bootstrap interval."""
+    names = ("accuracy", "f1", "roc_auc")
+    fig, axis = _subplots(figsize=(6.5, 4))
+    for x, name in enumerate(names):
+        values = [f[name] for f in details["per_fold"]]
+        mean, sd = details["mean"][name], details["sd"][name]
+        axis.add_patch(_rectangle(x - 0.3, mean - sd, 0.6, 2 * sd))
+        axis.plot([x - 0.3, x + 0.3], [mean, mean], color="tab:blue", lw=2,
+                  label="mean +- sd over folds" if x == 0 else None)
+        axis.plot(np.full(len(values), x - 0.1), values, "o", color="tab:blue", alpha=0.6,
+                  label="one fold" if x == 0 else None)
+        bound = details["pooled"]["intervals"][name]
+        axis.errorbar([x + 0.15], [details["pooled"][name]], fmt="D", color="tab:orange",
+                      yerr=[[details["pooled"][name] - bound["low"]],
+                            [bound["high"] - details["pooled"][name]]], capsize=4,
+                      label=f"pooled, {details['pooled']['intervals']['confidence']:.0%} "
+                      "interval" if x == 0 else None)
+    axis.set(xticks=range(len(names)), xticklabels=names, ylim=(0, 1.02),
+             title=f"{details['folds']}-fold cross-validation, {details['images']} images")
+    axis.grid(alpha=0.3, axis="y")
+    axis.legend(loc="lower right", fontsize=8)
+    _save(fig, path)
+
+
+def _rectangle(x: float, y: float, width: float, height: float):
+    from matplotlib.patches import Rectangle
+
+    return Rectangle((x, y), width, height, color="tab:blue", alpha=0.15, lw=0)

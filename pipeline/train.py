@@ -178,7 +178,8 @@ def _refuse_divergence(guard, backup: Path, params: TrainParams) -> None:
 
 def _write_history(rows: list[dict], path: Path) -> None:
     columns = ["epoch", *[m for m in EPOCH_METRICS if m in rows[0]],
-               *[f"val_{m}" for m in EPOCH_METRICS if f"val_{m}" in rows[0]], "learning_rate"]
+               *[f"val_{m}" for m in EPOCH_METRICS if f"val_{m}" in rows[0]],
+               *(["val_loss_smoothed"] if "val_loss_smoothed" in rows[0] else []), "learning_rate"]
     with path.open("w", newline="") as handle:
         writer = csv.DictWriter(handle, columns, extrasaction="ignore", lineterminator="\n")
         writer.writeheader()
@@ -189,25 +190,57 @@ def _callbacks(backup: Path, reports_dir: Path, params: TrainParams) -> list:
     """Resume, keep the best epoch, stop early, lower the rate, log; the divergence guard first."""
     import keras
 
-    log_path = backup / "epochs.json"
+    log_path, monitor = backup / "epochs.json", monitored(params)
     # A resumed run keeps the best epoch it already has unless a new one beats it.
     done = json.loads(log_path.read_text()) if log_path.exists() else []
     stopping = keras.callbacks.EarlyStopping(
-        monitor="val_loss", patience=params.early_stopping_patience, restore_best_weights=True)
+        monitor=monitor, patience=params.early_stopping_patience, restore_best_weights=True,
+        start_from_epoch=params.min_epochs)
     plateau = keras.callbacks.ReduceLROnPlateau(
-        monitor="val_loss", factor=params.reduce_lr_factor, patience=params.reduce_lr_patience,
+        monitor=monitor, factor=params.reduce_lr_factor, patience=params.reduce_lr_patience,
         min_lr=params.min_learning_rate)
     return [
         _divergence_guard(),
+        _smoothed_val_loss(log_path, params.val_loss_smoothing),  # before those that read it
         keras.callbacks.BackupAndRestore(str(backup / "state")),
-        keras.callbacks.ModelCheckpoint(str(backup / "best.keras"), monitor="val_loss",
+        keras.callbacks.ModelCheckpoint(str(backup / "best.keras"), monitor=monitor,
                                         save_best_only=True, initial_value_threshold=min(
-                                            (r["val_loss"] for r in done), default=None)),
+                                            (r[monitor] for r in done), default=None)),
         stopping, plateau,
         _resumed_counters(backup / "counters.json", [stopping, plateau], _resume_epoch(backup)),
         keras.callbacks.TensorBoard(str(reports_dir / "tensorboard"), write_graph=False),
         _epoch_log(log_path, params.epochs),
     ]
+
+
+def monitored(params: TrainParams) -> str:
+    """The figure early stopping, the plateau and the kept epoch follow."""
+    return "val_loss_smoothed" if params.val_loss_smoothing else "val_loss"
+
+
+def _smoothed_val_loss(log_path: Path, weight: float):
+    """A callback adding ``val_loss_smoothed`` to each epoch's logs, for the callbacks after
+    it: an exponential moving average of val_loss (``weight`` on the past), computed from
+    the epochs so far, so a resumed run gets the same values."""
+    import keras
+
+    class SmoothedValLoss(keras.callbacks.Callback):
+        def on_train_begin(self, logs: dict | None = None) -> None:
+            rows = json.loads(log_path.read_text()) if log_path.exists() else []
+            self.raw = {r["epoch"]: r["val_loss"] for r in rows}
+
+        def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+            if not weight or logs is None or "val_loss" not in logs:
+                return
+            self.raw = {e: v for e, v in self.raw.items() if e <= epoch} | {
+                epoch + 1: float(logs["val_loss"])}
+            smoothed = None
+            for number in sorted(self.raw):
+                value = self.raw[number]
+                smoothed = value if smoothed is None else weight * smoothed + (1 - weight) * value
+            logs["val_loss_smoothed"] = smoothed
+
+    return SmoothedValLoss()
 
 
 def _resume_epoch(backup: Path) -> int:
@@ -308,7 +341,7 @@ def train(records: Path, model_dir: Path, reports_dir: Path, params: TrainParams
     seconds = time.perf_counter() - started
     _refuse_divergence(callbacks[0], backup, params)
     rows = json.loads((backup / "epochs.json").read_text())
-    best = min(rows, key=lambda r: (r["val_loss"], r["epoch"]))
+    best = min(rows, key=lambda r: (r[monitored(params)], r["epoch"]))
     model.load_weights(backup / "best.keras")  # the best epoch, also when training ran to the end
     figures = _figures(model, records, meta, val_data, params.batch_size)
     gap = {"accuracy": round(figures["train"]["accuracy"] - figures["val"]["accuracy"], 6),

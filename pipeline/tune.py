@@ -1,5 +1,8 @@
 """One tuning trial: train with some train params changed, scored on the val split only.
 
+(With ``tune.cv_folds``, scored by grouped k-fold cross-validation of the train and
+val images instead: pooled out-of-fold figures, k trainings per trial.)
+
 ``happysad tune --records VIEW --out DIR --values JSON`` is what the tune flow
 (``flows/tune.py``) runs per trial, each in its own process. Its records folder
 is a train/val view of data/tfrecords (:func:`train_val_view`): the test shards
@@ -14,6 +17,7 @@ import json
 import logging
 import os
 import shutil
+import statistics
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -21,7 +25,7 @@ from typing import Any
 
 from pipeline.errors import UserError
 from pipeline.log import load_tensorflow
-from pipeline.params import LOWER_IS_BETTER, Dimension, TrainParams, TuneParams, load_params
+from pipeline.params import LOWER_IS_BETTER, Dimension, Params, TrainParams, TuneParams, load_params
 
 logger = logging.getLogger(__name__)
 
@@ -122,16 +126,24 @@ def create_study(settings: TuneParams, seed: int, base: TrainParams, space: dict
     return study
 
 
+def scored_on(settings: TuneParams) -> str:
+    """What a trial's score is measured on, in words."""
+    return (f"{settings.cv_folds}-fold out-of-fold predictions of the train and val images"
+            if settings.cv_folds else "the val split")
+
+
 def score(result: dict[str, Any], metric: str) -> float:
-    """The trial's figure on the val split at its best epoch."""
+    """The trial's figure on the val split at its best epoch (with ``tune.cv_folds``: its
+    pooled out-of-fold figure)."""
     return float(result["val"][metric.removeprefix("val_")])
 
 
 def study_key(records: Path, train: TrainParams, space: dict[str, Dimension], seed: int,
-              metric: str) -> str:
-    """A search is resumed only over the same data, base params, space and metric."""
+              metric: str, cv_folds: int = 0) -> str:
+    """A search is resumed only over the same data, base params, space and scoring."""
+    scoring = [metric, cv_folds] if cv_folds else metric  # the keys of searches before cv_folds
     text = json.dumps([(records / "meta.json").read_text(), train.model_dump(),
-                       {k: v.model_dump() for k, v in space.items()}, seed, metric], sort_keys=True)
+                       {k: v.model_dump() for k, v in space.items()}, seed, scoring], sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -155,17 +167,44 @@ def set_arguments(values: dict[str, Any]) -> list[str]:
             for arg in ("-S", f"train.{key}={json.dumps(value)}")]
 
 
-def run_trial(records: Path, out: Path, train: TrainParams, values: dict[str, Any],
-              seed: int) -> dict[str, Any]:
-    """Train one trial into ``out``; write and return its result."""
+def run_trial(records: Path, out: Path, params: Params, values: dict[str, Any],
+              split_file: Path) -> dict[str, Any]:
+    """Train one trial into ``out`` (or, with ``tune.cv_folds``, cross-validate it on the
+    view's train and val images); write and return its result."""
     from pipeline.train import train as fit
 
     started = time.perf_counter()
-    params = apply(train, values)
-    report = fit(records, out / "model", out / "reports", params, seed)
-    result = {"values": values, **asdict(report), "seconds": round(time.perf_counter() - started, 1)}
+    trial = params.model_copy(update={"train": apply(params.train, values)})
+    if params.tune.cv_folds:
+        result = {"values": values, **_crossval_result(records, split_file, out, trial)}
+    else:
+        report = fit(records, out / "model", out / "reports", trial.train, params.seed)
+        result = {"values": values, **asdict(report)}
+    result["seconds"] = round(time.perf_counter() - started, 1)
     (out / "result.json").write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
     return result
+
+
+def _crossval_result(records: Path, split_file: Path, out: Path, trial: Params) -> dict[str, Any]:
+    """A trial's result from k folds: its "val" figures are the pooled out-of-fold ones (every
+    train and val image, each predicted by the model that did not see it), its "train"
+    figures the folds' mean, its best epoch the folds' median."""
+    from pipeline import features
+    from pipeline.crossval import cross_validate, summarise
+
+    results, place = cross_validate(records, split_file, out / "crossval", trial,
+                                    trial.tune.cv_folds)
+    details = summarise(results, features.read_meta(records)["class_names"], trial)
+    shutil.rmtree(place, ignore_errors=True)
+    pooled = details["pooled"]
+    val = {"loss": pooled["loss"], "accuracy": pooled["accuracy"], "auc": pooled["roc_auc"]}
+    train = {k: round(statistics.fmean(r["train"][k] for r in results), 6) for k in val}
+    return {"best_epoch": int(statistics.median_low(r["best_epoch"] for r in results)),
+            "epochs_run": max(r["epochs_run"] for r in results), "train": train, "val": val,
+            "gap": {"accuracy": round(train["accuracy"] - val["accuracy"], 6),
+                    "loss": round(val["loss"] - train["loss"], 6),
+                    "auc": round(train["auc"] - val["auc"], 6)},
+            "crossval": {k: details[k] for k in ("folds", "images", "mean", "sd")}}
 
 
 def trial_table(result: dict[str, Any]) -> list[dict[str, Any]]:
@@ -210,11 +249,13 @@ def write_report(study: Any, settings: TuneParams, work: Path) -> dict[str, Any]
     plots.tuning_trials(rows, settings.metric, best.number, work / "trials.png")
     change = params_change(values)
     (work / "best_params.yaml").write_text(
-        f"# tune: best of {len(done)} trials, {settings.metric} {best.value:.4f} on the val split "
+        f"# tune: best of {len(done)} trials, {settings.metric} {best.value:.4f} on "
+        f"{scored_on(settings)} "
         f"(trial {best.number}).\n# Merge into params.yaml's train section, or run the "
         "experiment below.\n" + change)
     summary = {"study": study.study_name, "trials": len(done), "best_trial": best.number,
-               "metric": settings.metric, "best_score": best.value, "best_values": values,
+               "metric": settings.metric, "scored_on": scored_on(settings),
+               "best_score": best.value, "best_values": values,
                "best_result": best.user_attrs["result"],
                "command": " ".join(["dvc", "exp", "run", *set_arguments(values)])}
     (work / "best.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
@@ -226,6 +267,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="a train/val view of data/tfrecords (no test shards)")
     parser.add_argument("--out", type=Path, required=True, help="the trial's folder")
     parser.add_argument("--values", required=True, help="JSON: train keys to change")
+    parser.add_argument("--split", type=Path, default=Path("data/split/split.jsonl"),
+                        help="the near-duplicate groups, for tune.cv_folds")
 
 
 def run(args: argparse.Namespace) -> None:
@@ -241,8 +284,9 @@ def run(args: argparse.Namespace) -> None:
     except ValueError as err:
         raise UserError(f"--values: {str(err).splitlines()[0]}") from None
     load_tensorflow()  # after the checks, so a bad call answers at once; notices to debug
-    result = run_trial(args.records, args.out, params.train, values, params.seed)
-    logger.info("trial: val loss %.4f, accuracy %.3f, auc %.3f; train-val accuracy gap %+.3f "
-                "(best epoch %d of %d)", result["val"]["loss"], result["val"]["accuracy"],
+    result = run_trial(args.records, args.out, params, values, args.split)
+    logger.info("trial: %s loss %.4f, accuracy %.3f, auc %.3f; train-val accuracy gap %+.3f "
+                "(best epoch %d of %d)", f"{params.tune.cv_folds}-fold out-of-fold"
+                if params.tune.cv_folds else "val", result["val"]["loss"], result["val"]["accuracy"],
                 result["val"]["auc"], result["gap"]["accuracy"], result["best_epoch"],
                 result["epochs_run"])

@@ -66,7 +66,9 @@ def test_each_stage_lists_the_modules_it_imports() -> None:
 
 
 def test_dvc_repro_runs_the_dag_then_is_a_no_op(tmp_path: Path) -> None:
-    project = copy_project(tmp_path / "project", tiny_params(TINY_SITE))
+    params = yaml.safe_load(tiny_params(TINY_SITE))
+    params["crossval"]["folds"] = 2  # the stage's real path, through DVC (off by default)
+    project = copy_project(tmp_path / "project", yaml.safe_dump(params, sort_keys=False))
     env = tool_env()
 
     def repro() -> str:
@@ -87,6 +89,12 @@ def test_dvc_repro_runs_the_dag_then_is_a_no_op(tmp_path: Path) -> None:
     metrics = json.loads((project / "reports" / "evaluate" / "metrics.json").read_text())
     assert metrics["images"] == card["metrics"]["images"] > 0
     assert (project / "models" / "serving" / "saved_model.pb").exists()
+    split = [json.loads(line) for line in (project / "data" / "split" / "split.jsonl").open()]
+    oof = (project / "reports" / "crossval" / "oof.csv").read_text().splitlines()
+    assert oof[0] == "sha256,label,probability,fold"
+    assert sorted(row.split(",")[0] for row in oof[1:]) == sorted(
+        r["sha256"] for r in split if r["split"] != "test")
+    assert not any((project / "models" / ".crossval").iterdir())  # finished: nothing kept
     second = repro()
     assert "Running stage" not in second and "didn't change, skipping" in second
     _check_dvc_views(project, env)
@@ -98,7 +106,7 @@ def test_dvc_repro_runs_the_dag_then_is_a_no_op(tmp_path: Path) -> None:
     assert (project / "dvc.lock").read_text() == lock  # bit-identical outputs
 
 
-@pytest.mark.parametrize("stage", ["scrape", "clean", "split", "tfrecords", "train", "evaluate",
+@pytest.mark.parametrize("stage", ["scrape", "clean", "split", "tfrecords", "train", "crossval", "evaluate",
                                    "save", "predict", "promote"])
 def test_stage_cli_help_runs(stage: str) -> None:
     result = subprocess.run([sys.executable, "-m", "pipeline", stage, "--help"], cwd=REPO,

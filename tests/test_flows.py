@@ -429,7 +429,8 @@ def test_tune_flow_runs_trials_on_a_dask_cluster(server: str, retrained) -> None
 
     from flows.tune import main
 
-    project = _tuned(retrained[0], trials=2, parallel=2, experiment=False,
+    # Trials scored by 2-fold crossval of the train and val images, not by the one val split.
+    project = _tuned(retrained[0], trials=2, parallel=2, experiment=False, cv_folds=2,
                      space={"dropout": {"low": 0.0, "high": 0.5}})
     cluster = LocalCluster(n_workers=1, threads_per_worker=2, processes=False,
                            dashboard_address=None)
@@ -439,6 +440,11 @@ def test_tune_flow_runs_trials_on_a_dask_cluster(server: str, retrained) -> None
     assert len(stream.data) >= 2  # both trials went through the Dask scheduler
     best = json.loads((project / "reports" / "tune" / "best.json").read_text())
     assert best["trials"] == 2 and "experiment" not in best
+    assert best["scored_on"].startswith("2-fold out-of-fold")
+    split = [json.loads(line) for line in (project / "data" / "split" / "split.jsonl").open()]
+    folds = best["best_result"]["crossval"]
+    assert folds["folds"] == 2 and folds["images"] == sum(r["split"] != "test" for r in split)
+    assert best["best_score"] == best["best_result"]["val"]["auc"]  # pooled out-of-fold
     latest = _filter(server, "flow_runs", {"flows": {"name": {"any_": ["tune"]}},
                                            "sort": "START_TIME_DESC"})[0]
     assert latest["state_type"] == "COMPLETED"
