@@ -194,16 +194,16 @@ def _callbacks(backup: Path, reports_dir: Path, params: TrainParams) -> list:
     # A resumed run keeps the best epoch it already has unless a new one beats it.
     done = json.loads(log_path.read_text()) if log_path.exists() else []
     stopping = keras.callbacks.EarlyStopping(
-        monitor=monitor, patience=params.early_stopping_patience, restore_best_weights=True,
-        start_from_epoch=params.min_epochs)
+        monitor=monitor, mode="min", patience=params.early_stopping_patience,
+        restore_best_weights=True, start_from_epoch=params.min_epochs)
     plateau = keras.callbacks.ReduceLROnPlateau(
-        monitor=monitor, factor=params.reduce_lr_factor, patience=params.reduce_lr_patience,
+        monitor=monitor, mode="min", factor=params.reduce_lr_factor, patience=params.reduce_lr_patience,
         min_lr=params.min_learning_rate)
     return [
         _divergence_guard(),
         _smoothed_val_loss(log_path, params.val_loss_smoothing),  # before those that read it
         keras.callbacks.BackupAndRestore(str(backup / "state")),
-        keras.callbacks.ModelCheckpoint(str(backup / "best.keras"), monitor=monitor,
+        keras.callbacks.ModelCheckpoint(str(backup / "best.keras"), monitor=monitor, mode="min",
                                         save_best_only=True, initial_value_threshold=min(
                                             (r[monitor] for r in done), default=None)),
         stopping, plateau,

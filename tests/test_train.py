@@ -486,3 +486,20 @@ def test_bad_model_files_are_one_line_errors(saved: Path, tmp_path: Path) -> Non
             list(predict([image], tmp_path / name, rules, runtime="keras"))
         text = str(raised.value)
         assert "\n" not in text and message in text and str(tmp_path / name) in text, text
+
+
+def test_smoothed_val_loss_picks_the_kept_epoch(tiny_records: Path, tiny_train_params: TrainParams,
+                                                tmp_path: Path) -> None:
+    from pipeline.train import train
+
+    params = tiny_train_params.model_copy(update={"epochs": 4, "val_loss_smoothing": 0.5,
+                                                  "early_stopping_patience": 10})
+    report = train(tiny_records, tmp_path / "m", tmp_path / "r", params, seed=5)
+    with (tmp_path / "r" / "history.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    raw = [float(r["val_loss"]) for r in rows]
+    expected = [raw[0]]
+    for value in raw[1:]:
+        expected.append(0.5 * expected[-1] + 0.5 * value)  # the EMA, weight 0.5 on the past
+    assert [float(r["val_loss_smoothed"]) for r in rows] == pytest.approx(expected, abs=1e-5)
+    assert report.best_epoch == 1 + int(np.argmin(expected))
