@@ -62,6 +62,12 @@ def clean_artifacts(project: Path) -> list[Artifact]:
     rows.append({"images": "near-duplicate groups (all classes)",
                  classes[0]: report["near_duplicate_groups"]})
     rows.append({"images": "label conflicts (all classes)", classes[0]: report["label_conflicts"]})
+    reviewed = report.get("review", {})
+    for key, text in (("kept_unreviewed", "kept, nobody has reviewed yet"),
+                      ("kept_reviewed", "kept, reviewed"), ("relabelled", "relabelled in review"),
+                      ("excluded", "excluded in review")):
+        if key in reviewed:
+            rows.append({"images": f"{text} (all classes)", classes[0]: reviewed[key]})
     return [Artifact("clean-report", "Images kept and rejected by reason, per class", table=rows)]
 
 

@@ -7,11 +7,17 @@ Reads ``data/raw`` (manifest and files) and writes ``data/clean``:
 
 A group's id and representative are its earliest-fetched member; the manifest is
 append-only, so both stay put when later crawls add images.
+
+Review decisions (``data/review/decisions.jsonl``, see pipeline.decisions) apply
+first: an excluded image is rejected as ``excluded_in_review``; a relabelled one
+is cleaned under its new class and kept with ``label_source: review``. Every kept
+row says whether a person reviewed it, and the report counts what nobody has yet.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 from collections import Counter, defaultdict
@@ -20,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline import decisions as review
 from pipeline.errors import UserError
 from pipeline.images import UnusableImageError, open_rgb
 from pipeline.near_duplicates import (
@@ -61,6 +68,7 @@ class CleanReport:
     candidate_pairs: int  # within clean.near_duplicate_bits
     confirmed_pairs: int  # of those, confirmed by the thumbnails
     label_conflicts: int
+    review: dict[str, int]  # decisions applied; kept images reviewed and not yet
 
 
 def inspect_file(path: Path, rules: CleanParams) -> Inspection:
@@ -199,15 +207,54 @@ def _refuse_missing_classes(raw_dir: Path, records: list[RawRecord], report: Cle
                         "check scrape.classes")
 
 
-def clean(raw_dir: Path, out_dir: Path, params: CleanParams) -> CleanReport:
-    """Validate and deduplicate ``raw_dir`` into ``out_dir``; see the module docstring."""
-    records = _read_records(raw_dir)
+def _apply_review(records: list[RawRecord], standing: dict[str, review.Decision], where: Path,
+                  rejected: list[dict[str, object]]) -> tuple[list[RawRecord], set[str]]:
+    """The records with excluded images taken out (rejected, with the reviewer's note) and
+    relabelled ones under their new class; and the sha256s whose class a review changed."""
+    classes = {r.label for r in records}
+    out, moved = [], set()
+    for record in records:
+        decision = standing.get(record.sha256)
+        if decision is not None and decision.action == "exclude":
+            rejected.append(_row(record, reason="excluded_in_review",
+                                 detail=decision.note or "excluded by a reviewer"))
+            continue
+        if decision is not None and decision.action == "relabel" and decision.label != record.label:
+            if decision.label not in classes:
+                raise UserError(f"{where}: {record.sha256} is relabelled {decision.label!r}, not one "
+                                f"of the classes {sorted(classes)}; fix that decision")
+            record = dataclasses.replace(record, label=decision.label)
+            moved.add(record.sha256)
+        out.append(record)
+    return out, moved
+
+
+def _mark_reviewed(kept: list[dict[str, object]], standing: dict[str, review.Decision],
+                   moved: set[str]) -> dict[str, int]:
+    for row in kept:
+        row["label_source"] = "review" if row["sha256"] in moved else "scrape"
+        row["reviewed"] = row["sha256"] in standing
+    actions = Counter(d.action for d in standing.values())
+    reviewed = sum(bool(row["reviewed"]) for row in kept)
+    return {"decisions": len(standing), "excluded": actions["exclude"],
+            "relabelled": actions["relabel"], "marked_keep": actions["keep"],
+            "kept_reviewed": reviewed, "kept_unreviewed": len(kept) - reviewed}
+
+
+def clean(raw_dir: Path, out_dir: Path, params: CleanParams,
+          decisions: Path | None = None) -> CleanReport:
+    """Validate and deduplicate ``raw_dir`` into ``out_dir``, after applying the review
+    ``decisions`` standing (a decisions.jsonl; none when None); see the module docstring."""
     rejected: list[dict[str, object]] = []
+    standing = review.standing(review.read(decisions)) if decisions else {}
+    records, moved = _apply_review(_read_records(raw_dir), standing, decisions or Path(),
+                                   rejected)
     files = _drop_exact_copies(records, rejected)
     valid = _usable(raw_dir, files, params, rejected)
     groups = _groups(valid, params)
     kept, conflicts = _keep_representatives(valid, groups, rejected)
-    report = _report(records, files, kept, rejected, groups, conflicts)
+    reviewed = _mark_reviewed(kept, standing, moved)
+    report = _report(records, files, kept, rejected, groups, conflicts, reviewed)
     _refuse_missing_classes(raw_dir, records, report)
     with replacing_files(out_dir) as tmp:
         write_jsonl(tmp / "images.jsonl", kept)
@@ -217,7 +264,8 @@ def clean(raw_dir: Path, out_dir: Path, params: CleanParams) -> CleanReport:
 
 
 def _report(records: list[RawRecord], files: list[RawRecord], kept: list[dict[str, object]],
-            rejected: list[dict[str, object]], groups: _Groups, conflicts: int) -> CleanReport:
+            rejected: list[dict[str, object]], groups: _Groups, conflicts: int,
+            reviewed: dict[str, int]) -> CleanReport:
     by_class: dict[str, Counter[str]] = defaultdict(Counter)
     for row in rejected:
         by_class[str(row["label"])][str(row["reason"])] += 1
@@ -232,20 +280,25 @@ def _report(records: list[RawRecord], files: list[RawRecord], kept: list[dict[st
         candidate_pairs=groups.candidates,
         confirmed_pairs=groups.confirmed,
         label_conflicts=conflicts,
+        review=reviewed,
     )
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--raw", type=Path, default=Path("data/raw"))
     parser.add_argument("--out", type=Path, default=Path("data/clean"))
+    parser.add_argument("--decisions", type=Path, default=review.DEFAULT_PATH,
+                        help="review decisions to apply (default: %(default)s)")
     parser.add_argument("--metrics", type=Path, default=Path("reports/clean/metrics.json"),
                         help="headline counts for `dvc metrics show` (default: %(default)s)")
 
 
 def run(args: argparse.Namespace) -> None:
-    report = clean(args.raw, args.out, load_params(args.params).clean)
+    report = clean(args.raw, args.out, load_params(args.params).clean, args.decisions)
     write_metrics(args.metrics, {"kept": sum(report.kept.values()),
                                  "rejected": sum(report.rejected.values())})
     logger.info("clean: kept %s; rejected %s; %d near-duplicate groups, %d label conflicts; "
-                "outputs in %s", report.kept, report.rejected, report.near_duplicate_groups,
-                report.label_conflicts, args.out)
+                "%d kept images reviewed, %d not yet (happysad review); outputs in %s",
+                report.kept, report.rejected, report.near_duplicate_groups,
+                report.label_conflicts, report.review["kept_reviewed"],
+                report.review["kept_unreviewed"], args.out)

@@ -21,13 +21,14 @@ GIT = ["git", "-c", "user.name=happysad tests", "-c", "user.email=tests@happysad
 
 
 def copy_project(dest: Path, params: str | None = None) -> Path:
-    """The tracked and unignored files, without data, models, reports or dvc.lock, committed
-    to a new git repository at ``dest`` (DVC experiments need a commit)."""
+    """The tracked and unignored files, without data (but with the review decisions), models,
+    reports or dvc.lock, committed to a new git repository at ``dest`` (DVC experiments need
+    a commit)."""
     files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO,
                            capture_output=True, text=True, check=True).stdout.split()
     for name in files:
         if (name.startswith(("data/", "reports/", "models/")) and not name.endswith(".gitignore")
-                or name == "dvc.lock"):
+                and not name.startswith("data/review/") or name == "dvc.lock"):
             continue
         target = dest / name
         target.parent.mkdir(parents=True, exist_ok=True)
