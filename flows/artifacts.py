@@ -131,6 +131,17 @@ def crossval_artifacts(project: Path) -> list[Artifact]:
     return out
 
 
+def suspects_artifacts(project: Path) -> list[Artifact]:
+    report = _read(project / "reports" / "suspects" / "report.json")
+    if report is None:
+        return []
+    rows = [{"flag": flag, **counts, "all classes": sum(counts.values())}
+            for flag, counts in report["flags"].items()]
+    rows.append({"flag": "flagged at all (all classes)", "all classes": report["flagged"]})
+    return [Artifact("suspects", f"Kept images flagged for review, of {report['images']} "
+                     "(happysad review shows them, most suspect first)", table=rows)]
+
+
 def promotion_artifacts(decision: dict) -> list[Artifact]:
     verdict = "**Promoted** to `models/production/`" if decision["promoted"] else "**Not promoted**"
     champion = decision["champion_metrics"] or {}
@@ -155,6 +166,7 @@ BY_STAGE: dict[str, Callable[[Path], list[Artifact]]] = {
     "split": split_artifacts,
     "tfrecords": data_version_artifacts,
     "crossval": crossval_artifacts,
+    "suspects": suspects_artifacts,
     "evaluate": evaluate_artifacts,
 }
 

@@ -27,6 +27,7 @@ _PACKAGE = Path(__file__).resolve().parent
 COMMANDS = {
     "scrape": "scrape", "clean": "clean", "split": "split", "tfrecords": "tfrecords",
     "train": "train", "crossval": "crossval", "evaluate": "evaluate", "save": "save",
+    "suspects": "suspects",
     "predict": "predict", "promote": "promote", "tune": "tune",
 }
 

@@ -328,6 +328,31 @@ class TrainParams(_Section):
     cache_max_mb: Annotated[int, Field(ge=0)]
 
 
+class FacesParams(_Section):
+    max_side: Annotated[int, Field(ge=64, le=4096)]  # px of the grey copy searched
+    min_face: Annotated[float, Field(gt=0.0, le=1.0)]  # of the shorter side
+    scale_factor: Annotated[float, Field(gt=1.0, le=2.0)]
+    min_neighbors: Annotated[int, Field(ge=0, le=50)]
+
+
+# The suspects stage's flags by name, in one place: its weights, its report and the review page.
+SUSPECT_FLAGS = ("label_issue", "confident_mistake", "no_face", "near_duplicates")
+
+
+class SuspectsParams(_Section):
+    confident_mistake: Annotated[float, Field(gt=0.5, lt=1.0)]  # p(the wrong class), test images
+    weights: dict[Literal[SUSPECT_FLAGS], Annotated[float, Field(ge=0.0)]]  # type: ignore[valid-type]
+    workers: Annotated[int, Field(ge=0)]
+
+    @field_validator("weights")
+    @classmethod
+    def _every_flag(cls, weights: dict[str, float]) -> dict[str, float]:
+        missing = set(SUSPECT_FLAGS) - set(weights)
+        if missing:
+            raise ValueError(f"give a weight for {', '.join(sorted(missing))}")
+        return weights
+
+
 class CrossvalParams(_Section):
     folds: Annotated[int, Field(ge=0, le=20)]  # 0 = off
 
@@ -457,6 +482,8 @@ class Params(_Section):
     tfrecords: TfrecordsParams
     train: TrainParams
     crossval: CrossvalParams
+    faces: FacesParams
+    suspects: SuspectsParams
     evaluate: EvaluateParams
     promote: PromoteParams
     flow: FlowParams

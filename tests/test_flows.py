@@ -20,7 +20,7 @@ from tests.project import copy_project, tiny_params, tool_env
 
 ARTIFACTS = Path(os.environ.get("HAPPYSAD_TEST_ARTIFACTS", REPO / ".test-artifacts"))
 PER_RUN_ARTIFACTS = {"scrape-report", "clean-report", "split-sizes", "data-version", "test-metrics",
-                     "learning-curves", "confusion-matrix", "promotion", "experiment"}
+                     "learning-curves", "confusion-matrix", "promotion", "experiment", "suspects"}
 
 
 def test_the_flow_runs_exactly_the_stages_of_dvc_yaml() -> None:

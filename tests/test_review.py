@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from pipeline import decisions as review
@@ -77,3 +78,37 @@ def test_a_relabel_to_an_unknown_class_is_one_clear_error(tiny_raw: Path, tmp_pa
     review.append(path, [_d(sha, "relabel", "angry")])
     with pytest.raises(UserError, match=r"relabelled 'angry', not one of the classes"):
         clean(tiny_raw, tmp_path / "out", tiny_clean_params, path)
+
+
+def test_suspects_rank_a_known_mislabel_first(tiny_raw: Path, tiny_clean_params: CleanParams,
+                                              repo_params, tmp_path: Path) -> None:
+    from pipeline.clean import clean
+    from pipeline.suspects import Evidence, suspects
+
+    clean(tiny_raw, tmp_path / "clean", tiny_clean_params)
+    rows = [json.loads(line) for line in (tmp_path / "clean" / "images.jsonl").open()]
+    rng = np.random.default_rng(0)
+    # out-of-fold p(sad): a model that is right and sure, but for one happy image it calls sad
+    probability = {r["sha256"]: (float(rng.uniform(0.01, 0.2) if r["label"] == "happy"
+                                       else rng.uniform(0.8, 0.99)), "out_of_fold") for r in rows}
+    wrong = next(r for r in rows if r["label"] == "happy")["sha256"]
+    probability[wrong] = (0.97, "out_of_fold")
+    evidence = Evidence([{k: str(r[k]) for k in ("file", "label", "sha256", "group", "group_size")}
+                         for r in rows], {r["sha256"]: "train" for r in rows}, probability,
+                        ["happy", "sad"])
+    report = suspects(evidence, tiny_raw, tmp_path / "suspects", repo_params.suspects,
+                      repo_params.faces, 0.5)
+    ranked = [json.loads(line) for line in (tmp_path / "suspects" / "suspects.jsonl").open()]
+    assert sorted(r["sha256"] for r in ranked) == sorted(r["sha256"] for r in rows)  # each once
+    assert ranked[0]["sha256"] == wrong and "label_issue" in ranked[0]["flags"]
+    assert ranked[0]["probability_of_class"] == pytest.approx(0.03)
+    assert sum(report["flags"]["label_issue"].values()) == 1  # the sure, right ones are not flagged
+    assert [r["score"] for r in ranked] == sorted((r["score"] for r in ranked), reverse=True)
+
+
+def test_no_face_in_a_plain_picture(repo_params) -> None:
+    from pipeline.faces import detect
+
+    flat = np.full((240, 320, 3), 128, np.uint8)
+    flat[60:180, 100:220] = 200  # a light square: no face
+    assert detect(flat, repo_params.faces) == []
