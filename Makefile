@@ -67,14 +67,15 @@ pull: setup
 	$(UV) run dvc pull
 	$(UV) run dvc status
 
-# Headless Chromium for the UI test: Debian's package, installed when missing and possible.
+# Headless Chromium and its WebDriver for the browser tests (the Prefect UI, the review page):
+# Debian's packages, installed when missing and possible.
 browser:
-	@command -v chromium >/dev/null 2>&1 || { \
+	@{ command -v chromium && command -v chromedriver; } >/dev/null 2>&1 || { \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-	    echo "installing Debian's chromium for the Prefect UI test"; \
-	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
-	      || echo "warning: could not install chromium; the UI test will be skipped"; \
-	  else echo "warning: no chromium and no root apt-get; the UI test will be skipped"; fi; }
+	    echo "installing Debian's chromium and chromium-driver for the browser tests"; \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null) \
+	      || echo "warning: could not install chromium; the browser tests will be skipped"; \
+	  else echo "warning: no chromium or chromedriver, and no root apt-get; the browser tests will be skipped"; fi; }
 
 lint: setup
 	$(UV) run ruff check .

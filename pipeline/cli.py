@@ -28,7 +28,7 @@ COMMANDS = {
     "scrape": "scrape", "clean": "clean", "split": "split", "tfrecords": "tfrecords",
     "train": "train", "crossval": "crossval", "evaluate": "evaluate", "save": "save",
     "suspects": "suspects",
-    "predict": "predict", "promote": "promote", "tune": "tune",
+    "predict": "predict", "promote": "promote", "tune": "tune", "review": "review",
 }
 
 

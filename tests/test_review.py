@@ -112,3 +112,117 @@ def test_no_face_in_a_plain_picture(repo_params) -> None:
     flat = np.full((240, 320, 3), 128, np.uint8)
     flat[60:180, 100:220] = 200  # a light square: no face
     assert detect(flat, repo_params.faces) == []
+
+
+@pytest.fixture()
+def review_server(tiny_raw: Path, tiny_clean_params: CleanParams, tmp_path: Path):
+    """The review page over the tiny crawl's clean result, on a free loopback port."""
+    import threading
+
+    from pipeline.clean import clean
+    from pipeline.review import load_store, serve
+
+    clean(tiny_raw, tmp_path / "clean", tiny_clean_params)
+    store = load_store(tmp_path / "clean", tiny_raw, tmp_path / "none.jsonl",
+                       tmp_path / "review" / "decisions.jsonl")
+    server = serve(store, 0)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", store
+    server.shutdown()
+    server.server_close()
+
+
+def _call(url: str, path: str, body: bytes | None = None, headers: dict | None = None):
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(url + path, data=body, headers=headers or {},
+                                     method="POST" if body is not None else "GET")
+    try:
+        with urllib.request.urlopen(request, timeout=30) as answer:
+            return answer.status, answer.read()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read()
+
+
+def test_review_server_refuses_paths_foreign_origins_and_big_bodies(review_server) -> None:
+    import re
+
+    url, store = review_server
+    status, page = _call(url, "/")
+    token = re.search(rb'name="review-token" content="([^"]+)"', page).group(1).decode()
+    sha = store.kept[0]["sha256"]
+    assert _call(url, f"/thumb/{sha}")[0] == 200
+    for bad in ("/thumb/../../etc/passwd", "/thumb/%2e%2e%2fmanifest.jsonl", "/thumb/" + "0" * 64,
+                "/../data/raw/manifest.jsonl"):
+        assert _call(url, bad)[0] == 404, bad
+    good = json.dumps({"decisions": [{"sha256": sha, "action": "exclude"}]}).encode()
+    own = {"Origin": url, "X-Review-Token": token, "Content-Type": "application/json"}
+    assert _call(url, "/api/decisions", good, {**own, "Origin": "http://evil.example"})[0] == 403
+    assert _call(url, "/api/decisions", good, {k: v for k, v in own.items() if k != "Origin"})[0] == 403
+    assert _call(url, "/api/decisions", good, {**own, "X-Review-Token": "guess"})[0] == 403
+    assert _call(url, "/api/decisions", b"x" * (300 * 1024), own)[0] == 413
+    assert _call(url, "/api/decisions", json.dumps({"decisions": [
+        {"sha256": "f" * 64, "action": "exclude"}]}).encode(), own)[0] == 400
+    assert not store.decisions_path.exists()  # nothing refused was written
+    assert _call(url, "/api/decisions", good, own)[0] == 200
+    assert [d.action for d in review.read(store.decisions_path)] == ["exclude"]
+    listed = json.loads(_call(url, "/api/items?reviewed=yes")[1])
+    assert [i["sha256"] for i in listed["items"]] == [sha]
+
+
+def _browser():
+    import shutil
+
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    driver, chromium = shutil.which("chromedriver"), shutil.which("chromium")
+    if not driver or not chromium:
+        pytest.skip("Debian's chromium and chromium-driver are not installed (make browser)")
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=1200,900"):
+        options.add_argument(flag)
+    return webdriver.Chrome(service=Service(driver), options=options)
+
+
+def test_a_person_relabels_and_excludes_in_a_real_browser(review_server, tiny_raw: Path,
+                                                          tiny_clean_params: CleanParams,
+                                                          tmp_path: Path) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from pipeline.clean import clean
+
+    url, store = review_server
+    browser = _browser()
+    try:
+        browser.get(url + "/")
+        wait = WebDriverWait(browser, 60)
+        wait.until(lambda b: b.find_element(By.TAG_NAME, "body").get_attribute("data-loaded"))
+        cards = browser.find_elements(By.CSS_SELECTOR, "figure.card")
+        first, second = cards[0].get_attribute("data-sha"), cards[1].get_attribute("data-sha")
+        cards[0].send_keys("r")  # the keyboard: relabel the focused image to the other class
+        wait.until(lambda b: b.find_element(By.TAG_NAME, "body").get_attribute("data-saved") == "1")
+        browser.find_element(By.CSS_SELECTOR, "figure.card:focus").send_keys(Keys.ARROW_RIGHT)
+        focused = browser.find_element(By.CSS_SELECTOR, "figure.card:focus").get_attribute("data-sha")
+        assert focused == second
+        browser.find_element(By.CSS_SELECTOR, f'figure.card[data-sha="{second}"] '
+                             'button[data-action="exclude"]').click()  # the mouse
+        wait.until(lambda b: b.find_element(By.TAG_NAME, "body").get_attribute("data-saved") == "2")
+        shown = browser.find_element(By.CSS_SELECTOR, f'figure.card[data-sha="{first}"] .state').text
+    finally:
+        browser.quit()
+    before = {r["sha256"]: r for r in store.kept}
+    other = next(c for c in store.classes if c != before[first]["class"])
+    assert shown == f"relabel → {other}"
+    made = review.read(store.decisions_path)
+    assert [(d.sha256, d.action, d.label) for d in made] == [
+        (first, "relabel", other), (second, "exclude", before[second]["class"])]
+    clean(tiny_raw, tmp_path / "next", tiny_clean_params, store.decisions_path)  # the next run
+    rows = {r["sha256"]: r for r in map(json.loads, (tmp_path / "next" / "images.jsonl").open())}
+    assert rows[first]["label"] == other and rows[first]["label_source"] == "review"
+    assert second not in rows
