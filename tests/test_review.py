@@ -226,3 +226,45 @@ def test_a_person_relabels_and_excludes_in_a_real_browser(review_server, tiny_ra
     rows = {r["sha256"]: r for r in map(json.loads, (tmp_path / "next" / "images.jsonl").open())}
     assert rows[first]["label"] == other and rows[first]["label_source"] == "review"
     assert second not in rows
+
+
+def test_label_studio_tasks_round_trip_into_decisions(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    rows = [{"sha256": A, "class": "happy", "file": f"happy/{A}.jpg", "flags": ["label_issue"],
+             "score": 2.9, "probability_of_class": 0.1},
+            {"sha256": B, "class": "sad", "file": f"sad/{B}.png", "flags": [], "score": 0.2,
+             "probability_of_class": 0.8}, {"sha256": "c" * 64, "class": "sad",
+                                            "file": "sad/c.jpg", "flags": [], "score": 0.1,
+                                            "probability_of_class": None}]
+    (tmp_path / "suspects.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "pipeline", "--params", str(REPO / "params.yaml"),
+                               "labelstudio", *args, "--suspects", str(tmp_path / "suspects.jsonl"),
+                               "--decisions", str(tmp_path / "decisions.jsonl")], cwd=tmp_path,
+                              capture_output=True, text=True,
+                              env={**os.environ, "PYTHONPATH": str(REPO)})
+
+    assert cli("export", "tasks.json", "--top", "2").returncode == 0
+    tasks = json.loads((tmp_path / "tasks.json").read_text())
+    assert [t["data"]["sha256"] for t in tasks] == [A, B]
+    assert tasks[0]["predictions"][0]["result"][0]["value"]["choices"] == ["sad"]  # the model's guess
+    assert "<Choice value=\"exclude\"/>" in (tmp_path / "tasks.xml").read_text()
+    # A person answers both in Label Studio: the first is sad after all, the second not a person.
+    for task, choice in zip(tasks, ["sad", "exclude"], strict=True):
+        task["annotations"] = [{"was_cancelled": False, "updated_at": "2026-12-02T10:00:00Z",
+                                "result": [{"from_name": "choice", "to_name": "image",
+                                            "type": "choices", "value": {"choices": [choice]}}]}]
+    (tmp_path / "export.json").write_text(json.dumps(tasks))
+    assert cli("import", "export.json").returncode == 0
+    made = review.read(tmp_path / "decisions.jsonl")
+    assert [(d.sha256, d.action, d.label) for d in made] == [(A, "relabel", "sad"),
+                                                             (B, "exclude", "sad")]
+    (tmp_path / "bad.json").write_text(json.dumps([{"data": {}, "annotations": tasks[0]["annotations"]}]))
+    bad = cli("import", "bad.json")
+    assert bad.returncode == 2 and "task 1 is not one this pipeline exported" in bad.stderr
