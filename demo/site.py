@@ -30,7 +30,7 @@ from pipeline.params import DemoSiteParams
 
 logger = logging.getLogger(__name__)
 
-GENERATOR_VERSION = 3
+GENERATOR_VERSION = 4
 DISALLOWED_PREFIX = "/private/"
 
 
@@ -46,6 +46,7 @@ class SiteImage:
     of: str | None = None  # for duplicates and conflicts: the original's url
     sha256: str | None = None
     render: str = "src"  # how a result page shows it: src | lazy | srcset | detail | relative
+    true_label: str | None = None  # for a mislabelled face: the class it shows
 
 
 @dataclass(frozen=True)
@@ -168,6 +169,16 @@ def _plant_copies(w: _SiteWriter, faces: dict[str, list[tuple[SiteImage, _Built]
     w.add(w.new_path("img", copied_built.ext), copied_built.data, label="sad",
           kind="cross_class_copy", clean="label_conflict", of=copied.url)
     copied.clean = "label_conflict"
+
+
+def _plant_mislabels(faces: dict[str, list[tuple[SiteImage, _Built]]], fraction: float) -> None:
+    """The last ``fraction`` of each class's faces (never an original of a planted copy, which
+    come first) moved to the other class's pages: kept by clean, with the wrong label."""
+    for label in LABELS:
+        other = LABELS[1 - LABELS.index(label)]
+        count = round(fraction * len(faces[label]))
+        for entry, _ in faces[label][len(faces[label]) - count:]:
+            entry.label, entry.kind, entry.true_label = other, "mislabelled", label
 
 
 def _plant_unusable(w: _SiteWriter, extra: Iterator[tuple[str, _Built]]) -> None:
@@ -345,6 +356,7 @@ def generate_site(out_dir: Path, config: DemoSiteParams, workers: int = 0) -> di
     faces, extras = _place_faces(w, face_seed, config, workers)
     extra = iter(extras)
     _plant_copies(w, faces, config.copies_per_class)
+    _plant_mislabels(faces, config.mislabelled_fraction)
     _plant_unusable(w, extra)
     _plant_awkward_encodings(w, extra)
     _plant_http_faults(w, extra, config)

@@ -67,12 +67,17 @@ class DemoSiteParams(_Section):
     results_per_page: Positive
     slow_response_s: Annotated[float, Field(ge=0.0)]
     copies_per_class: Annotated[int, Field(ge=1)]  # planted sets of four copies, per class
+    mislabelled_fraction: Annotated[float, Field(ge=0.0, le=0.2)]  # faces served under the other class
 
     @model_validator(mode="after")
     def _ranges(self) -> Self:
         if self.images_per_class < 6 + 4 * self.copies_per_class:
             raise ValueError(f"images_per_class must be at least 6 + 4 x copies_per_class "
                              f"({6 + 4 * self.copies_per_class}): each copy needs its original")
+        if self.images_per_class - round(self.mislabelled_fraction * self.images_per_class) < \
+                6 + 4 * self.copies_per_class:
+            raise ValueError("mislabelled_fraction leaves too few faces for the planted copies' "
+                             "originals; lower it or raise images_per_class")
         if self.min_side > self.max_side:
             raise ValueError("min_side must not exceed max_side")
         if self.jpeg_quality[0] > self.jpeg_quality[1]:
