@@ -2,9 +2,22 @@
 
 import sys
 
-from bench import bootstrap, crawl, crossval, data_stages, dedupe, faults, flow, model, predict, sources, tune
+from bench import (
+    bootstrap,
+    crawl,
+    crossval,
+    data_stages,
+    dedupe,
+    faults,
+    flow,
+    model,
+    predict,
+    sources,
+    suspects,
+    tune,
+)
 
-BENCHMARKS = (crawl, data_stages, dedupe, bootstrap, crossval, faults, model, flow, predict, sources,
-              tune)
+BENCHMARKS = (crawl, data_stages, dedupe, bootstrap, crossval, suspects, faults, model, flow, predict,
+              sources, tune)
 
 sys.exit(next((code for code in (b.main([]) for b in BENCHMARKS) if code), 0))

@@ -191,6 +191,8 @@ def _handler(store: Store, token: str, origin: str) -> type[BaseHTTPRequestHandl
             query = {k: v[0] for k, v in parse_qs(url.query).items()}
             if url.path == "/":
                 return self._page()
+            if url.path == "/favicon.ico":
+                return self._send(204, b"", "image/x-icon")
             if url.path == "/api/summary":
                 return self._json(200, summary(store))
             if url.path == "/api/items":
