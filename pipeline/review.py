@@ -128,11 +128,21 @@ def decide(store: Store, body: dict) -> dict:
         label = str(entry.get("label") or "")
         if action == "relabel" and label not in store.classes:
             raise ValueError(f"relabel to one of {store.classes}")
-        made.append(review.Decision(sha, action, label, review.now(), str(entry.get("note") or "")[:500]))
+        note = str(entry.get("note") or "")[:500]
+        # A group's confirmed copies (rejected as near duplicates) go where it goes, or the
+        # next clean would find the group across two classes.
+        made += [review.Decision(s, action, label, review.now(), note) for s in _copies(store, sha)]
     with store.lock:
         review.append(store.decisions_path, made)
         store.standing = review.standing(review.read(store.decisions_path))
         return {d.sha256: _with_decision(store, {"sha256": d.sha256})["decision"] for d in made}
+
+
+def _copies(store: Store, sha: str) -> list[str]:
+    """``sha`` and, for a kept image, the near duplicates clean folded into its group."""
+    group = next((r["group"] for r in store.kept if r["sha256"] == sha), None)
+    return [sha, *sorted({r["sha256"] for r in store.rejected if group and r["group"] == group
+                          and r["reason"] == "near_duplicate" and r["sha256"] != sha})]
 
 
 def thumbnail(store: Store, sha: str) -> bytes | None:

@@ -47,7 +47,7 @@ def test_clean_applies_exclusions_and_relabels(tiny_raw: Path, tiny_clean_params
 
     before = clean(tiny_raw, tmp_path / "before", tiny_clean_params)
     kept = [json.loads(line) for line in (tmp_path / "before" / "images.jsonl").open()]
-    happy = [r for r in kept if r["label"] == "happy"]
+    happy = [r for r in kept if r["label"] == "happy" and r["group_size"] == 1]
     excluded, moved, looked = happy[0]["sha256"], happy[1]["sha256"], happy[2]["sha256"]
     path = tmp_path / "decisions.jsonl"
     review.append(path, [Decision(excluded, "exclude", "happy", "t", note="an emoji"),
@@ -59,6 +59,7 @@ def test_clean_applies_exclusions_and_relabels(tiny_raw: Path, tiny_clean_params
     assert excluded not in rows
     assert {"reason": "excluded_in_review", "detail": "an emoji"}.items() <= next(
         r for r in rejected if r["sha256"] == excluded).items()
+    assert moved in rows, [r for r in rejected if r["sha256"] == moved]
     assert rows[moved]["label"] == "sad" and rows[moved]["label_source"] == "review"
     assert rows[looked]["label_source"] == "scrape" and rows[looked]["reviewed"] is True
     assert after.kept == {"happy": before.kept["happy"] - 2, "sad": before.kept["sad"] + 1}
@@ -170,6 +171,13 @@ def test_review_server_refuses_paths_foreign_origins_and_big_bodies(review_serve
     assert [d.action for d in review.read(store.decisions_path)] == ["exclude"]
     listed = json.loads(_call(url, "/api/items?reviewed=yes")[1])
     assert [i["sha256"] for i in listed["items"]] == [sha]
+    grouped = next(r for r in store.kept if r["group_size"] > 1)  # with a planted near copy
+    copies = {r["sha256"] for r in store.rejected if r["group"] == grouped["group"]}
+    other = next(c for c in store.classes if c != grouped["class"])
+    assert _call(url, "/api/decisions", json.dumps({"decisions": [
+        {"sha256": grouped["sha256"], "action": "relabel", "label": other}]}).encode(), own)[0] == 200
+    moved = {d.sha256 for d in review.read(store.decisions_path) if d.action == "relabel"}
+    assert moved == {grouped["sha256"], *copies} and copies  # the copies follow their group
 
 
 def _browser():
