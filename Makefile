@@ -31,6 +31,7 @@ run: setup
 	@echo "Model: models/model.keras, serving export models/serving/, LiteRT models/model.tflite, card models/model_card.md"
 	@echo "Test metrics: reports/evaluate/metrics.json (details.json: per class, confusion matrix); plots: reports/evaluate/plots/*.png"
 	@echo "Production model (promoted only if it beat the last one): models/production/; decision: reports/promote/decision.json"
+	@echo "Suspect labels, ranked: reports/suspects/suspects.jsonl; look and decide: uv run happysad review"
 	@echo "Label your own images: uv run happysad predict PATH...  (uses models/production/)"
 	@echo "See every run in the Prefect UI: make serve, then open http://127.0.0.1:$(PREFECT_PORT)"
 	@echo "The demo site that was crawled: data/demo_site/ (ground_truth.json lists its planted faults)"
