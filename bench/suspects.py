@@ -49,12 +49,14 @@ def _accuracy(project: Path) -> str:
     return f"{details['accuracy']:.3f} ({bound['low']:.3f}-{bound['high']:.3f}, {details['images']} images)"
 
 
-def demo_rows(work: Path) -> list[Row]:
+def demo_rows(work: Path, folds: int = 5, images_per_class: int | None = None) -> list[Row]:
     from pipeline import decisions as review
     from tests.project import copy_project
 
     params = yaml.safe_load((REPO / "params.yaml").read_text())
-    params["crossval"]["folds"] = 5
+    params["crossval"]["folds"] = folds
+    if images_per_class:
+        params["demo_site"]["images_per_class"] = images_per_class
     project = copy_project(work / "demo", yaml.safe_dump(params, sort_keys=False))
     started = time.perf_counter()
     _repro(project)
@@ -72,8 +74,8 @@ def demo_rows(work: Path) -> list[Row]:
         sha, "relabel", label, review.now(), "ground truth") for sha, label in planted.items()])
     _repro(project, "evaluate")
     return [
-        ("demo: planted mislabels kept", str(len(planted)), f"whole DAG with 5-fold crossval: "
-         f"{minutes:.1f} min"),
+        ("demo: planted mislabels kept", str(len(planted)), f"{params['demo_site']['images_per_class']}"
+         f" faces per class; whole DAG with {folds}-fold crossval: {minutes:.1f} min"),
         (f"demo: recall in the top {len(top)}", f"{found / len(planted):.2f}", "target >= 0.8"),
         (f"demo: precision in the top {len(top)}", f"{found / len(top):.2f}", "target >= 0.5"),
         ("demo: label_issue flag", f"{len(flagged)} flagged",
@@ -214,6 +216,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--demo", action="store_true", help="the whole DAG twice on the demo site")
     parser.add_argument("--dev-work", type=Path, help="bench.crossval's --work folder")
     parser.add_argument("--page", action="store_true", help="the review page on 10,000 images")
+    parser.add_argument("--folds", type=int, default=5, help="--demo: crossval folds")
+    parser.add_argument("--images-per-class", type=int, help="--demo: a smaller demo site")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         if args.page or not (args.demo or args.dev_work):
@@ -221,7 +225,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.dev_work:
             print_table("dev web set: suspects", dev_rows(args.dev_work))
         if args.demo:
-            print_table("demo site: suspects", demo_rows(Path(tmp) / "demo"))
+            print_table("demo site: suspects", demo_rows(Path(tmp) / "demo", args.folds,
+                                                         args.images_per_class))
     return 0
 
 
