@@ -168,89 +168,93 @@ def thumbnail(store: Store, sha: str) -> bytes | None:
     return store.thumbs[sha]
 
 
-def _handler(store: Store, token: str, origin: str) -> type[BaseHTTPRequestHandler]:
-    hosts = {origin.removeprefix("http://"), origin.removeprefix("http://").replace(
-        "127.0.0.1", "localhost")}
+class ReviewHandler(BaseHTTPRequestHandler):
+    """The page, its API and the thumbnails; ``store``, ``token``, ``origin`` and ``hosts`` are
+    set per server by :func:`serve`."""
 
-    class Handler(BaseHTTPRequestHandler):
-        server_version = "happysad-review"
+    store: Store
+    token: str
+    origin: str
+    hosts: frozenset[str]
+    server_version = "happysad-review"
 
-        def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - the base's name
-            logger.debug("%s %s", self.address_string(), format % args)
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - the base's name
+        logger.debug("%s %s", self.address_string(), format % args)
 
-        def _send(self, status: int, body: bytes, kind: str, extra: dict | None = None) -> None:
-            self.send_response(status)
-            for key, value in {"Content-Type": kind, "Content-Length": str(len(body)),
-                               "X-Content-Type-Options": "nosniff", "Cache-Control": "no-store",
-                               "Referrer-Policy": "no-referrer", **(extra or {})}.items():
-                self.send_header(key, value)
-            self.end_headers()
-            self.wfile.write(body)
+    def _send(self, status: int, body: bytes, kind: str, extra: dict | None = None) -> None:
+        self.send_response(status)
+        for key, value in {"Content-Type": kind, "Content-Length": str(len(body)),
+                           "X-Content-Type-Options": "nosniff", "Cache-Control": "no-store",
+                           "Referrer-Policy": "no-referrer", **(extra or {})}.items():
+            self.send_header(key, value)
+        self.end_headers()
+        self.wfile.write(body)
 
-        def _json(self, status: int, data: object) -> None:
-            self._send(status, json.dumps(data).encode(), "application/json")
+    def _json(self, status: int, data: object) -> None:
+        self._send(status, json.dumps(data).encode(), "application/json")
 
-        def _refused(self, status: int, why: str) -> None:
-            logger.warning("review: refused %s %s: %s", self.command, self.path[:80], why)
-            self._json(status, {"error": why})
+    def _refused(self, status: int, why: str) -> None:
+        logger.warning("review: refused %s %s: %s", self.command, self.path[:80], why)
+        self._json(status, {"error": why})
 
-        def do_GET(self) -> None:  # noqa: N802 - http.server's name
-            if self.headers.get("Host") not in hosts:
-                return self._refused(403, "unknown Host (only this machine's page may call)")
-            url = urlsplit(self.path)
-            query = {k: v[0] for k, v in parse_qs(url.query).items()}
-            if url.path == "/":
-                return self._page()
-            if url.path == "/favicon.ico":
-                return self._send(204, b"", "image/x-icon")
-            if url.path == "/api/summary":
-                return self._json(200, summary(store))
-            if url.path == "/api/items":
-                try:
-                    return self._json(200, items(store, query))
-                except ValueError:
-                    return self._refused(400, "page and per_page are numbers")
-            if url.path.startswith("/thumb/"):
-                data = thumbnail(store, url.path.removeprefix("/thumb/"))
-                if data is None:
-                    return self._refused(404, "no such image")
-                return self._send(200, data, "image/jpeg", {"Cache-Control": "max-age=3600"})
-            return self._refused(404, "not found")
-
-        def _page(self) -> None:
-            nonce = secrets.token_urlsafe(12)
-            html = PAGE.read_text(encoding="utf-8").replace("{{TOKEN}}", token).replace(
-                "{{NONCE}}", nonce)
-            self._send(200, html.encode(), "text/html; charset=utf-8", {
-                "Content-Security-Policy": f"default-src 'self'; img-src 'self'; style-src "
-                f"'self' 'nonce-{nonce}'; script-src 'nonce-{nonce}'; frame-ancestors 'none'"})
-
-        def do_POST(self) -> None:  # noqa: N802 - http.server's name
-            if self.headers.get("Host") not in hosts or self.headers.get("Origin") != origin:
-                return self._refused(403, "only the review page itself may post")
-            if not hmac.compare_digest(self.headers.get("X-Review-Token", ""), token):
-                return self._refused(403, "missing or wrong token")
-            if urlsplit(self.path).path != "/api/decisions":
-                return self._refused(404, "not found")
+    def do_GET(self) -> None:  # noqa: N802 - http.server's name
+        if self.headers.get("Host") not in self.hosts:
+            return self._refused(403, "unknown Host (only this machine's page may call)")
+        url = urlsplit(self.path)
+        query = {k: v[0] for k, v in parse_qs(url.query).items()}
+        if url.path == "/":
+            return self._page()
+        if url.path == "/favicon.ico":
+            return self._send(204, b"", "image/x-icon")
+        if url.path == "/api/summary":
+            return self._json(200, summary(self.store))
+        if url.path == "/api/items":
             try:
-                length = int(self.headers.get("Content-Length", ""))
+                return self._json(200, items(self.store, query))
             except ValueError:
-                return self._refused(411, "a length is required")
-            if not 0 < length <= MAX_BODY:
-                return self._refused(413, f"a body of 1 to {MAX_BODY} bytes")
-            try:
-                return self._json(200, {"standing": decide(store, json.loads(self.rfile.read(length)))})
-            except (ValueError, AttributeError, TypeError) as err:
-                return self._refused(400, str(err)[:200])
+                return self._refused(400, "page and per_page are numbers")
+        if url.path.startswith("/thumb/"):
+            data = thumbnail(self.store, url.path.removeprefix("/thumb/"))
+            if data is None:
+                return self._refused(404, "no such image")
+            return self._send(200, data, "image/jpeg", {"Cache-Control": "max-age=3600"})
+        return self._refused(404, "not found")
 
-    return Handler
+    def _page(self) -> None:
+        nonce = secrets.token_urlsafe(12)
+        html = PAGE.read_text(encoding="utf-8").replace("{{TOKEN}}", self.token).replace(
+            "{{NONCE}}", nonce)
+        self._send(200, html.encode(), "text/html; charset=utf-8", {
+            "Content-Security-Policy": f"default-src 'self'; img-src 'self'; style-src "
+            f"'self' 'nonce-{nonce}'; script-src 'nonce-{nonce}'; frame-ancestors 'none'"})
+
+    def do_POST(self) -> None:  # noqa: N802 - http.server's name
+        if self.headers.get("Host") not in self.hosts or self.headers.get("Origin") != self.origin:
+            return self._refused(403, "only the review page itself may post")
+        if not hmac.compare_digest(self.headers.get("X-Review-Token", ""), self.token):
+            return self._refused(403, "missing or wrong token")
+        if urlsplit(self.path).path != "/api/decisions":
+            return self._refused(404, "not found")
+        try:
+            length = int(self.headers.get("Content-Length", ""))
+        except ValueError:
+            return self._refused(411, "a length is required")
+        if not 0 < length <= MAX_BODY:
+            return self._refused(413, f"a body of 1 to {MAX_BODY} bytes")
+        try:
+            return self._json(200, {"standing": decide(self.store, json.loads(self.rfile.read(length)))})
+        except (ValueError, AttributeError, TypeError) as err:
+            return self._refused(400, str(err)[:200])
 
 
 def serve(store: Store, port: int = 0) -> ThreadingHTTPServer:
     """The review server on 127.0.0.1 (``port`` 0: any free one); call serve_forever()."""
     server = ThreadingHTTPServer(("127.0.0.1", port), BaseHTTPRequestHandler)
     origin = f"http://127.0.0.1:{server.server_address[1]}"
-    server.RequestHandlerClass = _handler(store, secrets.token_urlsafe(24), origin)
+    host = origin.removeprefix("http://")
+    server.RequestHandlerClass = type("Handler", (ReviewHandler,), {
+        "store": store, "token": secrets.token_urlsafe(24), "origin": origin,
+        "hosts": frozenset({host, host.replace("127.0.0.1", "localhost")})})
     server.daemon_threads = True
     return server
 
