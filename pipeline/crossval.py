@@ -37,6 +37,7 @@ from pipeline.errors import UserError
 from pipeline.log import load_tensorflow
 from pipeline.params import HEADLINE, Params, load_params
 from pipeline.stage_io import read_records, replacing_files, write_metrics
+from pipeline.train import _clock as clock  # one format for every progress line
 
 logger = logging.getLogger(__name__)
 OOF_HEADER = ["sha256", "label", "probability", "fold"]
@@ -194,12 +195,6 @@ def _work_key(rows: list[dict[str, str]], meta: dict, params: Params, folds: int
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def _clock(seconds: float) -> str:
-    minutes, seconds = divmod(round(seconds), 60)
-    return f"{minutes // 60}:{minutes % 60:02d}:{seconds:02d}" if minutes >= 60 else \
-        f"{minutes}:{seconds:02d}"
-
-
 def cross_validate(records: Path, split_file: Path, work: Path, params: Params,
                    folds: int) -> tuple[list[dict], Path]:
     """Every fold's result (its held-out images' probabilities, its training figures), and
@@ -227,8 +222,8 @@ def cross_validate(records: Path, split_file: Path, work: Path, params: Params,
                            == np.array(results[-1]["actual"]))
         eta = trained_s / trained * (folds - number) if trained else 0.0
         logger.info("fold %d/%d: accuracy %.3f on its %d held-out images (%s training so far, "
-                    "ETA %s)", number, folds, accuracy, len(fold.held_out), _clock(trained_s),
-                    _clock(eta))
+                    "ETA %s)", number, folds, accuracy, len(fold.held_out), clock(trained_s),
+                    clock(eta))
     return results, place
 
 
