@@ -20,6 +20,7 @@ the files empty, at no cost.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import hashlib
 import json
@@ -132,17 +133,15 @@ def _write_fold_records(records: Path, meta: dict, fold: Fold, dest: Path) -> No
     spec = {"sha256": tf.io.FixedLenFeature([], tf.string),
             "label": tf.io.FixedLenFeature([], tf.int64)}
     counts: dict[str, Counter] = {split: Counter() for split in ("train", "val", "test")}
-    writers = {split: RecordWriter(dest / features.shard_name(split, 0, 1)) for split in counts}
-    try:
+    with contextlib.ExitStack() as stack:
+        writers = {split: stack.enter_context(RecordWriter(dest / features.shard_name(split, 0, 1)))
+                   for split in counts}
         for serialized in tf.data.TFRecordDataset(files):
             example = tf.io.parse_single_example(serialized, spec)
             sha = example["sha256"].numpy().decode()
             split = "test" if sha in fold.held_out else "val" if sha in fold.val else "train"
             writers[split].write(serialized.numpy())
             counts[split][names[int(example["label"])]] += 1
-    finally:
-        for writer in writers.values():
-            writer.__exit__(None, None, None)
     if (sum(counts["test"].values()), sum(counts["val"].values())) != (len(fold.held_out),
                                                                        len(fold.val)):
         raise UserError(f"{records}: its train and val shards do not hold the images the split "

@@ -75,10 +75,11 @@ def load_store(clean: Path, raw: Path, suspects: Path, decisions_path: Path) -> 
              "score": ranked.get(r["sha256"], {}).get("score", 0.0),
              "probability": ranked.get(r["sha256"], {}).get("probability_of_class")} for r in kept]
     rows.sort(key=lambda r: -r["score"])
+    left_out = _jsonl(clean / "rejected.jsonl")
     rejected = [{"sha256": r["sha256"], "class": r["label"], "reason": r["reason"],
                  "detail": r.get("detail", ""), "of": r.get("of"), "group": r.get("group")}
-                for r in _jsonl(clean / "rejected.jsonl")]
-    files = {r["sha256"]: raw / r["file"] for r in [*kept, *_jsonl(clean / "rejected.jsonl")]}
+                for r in left_out]
+    files = {r["sha256"]: raw / r["file"] for r in [*kept, *left_out]}
     return Store(raw, decisions_path, sorted({r["class"] for r in rows}), rows, rejected, files,
                  review.standing(review.read(decisions_path)))
 
