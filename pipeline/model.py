@@ -7,6 +7,8 @@ evaluation, ``predict`` and the serving export all see the same preprocessing
 
 from __future__ import annotations
 
+import contextlib
+import os
 import zipfile
 from pathlib import Path
 
@@ -42,37 +44,88 @@ def augmentation(params: AugmentParams, seed: int) -> keras.Sequential | None:
     """Random flips, rotations and zooms, active only while training; None if all are off."""
     steps: list[layers.Layer] = []
     if params.flip:
-        steps.append(layers.RandomFlip("horizontal", seed=seed))
+        steps.append(layers.RandomFlip("horizontal", seed=seed, name="random_flip"))
     if params.rotation:
-        steps.append(layers.RandomRotation(params.rotation, fill_mode="reflect", seed=seed + 1))
+        steps.append(layers.RandomRotation(params.rotation, fill_mode="reflect", seed=seed + 1,
+                                           name="random_rotation"))
     if params.zoom:
-        steps.append(layers.RandomZoom(params.zoom, fill_mode="reflect", seed=seed + 2))
+        steps.append(layers.RandomZoom(params.zoom, fill_mode="reflect", seed=seed + 2,
+                                       name="random_zoom"))
     return keras.Sequential(steps, name="augment") if steps else None
 
 
-def build_model(params: TrainParams, image_size: int, seed: int, augment: bool = True) -> keras.Model:
-    """The CNN of params.yaml's ``train`` section for ``image_size`` square RGB inputs.
+# Keras applications by backbone name: the constructor, and keyword arguments that put the
+# application's own preprocessing inside it (each takes 0-255 floats).
+APPLICATIONS = {
+    "mobilenet_v3_small": ("MobileNetV3Small", {"include_preprocessing": True}),
+    "efficientnet_b0": ("EfficientNetB0", {}),
+}
+BODY = "backbone"  # the application's layer in the model; the seed CNN's body is its blocks
+
+
+def _keras_cache() -> Path:
+    """Where Keras keeps the application weights it fetches ($KERAS_HOME/models)."""
+    try:
+        from keras.src.backend.config import keras_home  # not in Keras' public API
+    except ImportError:
+        return Path(os.environ.get("KERAS_HOME", Path.home() / ".keras")) / "models"
+    return Path(keras_home()) / "models"
+
+
+def _application(params: TrainParams, image_size: int, pretrained: bool) -> keras.Model:
+    """The backbone without its top, with ``train.weights`` loaded when ``pretrained``, or a
+    one-line ``UserError`` naming the weights file to provide when it cannot be fetched."""
+    constructor, extra = APPLICATIONS[params.backbone]
+    weights = params.weights if pretrained and params.weights != "none" else None
+    if weights not in (None, "imagenet"):
+        path = Path(weights)
+        if not path.is_file():
+            raise UserError(f"train.weights: {path} not found; give a weights file of "
+                            f"{constructor}, imagenet, or none")
+        weights = str(path)
+    try:
+        application = getattr(keras.applications, constructor)(
+            input_shape=(image_size, image_size, 3), include_top=False, weights=weights, **extra)
+    except Exception as err:  # noqa: BLE001 - Keras raises a bare Exception for a failed fetch
+        if "URL fetch failure" in str(err):
+            origin = str(err).split(" on ", 1)[1].split(": ", 1)[0]
+            raise UserError(
+                f"train.weights imagenet: cannot fetch {origin}; put that file in "
+                f"{_keras_cache()} (Keras' cache), or set train.weights "
+                "to its path, or to none for random weights") from None
+        if weights not in (None, "imagenet"):
+            raise UserError(f"train.weights: {weights} does not fit {constructor} without its "
+                            f"top ({type(err).__name__}: {str(err).splitlines()[0][:160]})") from None
+        raise
+    application.name = BODY
+    return application
+
+
+def build_model(params: TrainParams, image_size: int, seed: int, augment: bool = True,
+                pretrained: bool = True) -> keras.Model:
+    """The network of params.yaml's ``train`` section for ``image_size`` square RGB inputs.
 
     ``augment=False`` builds the same network without the augmentation block: the
     model that is saved. Keras' random layers default to ``training=True`` when a
     model is called as ``model(x)``, so a saved model that kept them would augment
-    the images of anyone who calls it that way.
+    the images of anyone who calls it that way. ``pretrained=False`` leaves a Keras
+    application's weights random (for a model whose weights are copied in next).
     """
     l2 = regularizers.L2(params.l2) if params.l2 else None
     inputs = keras.Input((image_size, image_size, 3), dtype="uint8", name="pixels")
-    x = layers.Rescaling(1.0 / 255, name="to_unit_range")(inputs)
+    if params.backbone == "seed_cnn":
+        x = layers.Rescaling(1.0 / 255, name="to_unit_range")(inputs)
+    else:
+        x = layers.Rescaling(1.0, name="to_float")(inputs)  # the application scales its input
     steps = augmentation(params.augment, seed) if augment else None
     if steps is not None:
         x = steps(x)
-    for number, filters in enumerate(params.filters, start=1):
-        for conv in range(1, params.convs_per_block + 1):
-            name = f"block{number}" + (f"_{conv}" if params.convs_per_block > 1 else "")
-            stride = params.first_stride if number == conv == 1 else 1
-            x = layers.Conv2D(filters, params.kernel_size, strides=stride, padding="same",
-                              use_bias=False, kernel_regularizer=l2, name=f"{name}_conv")(x)
-            x = layers.BatchNormalization(momentum=params.batchnorm_momentum, name=f"{name}_bn")(x)
-            x = layers.ReLU(name=f"{name}_relu")(x)
-        x = layers.MaxPooling2D(name=f"block{number}_pool")(x)
+    if params.backbone == "seed_cnn":
+        x = _seed_body(x, params, l2)
+    else:
+        # training=False: the application's BatchNorm keeps its statistics also while it is
+        # fine-tuned (a few hundred images would overwrite ImageNet's; Keras' guide does this)
+        x = _application(params, image_size, pretrained)(x, training=False)
     x = (layers.GlobalAveragePooling2D(name="pool") if params.head == "global_average"
          else layers.Flatten(name="flatten"))(x)
     if params.dense_units:
@@ -82,13 +135,77 @@ def build_model(params: TrainParams, image_size: int, seed: int, augment: bool =
     # float32 output keeps the probabilities exact under mixed precision on a GPU.
     outputs = layers.Dense(1, activation="sigmoid", kernel_regularizer=l2, dtype="float32",
                            name="probability")(x)
-    return keras.Model(inputs, outputs, name="happysad_cnn")
+    return keras.Model(inputs, outputs, name="happysad_cnn" if params.backbone == "seed_cnn"
+                       else f"happysad_{params.backbone}")
+
+
+def _seed_body(x: keras.KerasTensor, params: TrainParams, l2: regularizers.Regularizer | None
+               ) -> keras.KerasTensor:
+    """The seed's blocks: Conv2D + BatchNorm + ReLU (``convs_per_block`` times), then MaxPool."""
+    for number, filters in enumerate(params.filters, start=1):
+        for conv in range(1, params.convs_per_block + 1):
+            name = f"block{number}" + (f"_{conv}" if params.convs_per_block > 1 else "")
+            stride = params.first_stride if number == conv == 1 else 1
+            x = layers.Conv2D(filters, params.kernel_size, strides=stride, padding="same",
+                              use_bias=False, kernel_regularizer=l2, name=f"{name}_conv")(x)
+            x = layers.BatchNormalization(momentum=params.batchnorm_momentum, name=f"{name}_bn")(x)
+            x = layers.ReLU(name=f"{name}_relu")(x)
+        x = layers.MaxPooling2D(name=f"block{number}_pool")(x)
+    return x
+
+
+def body_layers(model: keras.Model) -> list[keras.layers.Layer]:
+    """The layers the frozen phase freezes, in order: the application's own layers, or the
+    seed CNN's blocks (every layer between the augmentation and the pooling head)."""
+    try:
+        return list(model.get_layer(BODY).layers)
+    except ValueError:
+        return [layer for layer in model.layers if layer.name.startswith("block")]
+
+
+def set_trainable(model: keras.Model, from_layer: str | None) -> None:
+    """Freeze the body (``from_layer`` None), or let it train from ``from_layer`` on ("" =
+    all of it); the head always trains. Compile again afterwards."""
+    body = body_layers(model)
+    names = [layer.name for layer in body]
+    if from_layer and from_layer not in names:
+        hint = ", ".join(n for n in names if n.endswith(("conv", "expand_conv")))[:300]
+        raise UserError(f"train.fine_tune.from_layer: {from_layer!r} is no layer of the "
+                        f"{model.name} body; layers include {hint}")
+    start = len(names) if from_layer is None else names.index(from_layer) if from_layer else 0
+    with contextlib.suppress(ValueError):  # a nested model's own flag gates its layers'
+        model.get_layer(BODY).trainable = True
+    for index, layer in enumerate(body):
+        layer.trainable = index >= start
+
+
+def warm_start(model: keras.Model, path: Path) -> int:
+    """Copy into ``model`` the weights of every layer of the saved model at ``path`` with the
+    same name and weight shapes; returns how many layers took them (a ``UserError`` if no
+    layer of the body did: a head alone is no warm start)."""
+    earlier = load(path)
+    body = {layer.name for layer in body_layers(model)} | {BODY}
+    taken = []
+    for layer in model.layers:
+        try:
+            source = earlier.get_layer(layer.name)
+        except ValueError:
+            continue
+        weights = source.get_weights()
+        if weights and [w.shape for w in weights] == [w.shape for w in layer.get_weights()]:
+            layer.set_weights(weights)
+            taken.append(layer.name)
+    if not body & set(taken):
+        raise UserError(f"train.init_from: {path} shares no layer of the body (by name and "
+                        f"shape) with the {model.name} of params.yaml; start from a model with "
+                        "the same backbone")
+    return len(taken)
 
 
 def without_augmentation(model: keras.Model, params: TrainParams, image_size: int) -> keras.Model:
     """The trained weights in a float32 model with no augmentation block, for saving."""
     keras.mixed_precision.set_global_policy("float32")  # a GPU run computed in float16
-    inference = build_model(params, image_size, seed=0, augment=False)
+    inference = build_model(params, image_size, seed=0, augment=False, pretrained=False)
     for layer in inference.layers:
         if layer.weights:
             layer.set_weights(model.get_layer(layer.name).get_weights())

@@ -308,7 +308,22 @@ class AugmentParams(_Section):
     zoom: Annotated[float, Field(ge=0.0, lt=1.0)]
 
 
+# The networks train.backbone can name: this project's own CNN, or a Keras application.
+BACKBONES = ("seed_cnn", "mobilenet_v3_small", "efficientnet_b0")
+
+
+class FineTuneParams(_Section):
+    frozen_epochs: Annotated[int, Field(ge=0)]  # first epochs with the body frozen; 0 = none
+    from_layer: str  # then the body trains from this layer on ("" = all of it)
+    learning_rate: Annotated[float, Field(gt=0.0, le=1.0)]  # the rate after the frozen epochs
+
+
 class TrainParams(_Section):
+    backbone: Literal[BACKBONES]  # type: ignore[valid-type]
+    weights: str  # a Keras application's start: imagenet | none (random) | a weights file
+    init_from: str  # "" or a model.keras of this pipeline whose matching layers start training
+    fine_tune: FineTuneParams
+    distribute: Literal["none", "mirrored"]
     filters: Annotated[list[Positive], Field(min_length=1, max_length=8)]
     convs_per_block: Annotated[int, Field(ge=1, le=4)]
     first_stride: Annotated[int, Field(ge=1, le=4)]
@@ -331,6 +346,16 @@ class TrainParams(_Section):
     class_weight: Literal["balanced", "none"]
     shuffle_buffer: Positive
     cache_max_mb: Annotated[int, Field(ge=0)]
+
+    @model_validator(mode="after")
+    def _phases_fit(self) -> Self:
+        if self.fine_tune.frozen_epochs >= self.epochs:
+            raise ValueError(f"fine_tune.frozen_epochs ({self.fine_tune.frozen_epochs}) must be "
+                             f"fewer than epochs ({self.epochs}): the rest are the fine-tuning")
+        if self.backbone == "seed_cnn" and self.weights not in ("imagenet", "none"):
+            raise ValueError("weights names a file, which only a Keras application backbone "
+                             "loads; to start the seed CNN from a model, set init_from")
+        return self
 
 
 class FacesParams(_Section):

@@ -56,15 +56,19 @@ def configure_runtime(seed: int) -> str:
     return "CPU (deterministic)"
 
 
-def _inputs(records: Path, meta: dict, params: TrainParams, seed: int, first_epoch: int = 0):
-    """The train stream for epochs ``first_epoch`` on (each epoch's order a function of the
-    seed and the epoch alone, so a resumed run sees what an uninterrupted one would), its
-    batches per epoch, and the val batches."""
+def _inputs(records: Path, meta: dict, params: TrainParams, seed: int, first_epoch: int = 0,
+            last_epoch: int | None = None, batch_size: int | None = None, replicas: int = 1):
+    """The train stream for epochs ``first_epoch`` to ``last_epoch`` (each epoch's order a
+    function of the seed and the epoch alone, so a resumed run sees what an uninterrupted one
+    would), its batches per epoch, and the val batches; ``batch_size`` is the global batch
+    (train.batch_size unless the model is mirrored over several ``replicas``, which drop an
+    epoch's last short batch: Keras' random layers cannot sum replicas of unequal sizes)."""
     import tensorflow as tf
 
     from pipeline import features
 
     size, counts = meta["image_size"], meta["counts"]
+    batch = batch_size or params.batch_size
     for split_name in ("train", "val"):
         if not sum(counts[split_name].values()):
             raise UserError(f"{records / 'meta.json'}: the {split_name} split is empty; scrape more "
@@ -78,14 +82,19 @@ def _inputs(records: Path, meta: dict, params: TrainParams, seed: int, first_epo
     buffer = min(params.shuffle_buffer, train_images)
 
     def epoch(number: tf.Tensor) -> tf.data.Dataset:
-        return train.shuffle(buffer, seed=number + seed * 1_000_003).batch(params.batch_size)
+        return train.shuffle(buffer, seed=number + seed * 1_000_003).batch(
+            batch, drop_remainder=replicas > 1)
 
-    stream = (tf.data.Dataset.range(first_epoch, params.epochs).flat_map(epoch)
-              .prefetch(tf.data.AUTOTUNE))
+    last = params.epochs if last_epoch is None else last_epoch
+    stream = tf.data.Dataset.range(first_epoch, last).flat_map(epoch).prefetch(tf.data.AUTOTUNE)
     val = (features.labelled(records, "val", size)
            .apply(tf.data.experimental.assert_cardinality(sum(counts["val"].values())))
-           .batch(params.batch_size).cache())
-    return stream, math.ceil(train_images / params.batch_size), val.prefetch(tf.data.AUTOTUNE)
+           .batch(batch).cache())
+    steps = train_images // batch if replicas > 1 else math.ceil(train_images / batch)
+    if not steps:
+        raise UserError(f"{records / 'meta.json'}: {train_images} train images fill no batch of "
+                        f"{batch} ({replicas} replicas); lower train.batch_size")
+    return stream, steps, val.prefetch(tf.data.AUTOTUNE)
 
 
 def class_weights(counts: dict[str, int], class_names: list[str], mode: str) -> dict[int, float] | None:
@@ -186,11 +195,41 @@ def _write_history(rows: list[dict], path: Path) -> None:
         writer.writerows({k: (r[k] if k == "epoch" else round(r[k], 6)) for k in columns} for r in rows)
 
 
-def _callbacks(backup: Path, reports_dir: Path, params: TrainParams) -> list:
-    """Resume, keep the best epoch, stop early, lower the rate, log; the divergence guard first."""
+@dataclass(frozen=True)
+class Phase:
+    """One ``fit``: epochs ``first`` to ``last`` (0-based, ``last`` excluded) at ``learning_rate``,
+    the body frozen (``from_layer`` None) or training from ``from_layer`` on ("" = all)."""
+
+    number: int
+    first: int
+    last: int
+    learning_rate: float
+    from_layer: str | None
+
+    @property
+    def state(self) -> str:
+        return "state" if self.from_layer is not None else f"state-{self.number}"
+
+
+def phases(params: TrainParams) -> list[Phase]:
+    """The frozen phase (train.fine_tune.frozen_epochs, at train.learning_rate) if any, then the
+    rest of train.epochs with the body training from fine_tune.from_layer (at fine_tune's rate
+    after a frozen phase, else at train.learning_rate)."""
+    frozen, tune = params.fine_tune.frozen_epochs, params.fine_tune
+    if not frozen:
+        return [Phase(1, 0, params.epochs, params.learning_rate, tune.from_layer)]
+    return [Phase(1, 0, frozen, params.learning_rate, None),
+            Phase(2, frozen, params.epochs, tune.learning_rate, tune.from_layer)]
+
+
+def _callbacks(backup: Path, reports_dir: Path, params: TrainParams, phase: Phase,
+               validation: list) -> list:
+    """Resume, keep the best epoch, stop early, lower the rate, log; the divergence guard first.
+    A frozen phase only warms the head: it neither stops early nor lowers the rate."""
     import keras
 
     log_path, monitor = backup / "epochs.json", monitored(params)
+    state = backup / phase.state
     # A resumed run keeps the best epoch it already has unless a new one beats it.
     done = json.loads(log_path.read_text()) if log_path.exists() else []
     stopping = keras.callbacks.EarlyStopping(
@@ -199,15 +238,20 @@ def _callbacks(backup: Path, reports_dir: Path, params: TrainParams) -> list:
     plateau = keras.callbacks.ReduceLROnPlateau(
         monitor=monitor, mode="min", factor=params.reduce_lr_factor, patience=params.reduce_lr_patience,
         min_lr=params.min_learning_rate)
+    kept = [stopping, plateau] if phase.from_layer is not None else []
     return [
         _divergence_guard(),
+        *validation,  # the val figures, when fit does not measure them itself
         _smoothed_val_loss(log_path, params.val_loss_smoothing),  # before those that read it
-        keras.callbacks.BackupAndRestore(str(backup / "state")),
-        keras.callbacks.ModelCheckpoint(str(backup / "best.keras"), monitor=monitor, mode="min",
-                                        save_best_only=True, initial_value_threshold=min(
+        keras.callbacks.BackupAndRestore(str(state)),
+        # weights only: the optimizer's state is not wanted back, and a model file's would
+        # not fit another phase's optimizer (Keras warns "Skipping variable loading")
+        keras.callbacks.ModelCheckpoint(str(backup / "best.weights.h5"), monitor=monitor,
+                                        mode="min", save_best_only=True, save_weights_only=True,
+                                        initial_value_threshold=min(
                                             (r[monitor] for r in done), default=None)),
-        stopping, plateau,
-        _resumed_counters(backup / "counters.json", [stopping, plateau], _resume_epoch(backup)),
+        *kept,
+        _resumed_counters(backup / "counters.json", kept, _resume_epoch(state)),
         keras.callbacks.TensorBoard(str(reports_dir / "tensorboard"), write_graph=False),
         _epoch_log(log_path, params.epochs),
     ]
@@ -243,10 +287,34 @@ def _smoothed_val_loss(log_path: Path, weight: float):
     return SmoothedValLoss()
 
 
-def _resume_epoch(backup: Path) -> int:
-    """The epoch BackupAndRestore will resume from (0 for a new run)."""
+def _validation_by_prediction(val_data):
+    """A callback adding the val figures to each epoch's logs from ``model.predict``, for a
+    mirrored model: Keras' evaluate under MirroredStrategy fails on a last batch the replicas
+    cannot share evenly (AddN of unequal shapes, Keras 3.15), and predict does not."""
+    import keras
+    import numpy as np
+
+    from pipeline.model import metrics
+
+    labels = np.concatenate([np.asarray(y).ravel() for _, y in val_data])
+
+    class ValidationByPrediction(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+            if logs is None:
+                return
+            scores = np.asarray(self.model.predict(val_data, verbose=0)).ravel()
+            logs["val_loss"] = float(keras.losses.BinaryCrossentropy()(labels, scores))
+            for metric in metrics():
+                metric.update_state(labels, scores)
+                logs[f"val_{metric.name}"] = float(metric.result())
+
+    return ValidationByPrediction()
+
+
+def _resume_epoch(state: Path) -> int:
+    """The epoch BackupAndRestore will resume from, out of its ``state`` folder (0: none)."""
     try:
-        return int(json.loads((backup / "state" / "training_metadata.json").read_text())["epoch"])
+        return int(json.loads((state / "training_metadata.json").read_text())["epoch"])
     except (OSError, ValueError, KeyError):
         return 0
 
@@ -317,43 +385,94 @@ def _write_reports(report: TrainReport, rows: list[dict], reports_dir: Path) -> 
     (reports_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
 
 
+def _strategy(params: TrainParams):
+    """tf.distribute's strategy for train.distribute: mirrored over the GPUs present, else over
+    the logical CPU devices (one, unless a caller split the CPU), or the default one."""
+    import tensorflow as tf
+
+    if params.distribute == "none":
+        return tf.distribute.get_strategy()
+    devices = tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU")
+    return tf.distribute.MirroredStrategy([d.name for d in devices])
+
+
+def _fit_phase(model, phase: Phase, records: Path, meta: dict, params: TrainParams, seed: int,
+               backup: Path, reports_dir: Path, strategy) -> tuple[int, float]:
+    """Run one phase (resuming it if it was cut short); returns its epochs run and seconds."""
+    from pipeline.model import compile_model, set_trainable
+
+    done = backup / f"phase-{phase.number}.weights.h5"
+    if phase.from_layer is None and done.exists():  # a finished frozen phase of a resumed run
+        model.load_weights(done)
+        return 0, 0.0
+    set_trainable(model, phase.from_layer)
+    with strategy.scope():
+        compile_model(model, phase.learning_rate)
+        model.optimizer.build(model.trainable_variables)  # so a resumed run gets its state back
+    global_batch = params.batch_size * strategy.num_replicas_in_sync
+    first = max(phase.first, _resume_epoch(backup / phase.state))
+    train_data, steps, val_data = _inputs(records, meta, params, seed, first, phase.last,
+                                          global_batch, strategy.num_replicas_in_sync)
+    mirrored = strategy.num_replicas_in_sync > 1
+    validation = [_validation_by_prediction(val_data)] if mirrored else []
+    callbacks = _callbacks(backup, reports_dir, params, phase, validation)
+    started = time.perf_counter()
+    fitted = model.fit(train_data, validation_data=None if mirrored else val_data,
+                       initial_epoch=phase.first,
+                       epochs=phase.last, steps_per_epoch=steps, callbacks=callbacks,
+                       class_weight=class_weights(meta["counts"]["train"], meta["class_names"],
+                                                  params.class_weight),
+                       shuffle=False, verbose=1 if sys.stdout.isatty() else 0)  # tf.data shuffles
+    seconds = time.perf_counter() - started
+    _refuse_divergence(callbacks[0], backup, params)
+    if phase.from_layer is None:
+        model.save_weights(done)
+    return len(fitted.epoch), seconds
+
+
 def train(records: Path, model_dir: Path, reports_dir: Path, params: TrainParams,
           seed: int) -> TrainReport:
     """Fit, keep the best epoch by val_loss, and write the model, history and metrics."""
     from pipeline import features
-    from pipeline.model import build_model, compile_model, without_augmentation
+    from pipeline.model import build_model, compile_model, warm_start, without_augmentation
 
     meta = features.read_meta(records)
     device = configure_runtime(seed)
+    strategy = _strategy(params)
+    if strategy.num_replicas_in_sync > 1:
+        device += f", mirrored over {strategy.num_replicas_in_sync} replicas"
     backup = _backup_dir(model_dir, records, params, seed)
     backup.mkdir(parents=True, exist_ok=True)
-    train_data, steps, val_data = _inputs(records, meta, params, seed, _resume_epoch(backup))
-    model = compile_model(build_model(params, meta["image_size"], seed), params.learning_rate)
-    model.optimizer.build(model.trainable_variables)  # so a resumed run gets its state back
-    logger.info("training %s parameters on %s: %s", f"{model.count_params():,}", device,
-                meta["counts"]["train"])
-    callbacks = _callbacks(backup, reports_dir, params)
-    started = time.perf_counter()
-    fitted = model.fit(train_data, validation_data=val_data, epochs=params.epochs,
-                       steps_per_epoch=steps, callbacks=callbacks, class_weight=class_weights(
-                           meta["counts"]["train"], meta["class_names"], params.class_weight),
-                       shuffle=False, verbose=1 if sys.stdout.isatty() else 0)  # tf.data shuffles
-    seconds = time.perf_counter() - started
-    _refuse_divergence(callbacks[0], backup, params)
+    with strategy.scope():
+        model = build_model(params, meta["image_size"], seed)
+        if params.init_from:
+            taken = warm_start(model, Path(params.init_from))
+            logger.info("train: %d layers start from %s", taken, params.init_from)
+    logger.info("training %s parameters (%s) on %s: %s", f"{model.count_params():,}",
+                params.backbone, device, meta["counts"]["train"])
+    epochs_run, seconds = 0, 0.0
+    for phase in phases(params):
+        ran, took = _fit_phase(model, phase, records, meta, params, seed, backup, reports_dir,
+                               strategy)
+        epochs_run, seconds = epochs_run + ran, seconds + took
     rows = json.loads((backup / "epochs.json").read_text())
     best = min(rows, key=lambda r: (r[monitored(params)], r["epoch"]))
-    model.load_weights(backup / "best.keras")  # the best epoch, also when training ran to the end
-    figures = _figures(model, records, meta, val_data, params.batch_size)
+    model.load_weights(backup / "best.weights.h5")  # the best epoch, also when training ran to the end
+    inference = without_augmentation(model, params, meta["image_size"])
+    # saved uncompiled: no optimizer in the file, so loading it never warns "Skipping variable
+    # loading for optimizer" (every reader loads with compile=False and needs none)
+    _save(inference, meta, model_dir)
+    compile_model(inference, params.learning_rate)  # for the figures below
+    _, _, val_data = _inputs(records, meta, params, seed)
+    figures = _figures(inference, records, meta, val_data, params.batch_size)
     gap = {"accuracy": round(figures["train"]["accuracy"] - figures["val"]["accuracy"], 6),
            "loss": round(figures["val"]["loss"] - figures["train"]["loss"], 6),
            "auc": round(figures["train"]["auc"] - figures["val"]["auc"], 6)}
     train_count = sum(meta["counts"]["train"].values())
     report = TrainReport(best_epoch=best["epoch"], epochs_run=len(rows), train=figures["train"],
                          val=figures["val"], gap=gap,
-                         images_per_second=train_count * len(fitted.epoch) / seconds, device=device)
-    inference = compile_model(without_augmentation(model, params, meta["image_size"]),
-                              params.learning_rate)
-    _save(inference, meta, model_dir)
+                         images_per_second=train_count * epochs_run / max(seconds, 1e-9),
+                         device=device)
     _write_reports(report, rows, reports_dir)
     shutil.rmtree(backup, ignore_errors=True)  # finished: nothing left to resume
     return report
