@@ -86,11 +86,12 @@ def _resized(pixels: np.ndarray, width: int, height: int) -> np.ndarray:
                       interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
 
 
-def resize_square(img: Image.Image, size: int, policy: str) -> np.ndarray:
+def resize_square(img: Image.Image | np.ndarray, size: int, policy: str) -> np.ndarray:
     """``size`` x ``size`` x 3 uint8 RGB: pad (letterbox in black), centre-crop, or stretch."""
     if policy not in RESIZE_POLICIES:
         raise ValueError(f"unknown resize policy {policy!r}: expected one of {RESIZE_POLICIES}")
-    pixels = np.asarray(img if img.mode == "RGB" else img.convert("RGB"))
+    pixels = img if isinstance(img, np.ndarray) else np.asarray(
+        img if img.mode == "RGB" else img.convert("RGB"))
     height, width = pixels.shape[:2]
     if policy == "stretch":
         return _resized(pixels, size, size)
@@ -106,14 +107,58 @@ def resize_square(img: Image.Image, size: int, policy: str) -> np.ndarray:
     return canvas
 
 
-def square_rgb(data: bytes, size: int, policy: str, threads: int | None = None) -> np.ndarray:
-    """The model's view of an accepted image: the one conversion tfrecords and predict share.
+@dataclass(frozen=True)
+class FaceCrop:
+    """Crop to the largest face before resizing: ``margin`` face sides added on each side;
+    ``detector`` is the faces section of params.yaml (a FacesParams, as a dict)."""
+
+    margin: float
+    detector: tuple[tuple[str, float], ...]
+
+    @classmethod
+    def of(cls, contract: dict | None) -> FaceCrop | None:
+        """From a model's or records' ``crop`` entry (None or kind none: no crop)."""
+        if not contract or contract.get("kind") != "face":
+            return None
+        return cls(float(contract["margin"]), tuple(sorted(contract["faces"].items())))
+
+
+def face_region(pixels: np.ndarray, crop: FaceCrop) -> np.ndarray | None:
+    """The largest face with its margin, clamped to the image; None when there is none."""
+    from pipeline.faces import detect
+    from pipeline.params import FacesParams
+
+    found = detect(pixels, FacesParams(**dict(crop.detector)))
+    if not found:
+        return None
+    face = found[0]
+    height, width = pixels.shape[:2]
+    dx, dy = round(face.width * crop.margin), round(face.height * crop.margin)
+    top, left = max(0, face.y - dy), max(0, face.x - dx)
+    bottom, right = min(height, face.y + face.height + dy), min(width, face.x + face.width + dx)
+    return pixels[top:bottom, left:right]
+
+
+def model_view(data: bytes, size: int, policy: str, threads: int | None = None,
+               crop: FaceCrop | None = None) -> tuple[np.ndarray, bool | None]:
+    """The model's view of an accepted image, and whether a face was found (None: no crop
+    asked). The one conversion tfrecords and predict share.
 
     ``threads=1`` in worker processes, whose parallelism is the processes themselves.
     """
     if threads is not None:
         _cv2().setNumThreads(threads)
-    return resize_square(decode_rgb(data, (size, policy)), size, policy)
+    if crop is None:
+        return resize_square(decode_rgb(data, (size, policy)), size, policy), None
+    pixels = np.asarray(decode_rgb(data))  # whole: the face's size is not known yet
+    face = face_region(pixels, crop)
+    return resize_square(pixels if face is None else face, size, policy), face is not None
+
+
+def square_rgb(data: bytes, size: int, policy: str, threads: int | None = None,
+               crop: FaceCrop | None = None) -> np.ndarray:
+    """The model's view of an accepted image (:func:`model_view` without the face flag)."""
+    return model_view(data, size, policy, threads, crop)[0]
 
 
 @dataclass(frozen=True)
@@ -125,10 +170,12 @@ class SquareJob:
     policy: str
     encoding: str
     quality: int
+    crop: FaceCrop | None = None
 
 
-def encoded_square(job: SquareJob) -> bytes:
-    """The encoded square a TFRecord holds, from a file the clean stage accepted.
+def encoded_square(job: SquareJob) -> tuple[bytes, bool | None]:
+    """The encoded square a TFRecord holds, from a file the clean stage accepted, and whether
+    a face was found (None: no crop asked).
 
     Raises a one-line UserError naming the file. Runs in worker processes, which is
     why it lives here: unpickling it imports this light module, not a stage's.
@@ -139,10 +186,10 @@ def encoded_square(job: SquareJob) -> bytes:
         raise UserError(f"{job.path}: cannot read ({err.strerror or err}); restore data/raw "
                         "with `dvc checkout` or rerun the scrape stage") from None
     try:
-        square = square_rgb(data, job.size, job.policy, threads=1)
+        square, face = model_view(data, job.size, job.policy, threads=1, crop=job.crop)
     except (OSError, SyntaxError, ValueError) as err:
         raise UserError(f"{job.path}: no longer decodes ({err}); rerun the clean stage") from None
-    return encode(square, job.encoding, job.quality)
+    return encode(square, job.encoding, job.quality), face
 
 
 def encode(pixels: np.ndarray, encoding: str, jpeg_quality: int = 95) -> bytes:

@@ -300,6 +300,8 @@ class TfrecordsParams(_Section):
     jpeg_quality: Annotated[int, Field(ge=1, le=100)]
     shard_size: Positive
     workers: Annotated[int, Field(ge=0)]
+    crop: Literal["none", "face"]  # face: the largest face found (the faces section's detector)
+    face_margin: Annotated[float, Field(ge=0.0, le=2.0)]  # added on each side, in face sides
 
 
 class AugmentParams(_Section):

@@ -152,12 +152,13 @@ def predict(paths: list[Path], model_dir: Path, rules: CleanParams, batch_size: 
     card = read_card(model_dir)
     import numpy as np
 
-    from pipeline.images import UnusableImageError, open_rgb, square_rgb
+    from pipeline.images import FaceCrop, UnusableImageError, open_rgb, square_rgb
 
     contract = card["input"]
     cut = float(card["threshold"]) if threshold is None else threshold
     model = load_runtime(model_dir, runtime)
     names, size = contract["class_names"], contract["image_size"]
+    crop = FaceCrop.of(contract.get("crop"))  # the face crop the model was trained on, if any
     batch: list[tuple[Path, np.ndarray]] = []
 
     def flush() -> Iterator[Prediction]:
@@ -180,7 +181,7 @@ def predict(paths: list[Path], model_dir: Path, rules: CleanParams, batch_size: 
             continue
         try:
             open_rgb(data, rules)  # the clean stage's checks
-            pixels = square_rgb(data, size, contract["resize"])  # as the tfrecords stage does
+            pixels = square_rgb(data, size, contract["resize"], crop=crop)  # as tfrecords does
         except UnusableImageError as err:
             on_error(path, f"not a usable image ({err})")
             continue

@@ -483,6 +483,7 @@ def _save(model, meta: dict, model_dir: Path) -> None:
     model_dir.mkdir(parents=True, exist_ok=True)
     model.save(model_dir / "model.keras")
     contract = {k: meta[k] for k in ("image_size", "channels", "class_names", "resize", "pixels")}
+    contract["crop"] = meta.get("crop", {"kind": "none"})  # records written before crops: none
     (model_dir / "input.json").write_text(json.dumps(contract, indent=2, sort_keys=True) + "\n")
 
 

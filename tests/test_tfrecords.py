@@ -166,3 +166,61 @@ def test_large_jpeg_decodes_scaled_down_to_nearly_the_same_pixels() -> None:
     assert decode_rgb(data, (128, "pad")).size == (138, 138)  # DCT-scaled by 1/8 in decoding
     full = resize_square(decode_rgb(data), 128, "pad").astype(float)
     assert np.abs(square_rgb(data, 128, "pad") - full).mean() < 2.0
+
+
+def _face_on_a_canvas() -> tuple[np.ndarray, tuple[int, int, int, int]]:
+    """A demo face (one OpenCV's cascade finds) pasted right of centre on a grey canvas three
+    times its size, and where it was pasted (top, left, bottom, right)."""
+    from demo.faces import draw_face
+
+    face = np.asarray(draw_face(np.random.default_rng(0), "happy").convert("RGB"))
+    height, width = face.shape[:2]
+    canvas = np.full((3 * height, 3 * width, 3), 128, np.uint8)
+    canvas[height:2 * height, 2 * width:] = face
+    return canvas, (height, 2 * width, 2 * height, 3 * width)
+
+
+def test_face_crop_cuts_out_the_face_and_keeps_a_faceless_image_whole(repo_params: Params) -> None:
+    from pipeline.images import FaceCrop, face_region, model_view
+    from pipeline.tfrecords import crop_contract
+
+    params = small(repo_params, crop="face", face_margin=0.25)
+    crop = FaceCrop.of(crop_contract(params, repo_params.faces))
+    canvas, _ = _face_on_a_canvas()
+    region = face_region(canvas, crop)
+    assert region is not None
+    # the region is the face's neighbourhood: a small part of the canvas, and mostly face
+    assert region.shape[0] * region.shape[1] < 0.25 * canvas.shape[0] * canvas.shape[1]
+    assert (region != 128).any(axis=2).mean() > 0.5
+    data = encode(canvas, "png")
+    view, found = model_view(data, 32, "pad", crop=crop)
+    assert found is True and view.shape == (32, 32, 3)
+    assert not np.array_equal(view, square_rgb(data, 32, "pad"))  # not the whole canvas
+    flat = encode(np.full((120, 160, 3), 90, np.uint8), "png")
+    view, found = model_view(flat, 32, "pad", crop=crop)
+    assert found is False and np.array_equal(view, square_rgb(flat, 32, "pad"))  # used whole
+    assert FaceCrop.of({"kind": "none"}) is None and FaceCrop.of(None) is None
+
+
+def test_face_cropped_records_are_what_predict_computes(split_file: Path, tiny_raw: Path,
+                                                        repo_params: Params, tmp_path: Path) -> None:
+    """The crop travels in meta.json (and so the model's input contract): predict's conversion
+    of each raw file gives exactly the stored pixels, and every image is counted once."""
+    from pipeline.images import FaceCrop
+
+    params = small(repo_params, encoding="png", crop="face")
+    report = tfrecords(split_file, tiny_raw, tmp_path / "rec", params, repo_params.faces)
+    meta = json.loads((tmp_path / "rec" / "meta.json").read_text())
+    assert meta["crop"] == {"kind": "face", "margin": params.face_margin,
+                            "faces": repo_params.faces.model_dump()}
+    assert meta["faces"] == report.faces
+    rows = {json.loads(line)["sha256"]: json.loads(line) for line in split_file.read_text().splitlines()}
+    crop = FaceCrop.of(meta["crop"])
+    for split_name in ("train", "val", "test"):
+        records = read_records(tmp_path / "rec", split_name, 32)
+        assert sum(report.faces[split_name].values()) == len(records)
+        for record in records:
+            data = (tiny_raw / rows[record["sha256"]]["file"]).read_bytes()
+            assert np.array_equal(record["image"], square_rgb(data, 32, "pad", crop=crop))
+    with pytest.raises(ValueError, match="needs the faces section"):
+        tfrecords(split_file, tiny_raw, tmp_path / "rec2", params)
