@@ -12,12 +12,13 @@ from bench import (
     flow,
     model,
     predict,
+    real_photos,
     sources,
     suspects,
     tune,
 )
 
 BENCHMARKS = (crawl, data_stages, dedupe, bootstrap, crossval, suspects, faults, model, flow, predict,
-              sources, tune)
+              real_photos, sources, tune)
 
 sys.exit(next((code for code in (b.main([]) for b in BENCHMARKS) if code), 0))

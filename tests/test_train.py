@@ -202,6 +202,34 @@ def test_predict_reports_a_corrupt_file_and_labels_the_rest(saved: Path, tiny_ra
         assert line["probability"] == pytest.approx(max(p_sad, 1 - p_sad), abs=1e-5)
 
 
+def test_predict_crops_the_face_when_the_model_was_trained_on_crops(
+        saved: Path, repo_params: Params, tmp_path: Path) -> None:
+    """A model card whose input contract says crop face: predict sees the face, not the canvas."""
+    import keras
+
+    from pipeline.images import FaceCrop, encode, square_rgb
+    from pipeline.predict import predict
+    from pipeline.tfrecords import crop_contract
+    from tests.test_tfrecords import _face_on_a_canvas
+
+    model_dir = tmp_path / "models"
+    shutil.copytree(saved, model_dir)
+    contract = crop_contract(repo_params.tfrecords.model_copy(update={"crop": "face"}),
+                             repo_params.faces)
+    card = json.loads((model_dir / "model_card.json").read_text())
+    card["input"]["crop"] = contract
+    (model_dir / "model_card.json").write_text(json.dumps(card))
+    canvas, _ = _face_on_a_canvas()
+    (tmp_path / "face.png").write_bytes(encode(canvas, "png"))
+    (line,) = predict([tmp_path / "face.png"], model_dir, repo_params.clean, runtime="keras")
+    model = keras.models.load_model(saved / "model.keras")
+    data = (tmp_path / "face.png").read_bytes()
+    cropped = float(model(square_rgb(data, 32, "pad", crop=FaceCrop.of(contract))[None])[0, 0])
+    whole = float(model(square_rgb(data, 32, "pad")[None])[0, 0])
+    assert line.probabilities["sad"] == pytest.approx(cropped, abs=1e-5)
+    assert abs(cropped - whole) > 1e-4  # the crop changed what the model saw
+
+
 def test_predict_labels_at_the_cards_threshold_on_litert_without_tensorflow(
         saved: Path, tiny_raw: Path, tmp_path: Path) -> None:
     """LiteRT answers as Keras does (within the export's 1e-4), starts no TensorFlow, and the

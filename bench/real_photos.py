@@ -1,0 +1,203 @@
+"""A model for real photos: what each train option scores on the dev web set, and FER-2013.
+
+1. FER-2013 (``../shared/data/fer2013-happysad-trainval.tar``): the seed CNN trained on
+   ``train`` (early-stopping on a 15% val share of it) and scored on ``validation``, kept out
+   as the test split (every near-duplicate group touching ``validation`` goes to test), at
+   64 px: accuracy and ROC AUC with 95% intervals. Its model is the warm start of step 2.
+2. The dev web set (``../shared/data/webfaces-happysad-dev.tar``), 5-fold grouped crossval of
+   split seed 1337's train and val images (as ``bench.crossval``), one row per option: the
+   seed CNN, + face crops, the seed CNN warm-started from step 1's FER model (+ face crops, at
+   FER's scale), and each Keras application backbone from random initialisation (ImageNet
+   weights cannot be fetched here: their score is not measured, and not guessed).
+3. The face crop's cost per image (detection on top of decode and resize).
+
+Run: ``uv run python -m bench.real_photos [--work DIR] [--options a,b]``; with ``--work``
+finished steps are kept in ``DIR/results.json`` and not run again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+
+from bench import print_table
+from bench.crossval import DEV_TAR, REPO, _clean, _cv_rows, _step
+from pipeline.params import Params, load_params
+
+FER_TAR = REPO.parent / "shared" / "data" / "fer2013-happysad-trainval.tar"
+FER_TRAIN = {"epochs": 15}  # 12,000 faces: a few passes are enough; more only overfit
+
+
+def _options(fer_model: Path) -> dict[str, dict]:
+    """Option name -> changes to the tfrecords and train sections."""
+    warm = {"init_from": str(fer_model),
+            "fine_tune": {"frozen_epochs": 2, "from_layer": "", "learning_rate": 0.0003}}
+    return {
+        "seed_cnn": {},
+        "seed_cnn_face_crops": {"tfrecords": {"crop": "face"}},
+        "seed_cnn_face_crops_64px": {"tfrecords": {"crop": "face", "image_size": 64}},
+        "seed_cnn_fer_warm_start_face_crops_64px": {"tfrecords": {"crop": "face", "image_size": 64},
+                                                   "train": warm},
+        "mobilenet_v3_small_random_128px": {"tfrecords": {"image_size": 128}, "train": {
+            "backbone": "mobilenet_v3_small", "weights": "none"}},
+        "efficientnet_b0_random_128px": {"tfrecords": {"image_size": 128}, "train": {
+            "backbone": "efficientnet_b0", "weights": "none"}},
+    }
+
+
+def _varied(params: Params, changes: dict) -> Params:
+    sections = {name: getattr(params, name).model_validate(
+        {**getattr(params, name).model_dump(), **changes[name]}) for name in changes}
+    return params.model_copy(update=sections)
+
+
+def _records(work: Path, params: Params, name: str, split_file: Path, raw: Path) -> Path:
+    from pipeline.tfrecords import tfrecords
+
+    out = work / f"records-{name}"
+    if not (out / "meta.json").exists():
+        tfrecords(split_file, raw, out, params.tfrecords, params.faces)
+    return out
+
+
+def _dev_split(work: Path, params: Params) -> Path:
+    from pipeline.split import split
+
+    out = work / f"seed-{params.split.seed}" / "split"
+    if not (out / "split.jsonl").exists():
+        split(work / "clean" / "images.jsonl", out, params.split)
+    return out / "split.jsonl"
+
+
+def _dev_option(work: Path, params: Params, name: str, changes: dict, folds: int) -> dict:
+    import keras
+
+    from pipeline.crossval import cross_validate, summarise
+
+    varied = _varied(params, changes)
+    split_file = _dev_split(work, params)
+    records = _records(work, varied, name, split_file, work / "raw")
+    meta = json.loads((records / "meta.json").read_text())
+    started = time.perf_counter()
+    results, _ = cross_validate(records, split_file, work / "cv", varied, folds)
+    keras.backend.clear_session()
+    details = summarise(results, meta["class_names"], varied)
+    return {"mean": details["mean"], "sd": details["sd"], "pooled_accuracy":
+            details["pooled"]["accuracy"], "pooled_interval":
+            details["pooled"]["intervals"]["accuracy"], "images": details["images"],
+            "best_epochs": [f["best_epoch"] for f in details["per_fold"]],
+            "seconds": round(time.perf_counter() - started, 1), "faces": meta.get("faces")}
+
+
+def _fer(tar: Path, work: Path, params: Params) -> dict:
+    """Clean FER's train and validation together, split by folder (validation -> test), train
+    the seed CNN at 64 px and score the test split."""
+    import keras
+
+    from pipeline.clean import clean
+    from pipeline.evaluate import evaluate
+    from pipeline.folder import import_folder
+    from pipeline.split import assign
+    from pipeline.stage_io import write_jsonl
+    from pipeline.train import train
+
+    fer = work / "fer"
+    with tarfile.open(tar) as archive:
+        archive.extractall(fer / "unpacked", filter="data")
+    for part in ("train", "validation"):
+        import_folder(f"fer-{part}", str(fer / "unpacked" / part), ["happy", "sad"], fer / "raw",
+                      max_images=10**9, max_bytes=2**30, progress_every_s=1e9)
+    clean(fer / "raw", fer / "clean", params.clean.model_copy(update={"min_side": 32}))
+    source = {r["sha256"]: r["source"] for r in map(json.loads, (fer / "raw" / "manifest.jsonl").open())}
+    rows = [json.loads(line) for line in (fer / "clean" / "images.jsonl").open()]
+    held_out = {r["group"] for r in rows if source[r["sha256"]] == "fer-validation"}
+    inner = params.split.model_copy(update={"fractions": {"train": 0.85, "val": 0.149, "test": 0.001}})
+    for row in rows:  # the 0.1% "test" of train's groups stays in train: test is validation's
+        row["split"] = ("test" if row["group"] in held_out else
+                        {"test": "train"}.get(assign(row["group"], inner), assign(row["group"], inner)))
+    write_jsonl(fer / "split.jsonl", rows)
+    size = {"image_size": 64}
+    varied = _varied(params, {"tfrecords": size, "train": FER_TRAIN})
+    records = _records(fer, varied, "64px", fer / "split.jsonl", fer / "raw")
+    started = time.perf_counter()
+    report = train(records, fer / "model", fer / "train", varied.train, params.seed)
+    metrics = evaluate(fer / "model" / "model.keras", records, fer / "train", fer / "evaluate",
+                       params.evaluate, params.seed)
+    keras.backend.clear_session()
+    meta = json.loads((records / "meta.json").read_text())
+    return {"accuracy": metrics["accuracy"], "interval": metrics["intervals"]["accuracy"],
+            "roc_auc": metrics["roc_auc"], "auc_interval": metrics["intervals"]["roc_auc"],
+            "images": metrics["images"], "counts": meta["counts"], "best_epoch": report.best_epoch,
+            "epochs_run": report.epochs_run, "images_per_second": report.images_per_second,
+            "seconds": round(time.perf_counter() - started, 1)}
+
+
+def _crop_cost(work: Path, params: Params, images: int = 200) -> dict:
+    """Seconds per dev image to decode and resize to 256 px, without and with the face crop."""
+    from pipeline.images import FaceCrop, square_rgb
+    from pipeline.tfrecords import crop_contract
+
+    files = sorted((work / "raw").glob("*/*"))[:images]
+    datas = [f.read_bytes() for f in files]
+    crop = FaceCrop.of(crop_contract(params.tfrecords.model_copy(update={"crop": "face"}),
+                                     params.faces))
+    timings = {}
+    for name, option in (("plain", None), ("face_crop", crop)):
+        started = time.perf_counter()
+        for data in datas:
+            square_rgb(data, 256, "pad", threads=1, crop=option)
+        timings[name] = (time.perf_counter() - started) / len(datas)
+    return timings
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.real_photos",
+                                     description=__doc__.splitlines()[0])
+    parser.add_argument("--work", type=Path, help="keep finished steps here (default: a temp folder)")
+    parser.add_argument("--folds", type=int, default=5)
+    parser.add_argument("--options", help="comma-separated dev options (default: all)")
+    args = parser.parse_args(argv)
+    if not (DEV_TAR.exists() and FER_TAR.exists()):
+        print(f"bench.real_photos: {DEV_TAR} or {FER_TAR} not found; skipped")  # noqa: T201
+        return 0
+    from pipeline.log import load_tensorflow, setup_logging
+
+    setup_logging(False)
+    load_tensorflow()
+    params = load_params(REPO / "params.yaml")
+    with tempfile.TemporaryDirectory() as tmp:
+        work = args.work or Path(tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        store = work / "results.json"
+        results = json.loads(store.read_text()) if store.exists() else {}
+        fer = _step(results, store, "fer", lambda: _fer(FER_TAR, work, params))
+        interval, auc = fer["interval"], fer["auc_interval"]
+        print_table("FER-2013, seed CNN at 64 px (train -> held-out validation)", [
+            ("test accuracy", f"{fer['accuracy']:.3f}", f"95% {interval['low']:.3f}-"
+             f"{interval['high']:.3f} on {fer['images']} faces; target >= 0.92"),
+            ("test ROC AUC", f"{fer['roc_auc']:.3f}", f"95% {auc['low']:.3f}-{auc['high']:.3f}"),
+            ("training", f"{fer['seconds'] / 60:.1f} min", f"best epoch {fer['best_epoch']} of "
+             f"{fer['epochs_run']}; {fer['images_per_second']:.0f} images/s; {fer['counts']}")])
+        _step(results, store, "clean", lambda: _clean(DEV_TAR, work, params))
+        options = _options(work / "fer" / "model" / "model.keras")
+        chosen = args.options.split(",") if args.options else list(options)
+        cv = {name: _step(results, store, f"cv-{args.folds}-{name}", lambda n=name: _dev_option(
+            work, params, n, options[n], args.folds)) for name in chosen}
+        print_table("dev web set: grouped crossval per option", _cv_rows(cv, args.folds) + [
+            (f"{name}: faces found", json.dumps(r["faces"]), "per split; the rest used whole")
+            for name, r in cv.items() if r.get("faces")])
+        cost = _crop_cost(work, params)
+        print_table("face crop cost (dev images, 1 thread)", [
+            ("decode + resize to 256 px", f"{cost['plain'] * 1000:.1f} ms", "per image"),
+            ("with the face crop", f"{cost['face_crop'] * 1000:.1f} ms",
+             f"{cost['face_crop'] / cost['plain']:.1f}x; paid once, in the tfrecords stage "
+             "(and per image in predict)")])
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
