@@ -138,7 +138,8 @@ def _fer(tar: Path, work: Path, params: Params) -> dict:
 
 def _crop_cost(work: Path, params: Params, images: int = 200) -> dict:
     """Seconds per dev image to decode and resize to 256 px, without and with the face crop."""
-    from pipeline.images import FaceCrop, square_rgb
+    from pipeline.faces import FaceCrop
+    from pipeline.images import square_rgb
     from pipeline.tfrecords import crop_contract
 
     files = sorted((work / "raw").glob("*/*"))[:images]

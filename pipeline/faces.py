@@ -67,3 +67,32 @@ def detect(rgb: np.ndarray, params: FacesParams) -> list[Face]:
     faces = [Face(round(x / scale), round(y / scale), round(w / scale), round(h / scale))
              for x, y, w, h in boxes]
     return sorted(faces, key=lambda f: -f.width * f.height)
+
+
+@dataclass(frozen=True)
+class FaceCrop:
+    """Crop to the largest face before resizing (``pipeline.images.model_view``): ``margin``
+    face sides added on each side; ``detector`` the faces section of params.yaml, as items."""
+
+    margin: float
+    detector: tuple[tuple[str, float], ...]
+
+    @classmethod
+    def of(cls, contract: dict | None) -> FaceCrop | None:
+        """From a model's or records' ``crop`` entry (None or kind none: no crop)."""
+        if not contract or contract.get("kind") != "face":
+            return None
+        return cls(float(contract["margin"]), tuple(sorted(contract["faces"].items())))
+
+    def __call__(self, pixels: np.ndarray) -> np.ndarray | None:
+        """The largest face with its margin, clamped to the image; None when there is none."""
+        found = detect(pixels, FacesParams(**dict(self.detector)))
+        if not found:
+            return None
+        face = found[0]
+        height, width = pixels.shape[:2]
+        dx, dy = round(face.width * self.margin), round(face.height * self.margin)
+        top, left = max(0, face.y - dy), max(0, face.x - dx)
+        bottom = min(height, face.y + face.height + dy)
+        right = min(width, face.x + face.width + dx)
+        return pixels[top:bottom, left:right]

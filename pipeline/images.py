@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import math
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -107,42 +108,14 @@ def resize_square(img: Image.Image | np.ndarray, size: int, policy: str) -> np.n
     return canvas
 
 
-@dataclass(frozen=True)
-class FaceCrop:
-    """Crop to the largest face before resizing: ``margin`` face sides added on each side;
-    ``detector`` is the faces section of params.yaml (a FacesParams, as a dict)."""
-
-    margin: float
-    detector: tuple[tuple[str, float], ...]
-
-    @classmethod
-    def of(cls, contract: dict | None) -> FaceCrop | None:
-        """From a model's or records' ``crop`` entry (None or kind none: no crop)."""
-        if not contract or contract.get("kind") != "face":
-            return None
-        return cls(float(contract["margin"]), tuple(sorted(contract["faces"].items())))
-
-
-def face_region(pixels: np.ndarray, crop: FaceCrop) -> np.ndarray | None:
-    """The largest face with its margin, clamped to the image; None when there is none."""
-    from pipeline.faces import detect
-    from pipeline.params import FacesParams
-
-    found = detect(pixels, FacesParams(**dict(crop.detector)))
-    if not found:
-        return None
-    face = found[0]
-    height, width = pixels.shape[:2]
-    dx, dy = round(face.width * crop.margin), round(face.height * crop.margin)
-    top, left = max(0, face.y - dy), max(0, face.x - dx)
-    bottom, right = min(height, face.y + face.height + dy), min(width, face.x + face.width + dx)
-    return pixels[top:bottom, left:right]
+# A face crop (pipeline.faces.FaceCrop): the region to keep of an image, or None for none found.
+Crop = Callable[[np.ndarray], "np.ndarray | None"]
 
 
 def model_view(data: bytes, size: int, policy: str, threads: int | None = None,
-               crop: FaceCrop | None = None) -> tuple[np.ndarray, bool | None]:
-    """The model's view of an accepted image, and whether a face was found (None: no crop
-    asked). The one conversion tfrecords and predict share.
+               crop: Crop | None = None) -> tuple[np.ndarray, bool | None]:
+    """The model's view of an accepted image, and whether ``crop`` found a face (None: no
+    crop asked). The one conversion tfrecords and predict share.
 
     ``threads=1`` in worker processes, whose parallelism is the processes themselves.
     """
@@ -151,12 +124,12 @@ def model_view(data: bytes, size: int, policy: str, threads: int | None = None,
     if crop is None:
         return resize_square(decode_rgb(data, (size, policy)), size, policy), None
     pixels = np.asarray(decode_rgb(data))  # whole: the face's size is not known yet
-    face = face_region(pixels, crop)
+    face = crop(pixels)
     return resize_square(pixels if face is None else face, size, policy), face is not None
 
 
 def square_rgb(data: bytes, size: int, policy: str, threads: int | None = None,
-               crop: FaceCrop | None = None) -> np.ndarray:
+               crop: Crop | None = None) -> np.ndarray:
     """The model's view of an accepted image (:func:`model_view` without the face flag)."""
     return model_view(data, size, policy, threads, crop)[0]
 
@@ -170,7 +143,7 @@ class SquareJob:
     policy: str
     encoding: str
     quality: int
-    crop: FaceCrop | None = None
+    crop: Crop | None = None
 
 
 def encoded_square(job: SquareJob) -> tuple[bytes, bool | None]:

@@ -152,7 +152,8 @@ def predict(paths: list[Path], model_dir: Path, rules: CleanParams, batch_size: 
     card = read_card(model_dir)
     import numpy as np
 
-    from pipeline.images import FaceCrop, UnusableImageError, open_rgb, square_rgb
+    from pipeline.faces import FaceCrop
+    from pipeline.images import UnusableImageError, open_rgb, square_rgb
 
     contract = card["input"]
     cut = float(card["threshold"]) if threshold is None else threshold

@@ -20,7 +20,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from pipeline import features
-from pipeline.images import FaceCrop, SquareJob, encoded_square
+from pipeline.faces import FaceCrop
+from pipeline.images import SquareJob, encoded_square
 from pipeline.params import SPLITS, FacesParams, TfrecordsParams, load_params
 from pipeline.stage_io import parallel_map, read_records, replacing_dir
 

@@ -181,13 +181,14 @@ def _face_on_a_canvas() -> tuple[np.ndarray, tuple[int, int, int, int]]:
 
 
 def test_face_crop_cuts_out_the_face_and_keeps_a_faceless_image_whole(repo_params: Params) -> None:
-    from pipeline.images import FaceCrop, face_region, model_view
+    from pipeline.faces import FaceCrop
+    from pipeline.images import model_view
     from pipeline.tfrecords import crop_contract
 
     params = small(repo_params, crop="face", face_margin=0.25)
     crop = FaceCrop.of(crop_contract(params, repo_params.faces))
     canvas, _ = _face_on_a_canvas()
-    region = face_region(canvas, crop)
+    region = crop(canvas)
     assert region is not None
     # the region is the face's neighbourhood: a small part of the canvas, and mostly face
     assert region.shape[0] * region.shape[1] < 0.25 * canvas.shape[0] * canvas.shape[1]
@@ -206,7 +207,7 @@ def test_face_cropped_records_are_what_predict_computes(split_file: Path, tiny_r
                                                         repo_params: Params, tmp_path: Path) -> None:
     """The crop travels in meta.json (and so the model's input contract): predict's conversion
     of each raw file gives exactly the stored pixels, and every image is counted once."""
-    from pipeline.images import FaceCrop
+    from pipeline.faces import FaceCrop
 
     params = small(repo_params, encoding="png", crop="face")
     report = tfrecords(split_file, tiny_raw, tmp_path / "rec", params, repo_params.faces)

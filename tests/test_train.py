@@ -207,7 +207,8 @@ def test_predict_crops_the_face_when_the_model_was_trained_on_crops(
     """A model card whose input contract says crop face: predict sees the face, not the canvas."""
     import keras
 
-    from pipeline.images import FaceCrop, encode, square_rgb
+    from pipeline.faces import FaceCrop
+    from pipeline.images import encode, square_rgb
     from pipeline.predict import predict
     from pipeline.tfrecords import crop_contract
     from tests.test_tfrecords import _face_on_a_canvas
