@@ -91,8 +91,10 @@ def _with_decision(store: Store, row: dict) -> dict:
 
 
 def items(store: Store, query: dict[str, str]) -> dict:
-    """One page of the kept (or rejected) images that pass the filters."""
+    """One page of the kept (or rejected, or one group's) images that pass the filters."""
     rows = store.rejected if query.get("view") == "rejected" else store.kept
+    if query.get("group"):  # a near-duplicate group: the kept image and the copies clean folded in
+        rows = [r for r in store.kept + store.rejected if r.get("group") == query["group"]]
     if query.get("class"):
         rows = [r for r in rows if r["class"] == query["class"]]
     if query.get("flag"):

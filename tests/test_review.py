@@ -178,6 +178,8 @@ def test_review_server_refuses_paths_foreign_origins_and_big_bodies(review_serve
         {"sha256": grouped["sha256"], "action": "relabel", "label": other}]}).encode(), own)[0] == 200
     moved = {d.sha256 for d in review.read(store.decisions_path) if d.action == "relabel"}
     assert moved == {grouped["sha256"], *copies} and copies  # the copies follow their group
+    members = json.loads(_call(url, f"/api/items?group={grouped['group']}")[1])["items"]
+    assert {i["sha256"] for i in members} == {grouped["sha256"], *copies}  # the group's view
 
 
 def _browser():
@@ -222,6 +224,13 @@ def test_a_person_relabels_and_excludes_in_a_real_browser(review_server, tiny_ra
                              'button[data-action="exclude"]').click()  # the mouse
         wait.until(lambda b: b.find_element(By.TAG_NAME, "body").get_attribute("data-saved") == "2")
         shown = browser.find_element(By.CSS_SELECTOR, f'figure.card[data-sha="{first}"] .state').text
+        # a near-duplicate group: its button shows the kept image and the copies folded into it
+        button = browser.find_element(By.CSS_SELECTOR, "figure.card button.group")
+        grouped = button.find_element(By.XPATH, "./ancestor::figure").get_attribute("data-sha")
+        loaded = browser.find_element(By.TAG_NAME, "body").get_attribute("data-loaded")
+        button.click()
+        wait.until(lambda b: b.find_element(By.TAG_NAME, "body").get_attribute("data-loaded") != loaded)
+        members = {c.get_attribute("data-sha") for c in browser.find_elements(By.CSS_SELECTOR, "figure.card")}
     finally:
         browser.quit()
     before = {r["sha256"]: r for r in store.kept}
@@ -234,6 +243,9 @@ def test_a_person_relabels_and_excludes_in_a_real_browser(review_server, tiny_ra
     rows = {r["sha256"]: r for r in map(json.loads, (tmp_path / "next" / "images.jsonl").open())}
     assert rows[first]["label"] == other and rows[first]["label_source"] == "review"
     assert second not in rows
+    group = before[grouped]["group"]
+    assert members == {grouped} | {r["sha256"] for r in store.rejected if r["group"] == group}
+    assert len(members) == before[grouped]["group_size"] > 1
 
 
 def test_label_studio_tasks_round_trip_into_decisions(tmp_path: Path) -> None:
