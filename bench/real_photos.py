@@ -42,6 +42,10 @@ def _options(fer_model: Path) -> dict[str, dict]:
         "seed_cnn_face_crops_64px": {"tfrecords": {"crop": "face", "image_size": 64}},
         "seed_cnn_fer_warm_start_face_crops_64px": {"tfrecords": {"crop": "face", "image_size": 64},
                                                    "train": warm},
+        "seed_cnn_fer_warm_start_64px": {"tfrecords": {"image_size": 64}, "train": warm},
+        "seed_cnn_fer_warm_start_face_crops_64px_no_frozen_phase": {
+            "tfrecords": {"crop": "face", "image_size": 64},
+            "train": {"init_from": str(fer_model), "learning_rate": 0.0003}},
         "mobilenet_v3_small_random_128px": {"tfrecords": {"image_size": 128}, "train": {
             "backbone": "mobilenet_v3_small", "weights": "none"}},
         "efficientnet_b0_random_128px": {"tfrecords": {"image_size": 128}, "train": {

@@ -123,9 +123,7 @@ def build_model(params: TrainParams, image_size: int, seed: int, augment: bool =
     if params.backbone == "seed_cnn":
         x = _seed_body(x, params, l2)
     else:
-        # training=False: the application's BatchNorm keeps its statistics also while it is
-        # fine-tuned (a few hundred images would overwrite ImageNet's; Keras' guide does this)
-        x = _application(params, image_size, pretrained)(x, training=False)
+        x = _application(params, image_size, pretrained)(x)  # BatchNorm: see set_trainable
     x = (layers.GlobalAveragePooling2D(name="pool") if params.head == "global_average"
          else layers.Flatten(name="flatten"))(x)
     if params.dense_units:
@@ -163,9 +161,19 @@ def body_layers(model: keras.Model) -> list[keras.layers.Layer]:
         return [layer for layer in model.layers if layer.name.startswith("block")]
 
 
-def set_trainable(model: keras.Model, from_layer: str | None) -> None:
+def keeps_norm_statistics(params: TrainParams) -> bool:
+    """Whether a Keras application's BatchNorm layers stay frozen (inference mode) throughout:
+    when it starts from trained weights, whose statistics a few hundred images would overwrite
+    (Keras' transfer-learning guide). From random weights they must learn theirs. (Calling the
+    application with ``training=False`` does not do it: Keras 3.15 lets the outer call's
+    ``training`` override it.)"""
+    return params.backbone != "seed_cnn" and (params.weights != "none" or bool(params.init_from))
+
+
+def set_trainable(model: keras.Model, from_layer: str | None, frozen_norms: bool = False) -> None:
     """Freeze the body (``from_layer`` None), or let it train from ``from_layer`` on ("" =
-    all of it); the head always trains. Compile again afterwards."""
+    all of it), its BatchNorm layers frozen too if ``frozen_norms``; the head always trains.
+    Compile again afterwards."""
     body = body_layers(model)
     names = [layer.name for layer in body]
     if from_layer and from_layer not in names:
@@ -176,7 +184,8 @@ def set_trainable(model: keras.Model, from_layer: str | None) -> None:
     with contextlib.suppress(ValueError):  # a nested model's own flag gates its layers'
         model.get_layer(BODY).trainable = True
     for index, layer in enumerate(body):
-        layer.trainable = index >= start
+        norm = isinstance(layer, layers.BatchNormalization)
+        layer.trainable = index >= start and not (frozen_norms and norm)
 
 
 def warm_start(model: keras.Model, path: Path) -> int:

@@ -399,13 +399,13 @@ def _strategy(params: TrainParams):
 def _fit_phase(model, phase: Phase, records: Path, meta: dict, params: TrainParams, seed: int,
                backup: Path, reports_dir: Path, strategy) -> tuple[int, float]:
     """Run one phase (resuming it if it was cut short); returns its epochs run and seconds."""
-    from pipeline.model import compile_model, set_trainable
+    from pipeline.model import compile_model, keeps_norm_statistics, set_trainable
 
     done = backup / f"phase-{phase.number}.weights.h5"
     if phase.from_layer is None and done.exists():  # a finished frozen phase of a resumed run
         model.load_weights(done)
         return 0, 0.0
-    set_trainable(model, phase.from_layer)
+    set_trainable(model, phase.from_layer, keeps_norm_statistics(params))
     with strategy.scope():
         compile_model(model, phase.learning_rate)
         model.optimizer.build(model.trainable_variables)  # so a resumed run gets its state back

@@ -52,6 +52,18 @@ def test_a_weights_file_is_what_the_backbone_starts_from(tiny_train_params: Trai
     fresh = build_model(params.model_copy(update={"weights": "none"}), 32, seed=1)
     assert not all(np.array_equal(a, b) for a, b in zip(
         written.get_weights(), fresh.get_layer("backbone").get_weights(), strict=True))
+    # BatchNorm: pretrained weights keep their statistics while training; random ones learn theirs
+    pixels = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
+    from pipeline.model import keeps_norm_statistics, set_trainable
+
+    for model, varied, learns in ((build_model(params, 32, seed=1), params, False),
+                                  (fresh, params.model_copy(update={"weights": "none"}), True)):
+        set_trainable(model, "", keeps_norm_statistics(varied))  # the fine-tuning phase
+        norm = next(la for la in model.get_layer("backbone").layers
+                    if la.__class__.__name__ == "BatchNormalization")
+        before = norm.moving_mean.numpy().copy()
+        model(pixels, training=True)
+        assert (not np.array_equal(before, norm.moving_mean.numpy())) == learns
     with pytest.raises(UserError, match=r"train.weights: .*missing.h5 not found"):
         build_model(params.model_copy(update={"weights": str(tmp_path / "missing.h5")}), 32, 1)
 
