@@ -33,6 +33,9 @@ def test_a_backbone_takes_uint8_pixels_and_loads_in_safe_mode(
     expected = np.asarray(model.predict_on_batch(pixels))
     assert np.allclose(again.predict_on_batch(pixels), expected, atol=1e-6)
     assert np.all((expected > 0) & (expected < 1))
+    norms = [la for la in model.get_layer("backbone").layers if la.__class__.__name__ ==
+             "BatchNormalization"]
+    assert norms and {la.momentum for la in norms} == {params.batchnorm_momentum}  # random: learns
 
 
 def test_a_weights_file_is_what_the_backbone_starts_from(tiny_train_params: TrainParams,
