@@ -23,6 +23,8 @@ import statistics
 import tarfile
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from bench import print_table
@@ -35,6 +37,34 @@ VARIANTS = {  # early stopping on a val split of a few dozen images: what surviv
     "smoothed": {"val_loss_smoothing": 0.6},
     "min_epochs_10": {"min_epochs": 10},
 }
+
+
+@contextmanager
+def kept_results(work: Path | None) -> Iterator[tuple[Path, Path, dict]]:
+    """TensorFlow loaded quietly, and the work folder (``work``, or a temporary one), the file
+    its finished steps are kept in, and what they left there."""
+    from pipeline.log import load_tensorflow, setup_logging
+
+    setup_logging(False)
+    load_tensorflow()
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = work or Path(tmp)
+        folder.mkdir(parents=True, exist_ok=True)
+        store = folder / "results.json"
+        yield folder, store, json.loads(store.read_text()) if store.exists() else {}
+
+
+def cv_summary(results: list[dict], class_names: list[str], params: Params, started: float) -> dict:
+    """What a crossval row shows, from cross_validate's per-fold results."""
+    from pipeline.crossval import summarise
+
+    details = summarise(results, class_names, params)
+    return {"mean": details["mean"], "sd": details["sd"], "pooled_accuracy":
+            details["pooled"]["accuracy"], "pooled_interval":
+            details["pooled"]["intervals"]["accuracy"], "images": details["images"],
+            "best_epochs": [f["best_epoch"] for f in details["per_fold"]],
+            "fold_accuracy": [f["accuracy"] for f in details["per_fold"]],
+            "seconds": round(time.perf_counter() - started, 1)}
 
 
 def _step(results: dict, path: Path, name: str, run) -> dict:
@@ -89,7 +119,7 @@ def _one_split(work: Path, params: Params, seed: int) -> dict:
 
 
 def _crossval(work: Path, params: Params, folds: int, changes: dict) -> dict:
-    from pipeline.crossval import cross_validate, summarise
+    from pipeline.crossval import cross_validate
 
     out = work / f"seed-{params.split.seed}"
     if not (out / "records" / "meta.json").exists():
@@ -99,13 +129,7 @@ def _crossval(work: Path, params: Params, folds: int, changes: dict) -> dict:
     results, _ = cross_validate(out / "records", out / "split" / "split.jsonl", work / "cv",
                                 varied, folds)
     meta = json.loads((out / "records" / "meta.json").read_text())
-    details = summarise(results, meta["class_names"], varied)
-    return {"mean": details["mean"], "sd": details["sd"], "pooled_accuracy":
-            details["pooled"]["accuracy"], "pooled_interval":
-            details["pooled"]["intervals"]["accuracy"], "images": details["images"],
-            "best_epochs": [f["best_epoch"] for f in details["per_fold"]],
-            "fold_accuracy": [f["accuracy"] for f in details["per_fold"]],
-            "seconds": round(time.perf_counter() - started, 1)}
+    return cv_summary(results, meta["class_names"], varied, started)
 
 
 def _clean_rows(report: dict) -> list[tuple[str, str, str]]:
@@ -151,16 +175,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.tar.exists():
         print(f"bench.crossval: {args.tar} not found; skipped")  # noqa: T201
         return 0
-    from pipeline.log import load_tensorflow, setup_logging
-
-    setup_logging(False)
-    load_tensorflow()
     params = load_params(REPO / "params.yaml")
-    with tempfile.TemporaryDirectory() as tmp:
-        work = args.work or Path(tmp)
-        work.mkdir(parents=True, exist_ok=True)
-        store = work / "results.json"
-        results = json.loads(store.read_text()) if store.exists() else {}
+    with kept_results(args.work) as (work, store, results):
         report = _step(results, store, "clean", lambda: _clean(args.tar, work, params))
         print_table("dev web set: clean", _clean_rows(report))
         seeds = [params.split.seed + 1000 * n for n in range(args.seeds)]

@@ -20,12 +20,11 @@ from __future__ import annotations
 import argparse
 import json
 import tarfile
-import tempfile
 import time
 from pathlib import Path
 
 from bench import print_table
-from bench.crossval import DEV_TAR, REPO, _clean, _cv_rows, _step
+from bench.crossval import DEV_TAR, REPO, _clean, _cv_rows, _step, cv_summary, kept_results
 from pipeline.params import Params, load_params
 
 FER_TAR = REPO.parent / "shared" / "data" / "fer2013-happysad-trainval.tar"
@@ -80,7 +79,7 @@ def _dev_split(work: Path, params: Params) -> Path:
 def _dev_option(work: Path, params: Params, name: str, changes: dict, folds: int) -> dict:
     import keras
 
-    from pipeline.crossval import cross_validate, summarise
+    from pipeline.crossval import cross_validate
 
     varied = _varied(params, changes)
     split_file = _dev_split(work, params)
@@ -89,12 +88,7 @@ def _dev_option(work: Path, params: Params, name: str, changes: dict, folds: int
     started = time.perf_counter()
     results, _ = cross_validate(records, split_file, work / "cv", varied, folds)
     keras.backend.clear_session()
-    details = summarise(results, meta["class_names"], varied)
-    return {"mean": details["mean"], "sd": details["sd"], "pooled_accuracy":
-            details["pooled"]["accuracy"], "pooled_interval":
-            details["pooled"]["intervals"]["accuracy"], "images": details["images"],
-            "best_epochs": [f["best_epoch"] for f in details["per_fold"]],
-            "seconds": round(time.perf_counter() - started, 1), "faces": meta.get("faces")}
+    return {**cv_summary(results, meta["class_names"], varied, started), "faces": meta.get("faces")}
 
 
 def _fer(tar: Path, work: Path, params: Params) -> dict:
@@ -169,16 +163,8 @@ def main(argv: list[str] | None = None) -> int:
     if not (DEV_TAR.exists() and FER_TAR.exists()):
         print(f"bench.real_photos: {DEV_TAR} or {FER_TAR} not found; skipped")  # noqa: T201
         return 0
-    from pipeline.log import load_tensorflow, setup_logging
-
-    setup_logging(False)
-    load_tensorflow()
     params = load_params(REPO / "params.yaml")
-    with tempfile.TemporaryDirectory() as tmp:
-        work = args.work or Path(tmp)
-        work.mkdir(parents=True, exist_ok=True)
-        store = work / "results.json"
-        results = json.loads(store.read_text()) if store.exists() else {}
+    with kept_results(args.work) as (work, store, results):
         fer = _step(results, store, "fer", lambda: _fer(FER_TAR, work, params))
         interval, auc = fer["interval"], fer["auc_interval"]
         print_table("FER-2013, seed CNN at 64 px (train -> held-out validation)", [
