@@ -57,12 +57,11 @@ def configure_runtime(seed: int) -> str:
 
 
 def _inputs(records: Path, meta: dict, params: TrainParams, seed: int, first_epoch: int = 0,
-            last_epoch: int | None = None, batch_size: int | None = None, replicas: int = 1):
+            last_epoch: int | None = None, batch_size: int | None = None):
     """The train stream for epochs ``first_epoch`` to ``last_epoch`` (each epoch's order a
     function of the seed and the epoch alone, so a resumed run sees what an uninterrupted one
     would), its batches per epoch, and the val batches; ``batch_size`` is the global batch
-    (train.batch_size unless the model is mirrored over several ``replicas``, which drop an
-    epoch's last short batch: Keras' random layers cannot sum replicas of unequal sizes)."""
+    (train.batch_size unless the model is mirrored over several replicas)."""
     import tensorflow as tf
 
     from pipeline import features
@@ -82,19 +81,14 @@ def _inputs(records: Path, meta: dict, params: TrainParams, seed: int, first_epo
     buffer = min(params.shuffle_buffer, train_images)
 
     def epoch(number: tf.Tensor) -> tf.data.Dataset:
-        return train.shuffle(buffer, seed=number + seed * 1_000_003).batch(
-            batch, drop_remainder=replicas > 1)
+        return train.shuffle(buffer, seed=number + seed * 1_000_003).batch(batch)
 
     last = params.epochs if last_epoch is None else last_epoch
     stream = tf.data.Dataset.range(first_epoch, last).flat_map(epoch).prefetch(tf.data.AUTOTUNE)
     val = (features.labelled(records, "val", size)
            .apply(tf.data.experimental.assert_cardinality(sum(counts["val"].values())))
            .batch(batch).cache())
-    steps = train_images // batch if replicas > 1 else math.ceil(train_images / batch)
-    if not steps:
-        raise UserError(f"{records / 'meta.json'}: {train_images} train images fill no batch of "
-                        f"{batch} ({replicas} replicas); lower train.batch_size")
-    return stream, steps, val.prefetch(tf.data.AUTOTUNE)
+    return stream, math.ceil(train_images / batch), val.prefetch(tf.data.AUTOTUNE)
 
 
 def class_weights(counts: dict[str, int], class_names: list[str], mode: str) -> dict[int, float] | None:
@@ -412,14 +406,14 @@ def _fit_phase(model, phase: Phase, records: Path, meta: dict, params: TrainPara
     global_batch = params.batch_size * strategy.num_replicas_in_sync
     first = max(phase.first, _resume_epoch(backup / phase.state))
     train_data, steps, val_data = _inputs(records, meta, params, seed, first, phase.last,
-                                          global_batch, strategy.num_replicas_in_sync)
+                                          global_batch)
     mirrored = strategy.num_replicas_in_sync > 1
     validation = [_validation_by_prediction(val_data)] if mirrored else []
     callbacks = _callbacks(backup, reports_dir, params, phase, validation)
     started = time.perf_counter()
     fitted = model.fit(train_data, validation_data=None if mirrored else val_data,
-                       initial_epoch=phase.first,
-                       epochs=phase.last, steps_per_epoch=steps, callbacks=callbacks,
+                       initial_epoch=phase.first, epochs=phase.last, steps_per_epoch=steps,
+                       callbacks=callbacks,
                        class_weight=class_weights(meta["counts"]["train"], meta["class_names"],
                                                   params.class_weight),
                        shuffle=False, verbose=1 if sys.stdout.isatty() else 0)  # tf.data shuffles
