@@ -19,6 +19,7 @@ import math
 import shutil
 import sys
 import time
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -238,8 +239,8 @@ def _callbacks(backup: Path, reports_dir: Path, params: TrainParams, phase: Phas
         *validation,  # the val figures, when fit does not measure them itself
         _smoothed_val_loss(log_path, params.val_loss_smoothing),  # before those that read it
         keras.callbacks.BackupAndRestore(str(state)),
-        # weights only: the optimizer's state is not wanted back, and a model file's would
-        # not fit another phase's optimizer (Keras warns "Skipping variable loading")
+        # weights only: no model config; the optimizer's state is not wanted back (train
+        # silences Keras' warning when another phase's optimizer does not match it)
         keras.callbacks.ModelCheckpoint(str(backup / "best.weights.h5"), monitor=monitor,
                                         mode="min", save_best_only=True, save_weights_only=True,
                                         initial_value_threshold=min(
@@ -451,7 +452,10 @@ def train(records: Path, model_dir: Path, reports_dir: Path, params: TrainParams
         epochs_run, seconds = epochs_run + ran, seconds + took
     rows = json.loads((backup / "epochs.json").read_text())
     best = min(rows, key=lambda r: (r[monitored(params)], r["epoch"]))
-    model.load_weights(backup / "best.weights.h5")  # the best epoch, also when training ran to the end
+    with warnings.catch_warnings():  # the file holds the optimizer of the phase that saved it,
+        # which a later phase's need not match, and which is not wanted back: weights only
+        warnings.filterwarnings("ignore", "Skipping variable loading for optimizer")
+        model.load_weights(backup / "best.weights.h5")  # the best epoch, also when run to the end
     inference = without_augmentation(model, params, meta["image_size"])
     # saved uncompiled: no optimizer in the file, so loading it never warns "Skipping variable
     # loading for optimizer" (every reader loads with compile=False and needs none)
