@@ -115,8 +115,8 @@ def _fer(tar: Path, work: Path, params: Params) -> dict:
     held_out = {r["group"] for r in rows if source[r["sha256"]] == "fer-validation"}
     inner = params.split.model_copy(update={"fractions": {"train": 0.85, "val": 0.149, "test": 0.001}})
     for row in rows:  # the 0.1% "test" of train's groups stays in train: test is validation's
-        row["split"] = ("test" if row["group"] in held_out else
-                        {"test": "train"}.get(assign(row["group"], inner), assign(row["group"], inner)))
+        drawn = assign(row["group"], inner)
+        row["split"] = "test" if row["group"] in held_out else "train" if drawn == "test" else drawn
     write_jsonl(fer / "split.jsonl", rows)
     size = {"image_size": 64}
     varied = _varied(params, {"tfrecords": size, "train": FER_TRAIN})

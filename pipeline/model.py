@@ -98,7 +98,7 @@ def _application(params: TrainParams, image_size: int, pretrained: bool) -> kera
                             f"top ({type(err).__name__}: {str(err).splitlines()[0][:160]})") from None
         raise
     application.name = BODY
-    if weights is None:
+    if params.weights == "none":  # as trained, also when rebuilt for the weights copied in
         # Random weights learn their BatchNorm statistics: at the applications' momentum (0.999
         # in MobileNetV3) a few hundred steps leave them near 0 and 1, and every image gets
         # one class at inference (measured: val accuracy stuck at the majority share)
