@@ -14,11 +14,12 @@ from bench import (
     predict,
     real_photos,
     sources,
+    speed,
     suspects,
     tune,
 )
 
-BENCHMARKS = (crawl, data_stages, dedupe, bootstrap, crossval, suspects, faults, model, flow, predict,
-              real_photos, sources, tune)
+BENCHMARKS = (crawl, data_stages, dedupe, bootstrap, crossval, suspects, faults, model, speed, flow,
+              predict, real_photos, sources, tune)
 
 sys.exit(next((code for code in (b.main([]) for b in BENCHMARKS) if code), 0))

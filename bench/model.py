@@ -46,14 +46,32 @@ def dag_rows(work: Path) -> list[Row]:
     trained = json.loads((project / "reports" / "train" / "metrics.json").read_text())
     speed = re.findall(r"\(([\d.]+) images/s\)", result.stdout + result.stderr)
     rate = speed[-1] if speed else "?"
+    truth = true_label_accuracy(project)
     return [
         ("demo site: whole dvc repro", f"{seconds / 60:.1f} min",
          f"scrape to save on {os.cpu_count()} cores (target <= 15 min)"),
         ("demo site: test accuracy", f"{metrics['accuracy']:.3f}",
          f"ROC AUC {metrics['roc_auc']:.3f}, F1 {metrics['f1']:.3f} on {metrics['images']} held-out "
          f"images (target >= 0.95); best epoch {trained['best_epoch']} of {trained['epochs_run']}"),
+        ("demo site: test accuracy, true labels", f"{truth[0]:.3f}",
+         f"against ground_truth.json's labels: {truth[1]} of the test images are planted "
+         "mislabels, which cap the figure above (target >= 0.98)"),
         ("demo site: training speed", f"{rate} img/s", "train split images per second of fit"),
     ]
+
+
+def true_label_accuracy(project: Path) -> tuple[float, int]:
+    """The test predictions scored against the demo site's true labels (its planted mislabels
+    corrected), and how many test images are planted mislabels."""
+    import csv
+
+    truth = json.loads((project / "data" / "demo_site" / "ground_truth.json").read_text())
+    true = {i["sha256"]: i["true_label"] or i["label"] for i in truth["images"] if i.get("sha256")}
+    with (project / "reports" / "evaluate" / "predictions.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    right = sum(true.get(r["sha256"], r["actual"]) == r["predicted"] for r in rows)
+    planted = sum(true.get(r["sha256"], r["actual"]) != r["actual"] for r in rows)
+    return right / len(rows), planted
 
 
 def input_rows(records: Path, epochs: int) -> list[Row]:

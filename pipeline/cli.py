@@ -29,7 +29,7 @@ COMMANDS = {
     "train": "train", "crossval": "crossval", "evaluate": "evaluate", "save": "save",
     "suspects": "suspects",
     "predict": "predict", "promote": "promote", "tune": "tune", "review": "review",
-    "labelstudio": "labelstudio",
+    "labelstudio": "labelstudio", "preset": "preset",
 }
 
 
