@@ -32,10 +32,35 @@ def _read(path: Path) -> dict | None:
         return None
 
 
-def image_markdown(path: Path, title: str) -> str:
-    """A PNG inlined as a data URI, so the UI shows it without serving any file."""
-    data = base64.b64encode(path.read_bytes()).decode("ascii")
-    return f"### {title}\n\n![{title}](data:image/png;base64,{data})\n"
+# Prefect refuses to publish an event over 1.5 MB (PREFECT_EVENTS_MAXIMUM_SIZE_BYTES), and an
+# artifact's markdown travels in one: a plot inlined larger than this is sent as a smaller JPEG
+# (the PNG on disk is untouched; the mistakes grid of photos was 1.2 MB, 1.6 MB as base64).
+INLINE_MAX_BYTES = 400_000
+
+
+def image_markdown(path: Path, title: str, max_bytes: int = INLINE_MAX_BYTES) -> str:
+    """A PNG inlined as a data URI, so the UI shows it without serving any file; over
+    ``max_bytes``, a JPEG of it, scaled down until it fits."""
+    data, kind = path.read_bytes(), "png"
+    if len(data) > max_bytes:
+        data, kind = _smaller_jpeg(path, max_bytes), "jpeg"
+    text = base64.b64encode(data).decode("ascii")
+    return f"### {title}\n\n![{title}](data:image/{kind};base64,{text})\n"
+
+
+def _smaller_jpeg(path: Path, max_bytes: int) -> bytes:
+    import io
+
+    from PIL import Image
+
+    with Image.open(path) as opened:
+        image = opened.convert("RGB")
+    while True:
+        buffer = io.BytesIO()
+        image.save(buffer, "JPEG", quality=85)
+        if buffer.tell() <= max_bytes or min(image.size) < 64:
+            return buffer.getvalue()
+        image = image.resize((image.width * 3 // 4, image.height * 3 // 4), Image.LANCZOS)
 
 
 def scrape_artifacts(project: Path) -> list[Artifact]:
