@@ -3,11 +3,14 @@
 1. FER-2013 (``../shared/data/fer2013-happysad-trainval.tar``): the seed CNN trained on
    ``train`` (early-stopping on a 15% val share of it) and scored on ``validation``, kept out
    as the test split (every near-duplicate group touching ``validation`` goes to test), at
-   64 px: accuracy and ROC AUC with 95% intervals. Its model is the warm start of step 2.
+   64 px: accuracy and ROC AUC with 95% intervals; with ``--fer preset`` the same for
+   presets/faces.yaml's settings (``--fer faces_48``: an earlier candidate). These models are
+   the warm starts of step 2.
 2. The dev web set (``../shared/data/webfaces-happysad-dev.tar``), 5-fold grouped crossval of
    split seed 1337's train and val images (as ``bench.crossval``), one row per option: the
    seed CNN, + face crops, the seed CNN warm-started from step 1's FER model (+ face crops, at
-   FER's scale), and each Keras application backbone from random initialisation (ImageNet
+   FER's scale), the face preset (from scratch, and warm-started from its FER model), and each
+   Keras application backbone from random initialisation (ImageNet
    weights cannot be fetched here: their score is not measured, and not guessed).
 3. The face crop's cost per image (detection on top of decode and resize).
 
@@ -36,19 +39,39 @@ FER_VARIANTS = {
     "faces_48": {"tfrecords": {"image_size": 48},
                  "train": {"first_stride": 1, "filters": [32, 64, 128, 256, 256], "dropout": 0.3,
                            "batch_size": 32, "epochs": 30}},
-    # twice the convolutions per block (VGG-style), more dropout and zoom, longer
-    "faces_48_deep": {"tfrecords": {"image_size": 48},
-                      "train": {"first_stride": 1, "filters": [32, 64, 128, 256], "convs_per_block": 2,
-                                "dropout": 0.4, "augment": {"rotation": 0.05, "flip": True, "zoom": 0.15},
-                                "batch_size": 32, "epochs": 40}},
 }
 
 
-def _options(fer_model: Path) -> dict[str, dict]:
+def preset(name: str = "faces") -> dict[str, dict]:
+    """presets/NAME.yaml's sections."""
+    import yaml
+
+    return yaml.safe_load((REPO / "presets" / f"{name}.yaml").read_text())
+
+
+# presets/faces.yaml as it stands, and with changes that may join it
+PRESET_VARIANTS = {"preset": {}, "preset_label_smoothing": {"train": {"label_smoothing": 0.1}}}
+
+
+def _fer_variant(name: str) -> dict[str, dict]:
+    """FER_VARIANTS[name], or a PRESET_VARIANTS one on presets/faces.yaml without its face crop
+    (FER's images are face crops already)."""
+    if name not in PRESET_VARIANTS:
+        return FER_VARIANTS[name]
+    faces = preset()
+    return _merged({"tfrecords": {**faces["tfrecords"], "crop": "none"}, "train": faces["train"]},
+                   PRESET_VARIANTS[name])
+
+
+def _options(fer_model: Path, fer_preset_model: Path) -> dict[str, dict]:
     """Option name -> changes to the tfrecords and train sections."""
-    warm = {"init_from": str(fer_model),
-            "fine_tune": {"frozen_epochs": 2, "from_layer": "", "learning_rate": 0.0003}}
+    fine_tune = {"frozen_epochs": 2, "from_layer": "", "learning_rate": 0.0003}
+    warm = {"init_from": str(fer_model), "fine_tune": fine_tune}
+    faces = preset()
     return {
+        "faces_preset": faces,
+        "faces_preset_fer_warm_start": {"tfrecords": faces["tfrecords"], "train": {
+            **faces["train"], "init_from": str(fer_preset_model), "fine_tune": fine_tune}},
         "seed_cnn": {},
         "seed_cnn_face_crops": {"tfrecords": {"crop": "face"}},
         "seed_cnn_face_crops_64px": {"tfrecords": {"crop": "face", "image_size": 64}},
@@ -65,9 +88,15 @@ def _options(fer_model: Path) -> dict[str, dict]:
     }
 
 
+def _merged(base: dict, changes: dict) -> dict:
+    return {**base, **{k: _merged(base[k], v) if isinstance(v, dict) and isinstance(base.get(k), dict)
+                       else v for k, v in changes.items()}}
+
+
 def _varied(params: Params, changes: dict) -> Params:
+    """``params`` with ``changes`` merged into its sections, as `happysad preset` merges them."""
     sections = {name: getattr(params, name).model_validate(
-        {**getattr(params, name).model_dump(), **changes[name]}) for name in changes}
+        _merged(getattr(params, name).model_dump(), changes[name])) for name in changes}
     return params.model_copy(update=sections)
 
 
@@ -142,7 +171,7 @@ def _fer(tar: Path, work: Path, params: Params, name: str = "default") -> dict:
 
     split_file = _fer_split(tar, work, params)
     fer = split_file.parent
-    varied = _varied(params, FER_VARIANTS[name])
+    varied = _varied(params, _fer_variant(name))
     size = varied.tfrecords.image_size
     records = _records(fer, varied, f"{size}px", split_file, fer / "raw")
     out = fer if name == "default" else fer / name
@@ -184,7 +213,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", type=Path, help="keep finished steps here (default: a temp folder)")
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--options", help="comma-separated dev options (default: all)")
-    parser.add_argument("--fer", help="comma-separated FER variants besides the default")
+    parser.add_argument("--fer", help="comma-separated FER variants besides the default: "
+                        f"{', '.join([*FER_VARIANTS][1:])}, {', '.join(PRESET_VARIANTS)} "
+                        "(presets/faces.yaml)")
     parser.add_argument("--fer-only", action="store_true", help="stop after FER")
     args = parser.parse_args(argv)
     if not (DEV_TAR.exists() and FER_TAR.exists()):
@@ -209,7 +240,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.fer_only:
             return 0
         _step(results, store, "clean", lambda: _clean(DEV_TAR, work, params))
-        options = _options(work / "fer" / "model" / "model.keras")
+        options = _options(work / "fer" / "model" / "model.keras",
+                           work / "fer" / "preset" / "model" / "model.keras")
         chosen = args.options.split(",") if args.options else list(options)
         cv = {name: _step(results, store, f"cv-{args.folds}-{name}", lambda n=name: _dev_option(
             work, params, n, options[n], args.folds)) for name in chosen}

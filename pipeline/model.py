@@ -307,7 +307,10 @@ def metrics() -> list[keras.metrics.Metric]:
             keras.metrics.AUC(name="auc_approx")]
 
 
-def compile_model(model: keras.Model, learning_rate: float) -> keras.Model:
+def compile_model(model: keras.Model, learning_rate: float,
+                  label_smoothing: float = 0.0) -> keras.Model:
+    """Adam and binary cross-entropy (``label_smoothing`` on the targets it trains on)."""
     model.compile(optimizer=keras.optimizers.Adam(learning_rate),
-                  loss=keras.losses.BinaryCrossentropy(), metrics=metrics())
+                  loss=keras.losses.BinaryCrossentropy(label_smoothing=label_smoothing),
+                  metrics=metrics())
     return model

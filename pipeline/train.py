@@ -402,7 +402,7 @@ def _fit_phase(model, phase: Phase, records: Path, meta: dict, params: TrainPara
         return 0, 0.0
     set_trainable(model, phase.from_layer, keeps_norm_statistics(params))
     with strategy.scope():
-        compile_model(model, phase.learning_rate)
+        compile_model(model, phase.learning_rate, params.label_smoothing)
         model.optimizer.build(model.trainable_variables)  # so a resumed run gets its state back
     global_batch = params.batch_size * strategy.num_replicas_in_sync
     first = max(phase.first, _resume_epoch(backup / phase.state))

@@ -94,3 +94,18 @@ def test_random_affine_draws_follow_the_seed(seed: int) -> None:
     again = np.asarray(RandomAffine(True, 0.05, 0.1, seed=seed)(images, training=True))
     other = np.asarray(RandomAffine(True, 0.05, 0.1, seed=seed + 1)(images, training=True))
     assert np.array_equal(first, again) and not np.allclose(first, other)
+
+
+def test_label_smoothing_moves_the_loss_minimum_off_the_hard_labels() -> None:
+    import keras
+
+    from pipeline.model import compile_model
+
+    def loss_at(smoothing: float, p: float) -> float:
+        model = compile_model(keras.Sequential([keras.Input((1,)), keras.layers.Dense(1)]), 1e-3,
+                              smoothing)
+        return float(model.loss(np.array([[1.0]]), np.array([[p]])))
+
+    # smoothing 0.2 trains a label 1 towards 0.9: there the loss is lowest, not at 0.99
+    assert loss_at(0.2, 0.9) < loss_at(0.2, 0.99) and loss_at(0.2, 0.9) < loss_at(0.2, 0.8)
+    assert loss_at(0.0, 0.99) < loss_at(0.0, 0.9)  # and without it, surer is better
