@@ -50,7 +50,7 @@ def preset(name: str = "faces") -> dict[str, dict]:
 
 
 # presets/faces.yaml as it stands, and with changes that may join it
-PRESET_VARIANTS = {"preset": {}, "preset_label_smoothing": {"train": {"label_smoothing": 0.1}}}
+PRESET_VARIANTS = {"preset": {}, "preset_no_label_smoothing": {"train": {"label_smoothing": 0.0}}}
 
 
 def _fer_variant(name: str) -> dict[str, dict]:
@@ -63,15 +63,24 @@ def _fer_variant(name: str) -> dict[str, dict]:
                    PRESET_VARIANTS[name])
 
 
-def _options(fer_model: Path, fer_preset_model: Path) -> dict[str, dict]:
-    """Option name -> changes to the tfrecords and train sections."""
+def _options(fer: Path) -> dict[str, dict]:
+    """Option name -> changes to the tfrecords and train sections; ``fer``: step 1's folder."""
     fine_tune = {"frozen_epochs": 2, "from_layer": "", "learning_rate": 0.0003}
-    warm = {"init_from": str(fer_model), "fine_tune": fine_tune}
+    warm = {"init_from": str(fer / "model" / "model.keras"), "fine_tune": fine_tune}
     faces = preset()
+    faces_options = {}
+    for variant, changes in PRESET_VARIANTS.items():
+        name = variant.replace("preset", "faces_preset", 1)
+        faces_options[name] = _merged(faces, changes)
+        faces_options[name.replace("faces_preset", "faces_preset_fer_warm_start", 1)] = _merged(
+            faces_options[name], {"train": {"init_from": str(fer / variant / "model" / "model.keras"),
+                                            "fine_tune": fine_tune}})
+    # the FER model trained with label smoothing, fine-tuned here without it
+    faces_options["faces_preset_no_label_smoothing_fer_warm_start_with_it"] = _merged(
+        faces_options["faces_preset_no_label_smoothing"], {"train": {
+            "init_from": str(fer / "preset" / "model" / "model.keras"), "fine_tune": fine_tune}})
     return {
-        "faces_preset": faces,
-        "faces_preset_fer_warm_start": {"tfrecords": faces["tfrecords"], "train": {
-            **faces["train"], "init_from": str(fer_preset_model), "fine_tune": fine_tune}},
+        **faces_options,
         "seed_cnn": {},
         "seed_cnn_face_crops": {"tfrecords": {"crop": "face"}},
         "seed_cnn_face_crops_64px": {"tfrecords": {"crop": "face", "image_size": 64}},
@@ -80,7 +89,7 @@ def _options(fer_model: Path, fer_preset_model: Path) -> dict[str, dict]:
         "seed_cnn_fer_warm_start_64px": {"tfrecords": {"image_size": 64}, "train": warm},
         "seed_cnn_fer_warm_start_face_crops_64px_no_frozen_phase": {
             "tfrecords": {"crop": "face", "image_size": 64},
-            "train": {"init_from": str(fer_model), "learning_rate": 0.0003}},
+            "train": {"init_from": warm["init_from"], "learning_rate": 0.0003}},
         "mobilenet_v3_small_random_128px": {"tfrecords": {"image_size": 128}, "train": {
             "backbone": "mobilenet_v3_small", "weights": "none"}},
         "efficientnet_b0_random_128px": {"tfrecords": {"image_size": 128}, "train": {
@@ -240,8 +249,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.fer_only:
             return 0
         _step(results, store, "clean", lambda: _clean(DEV_TAR, work, params))
-        options = _options(work / "fer" / "model" / "model.keras",
-                           work / "fer" / "preset" / "model" / "model.keras")
+        options = _options(work / "fer")
         chosen = args.options.split(",") if args.options else list(options)
         cv = {name: _step(results, store, f"cv-{args.folds}-{name}", lambda n=name: _dev_option(
             work, params, n, options[n], args.folds)) for name in chosen}

@@ -187,10 +187,15 @@ def val_share(params: Params) -> float:
 
 
 def _work_key(rows: list[dict[str, str]], meta: dict, params: Params, folds: int) -> str:
-    """Finished folds are reused only for the same images, groups, params and folds."""
+    """Finished folds are reused only for the same images, groups, params and folds, and the
+    same warm-start model (its bytes, not only its path: it may have been trained again)."""
+    start = Path(params.train.init_from) if params.train.init_from else None
+    if start and start.is_dir():
+        start = start / "model.keras"
+    start_digest = hashlib.sha256(start.read_bytes()).hexdigest() if start and start.is_file() else ""
     text = json.dumps([sorted((r["sha256"], r["group"], r["label"]) for r in rows), meta,
                        params.train.model_dump(), params.split.fractions, params.seed, folds,
-                       params.evaluate.batch_size], sort_keys=True)
+                       params.evaluate.batch_size, start_digest], sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 

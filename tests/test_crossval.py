@@ -129,3 +129,19 @@ def test_off_writes_empty_reports(repo_params: Params, tmp_path: Path) -> None:
     assert read_oof(tmp_path / "oof.csv") == []
     assert json.loads((tmp_path / "metrics.json").read_text()) == {"images": 0}
     assert (tmp_path / "plots").is_dir()
+
+
+def test_finished_folds_are_not_reused_once_the_warm_start_model_changes(tmp_path: Path) -> None:
+    from pipeline.crossval import _work_key
+    from pipeline.params import load_params
+
+    params = load_params(Path(__file__).resolve().parents[1] / "params.yaml")
+    start = tmp_path / "model.keras"
+    start.write_bytes(b"the first face model")
+    warm = params.model_copy(update={"train": params.train.model_copy(
+        update={"init_from": str(start)})})
+    rows, meta = _rows(), {"image_size": 64}
+    first = _work_key(rows, meta, warm, 5)
+    assert _work_key(rows, meta, warm, 5) == first != _work_key(rows, meta, params, 5)
+    start.write_bytes(b"the same path, trained again")
+    assert _work_key(rows, meta, warm, 5) != first
