@@ -50,7 +50,7 @@ def preset(name: str = "faces") -> dict[str, dict]:
 
 
 # presets/faces.yaml as it stands, and with changes that may join it
-PRESET_VARIANTS = {"preset": {}, "preset_no_label_smoothing": {"train": {"label_smoothing": 0.0}}}
+PRESET_VARIANTS = {"preset": {}, "preset_label_smoothing": {"train": {"label_smoothing": 0.1}}}
 
 
 def _fer_variant(name: str) -> dict[str, dict]:
@@ -76,9 +76,9 @@ def _options(fer: Path) -> dict[str, dict]:
             faces_options[name], {"train": {"init_from": str(fer / variant / "model" / "model.keras"),
                                             "fine_tune": fine_tune}})
     # the FER model trained with label smoothing, fine-tuned here without it
-    faces_options["faces_preset_no_label_smoothing_fer_warm_start_with_it"] = _merged(
-        faces_options["faces_preset_no_label_smoothing"], {"train": {
-            "init_from": str(fer / "preset" / "model" / "model.keras"), "fine_tune": fine_tune}})
+    faces_options["faces_preset_fer_warm_start_from_label_smoothing"] = _merged(faces, {"train": {
+        "init_from": str(fer / "preset_label_smoothing" / "model" / "model.keras"),
+        "fine_tune": fine_tune}})
     return {
         **faces_options,
         "seed_cnn": {},
