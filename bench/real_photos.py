@@ -4,8 +4,8 @@
    ``train`` (early-stopping on a 15% val share of it) and scored on ``validation``, kept out
    as the test split (every near-duplicate group touching ``validation`` goes to test), at
    64 px: accuracy and ROC AUC with 95% intervals; with ``--fer preset`` the same for
-   presets/faces.yaml's settings (``--fer faces_48``: an earlier candidate). These models are
-   the warm starts of step 2.
+   presets/faces.yaml's settings (``preset_label_smoothing``: with label smoothing 0.1;
+   ``faces_48``: an earlier candidate). These models are the warm starts of step 2.
 2. The dev web set (``../shared/data/webfaces-happysad-dev.tar``), 5-fold grouped crossval of
    split seed 1337's train and val images (as ``bench.crossval``), one row per option: the
    seed CNN, + face crops, the seed CNN warm-started from step 1's FER model (+ face crops, at
@@ -98,6 +98,7 @@ def _options(fer: Path) -> dict[str, dict]:
 
 
 def _merged(base: dict, changes: dict) -> dict:
+    """``base`` with ``changes`` set in, nested mappings merged key by key."""
     return {**base, **{k: _merged(base[k], v) if isinstance(v, dict) and isinstance(base.get(k), dict)
                        else v for k, v in changes.items()}}
 
