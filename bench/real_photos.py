@@ -217,6 +217,16 @@ def _crop_cost(work: Path, params: Params, images: int = 200) -> dict:
     return timings
 
 
+def _best_row(cv: dict[str, dict]) -> list[tuple[str, str, str]]:
+    """The best option against the seed CNN's defaults, when both ran."""
+    if "seed_cnn" not in cv or len(cv) < 2:
+        return []
+    best = max((name for name in cv if name != "seed_cnn"), key=lambda n: cv[n]["pooled_accuracy"])
+    gain = cv[best]["pooled_accuracy"] - cv["seed_cnn"]["pooled_accuracy"]
+    return [(f"best option: {best}", f"{gain:+.3f}",
+             "pooled accuracy over seed_cnn (the defaults); target >= +0.05")]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.real_photos",
                                      description=__doc__.splitlines()[0])
@@ -256,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
             work, params, n, options[n], args.folds)) for name in chosen}
         print_table("dev web set: grouped crossval per option", _cv_rows(cv, args.folds) + [
             (f"{name}: faces found", json.dumps(r["faces"]), "per split; the rest used whole")
-            for name, r in cv.items() if r.get("faces")])
+            for name, r in cv.items() if r.get("faces")] + _best_row(cv))
         cost = _crop_cost(work, params)
         print_table("face crop cost (dev images, 1 thread)", [
             ("decode + resize to 256 px", f"{cost['plain'] * 1000:.1f} ms", "per image"),
