@@ -43,10 +43,10 @@ FER_VARIANTS = {
 
 
 def preset(name: str = "faces") -> dict[str, dict]:
-    """presets/NAME.yaml's sections."""
-    import yaml
+    """presets/NAME.yaml's sections, read as `happysad preset` reads them."""
+    from pipeline.preset import read
 
-    return yaml.safe_load((REPO / "presets" / f"{name}.yaml").read_text())
+    return read(REPO / "presets" / f"{name}.yaml")
 
 
 # presets/faces.yaml as it stands, and with changes that may join it
@@ -68,19 +68,20 @@ def _options(fer: Path) -> dict[str, dict]:
     fine_tune = {"frozen_epochs": 2, "from_layer": "", "learning_rate": 0.0003}
     warm = {"init_from": str(fer / "model" / "model.keras"), "fine_tune": fine_tune}
     faces = preset()
-    faces_options = {}
-    for variant, changes in PRESET_VARIANTS.items():
-        name = variant.replace("preset", "faces_preset", 1)
-        faces_options[name] = _merged(faces, changes)
-        faces_options[name.replace("faces_preset", "faces_preset_fer_warm_start", 1)] = _merged(
-            faces_options[name], {"train": {"init_from": str(fer / variant / "model" / "model.keras"),
-                                            "fine_tune": fine_tune}})
-    # the FER model trained with label smoothing, fine-tuned here without it
-    faces_options["faces_preset_fer_warm_start_from_label_smoothing"] = _merged(faces, {"train": {
-        "init_from": str(fer / "preset_label_smoothing" / "model" / "model.keras"),
-        "fine_tune": fine_tune}})
+    smoothed = _merged(faces, PRESET_VARIANTS["preset_label_smoothing"])
+
+    def from_fer(variant: str) -> dict:  # a warm start from that FER variant's model
+        return {"train": {"init_from": str(fer / variant / "model" / "model.keras"),
+                          "fine_tune": fine_tune}}
+
     return {
-        **faces_options,
+        "faces_preset": faces,
+        "faces_preset_fer_warm_start": _merged(faces, from_fer("preset")),
+        "faces_preset_label_smoothing": smoothed,
+        "faces_preset_fer_warm_start_label_smoothing": _merged(smoothed, from_fer("preset_label_smoothing")),
+        # the FER model trained with label smoothing, fine-tuned here without it
+        "faces_preset_fer_warm_start_from_label_smoothing": _merged(
+            faces, from_fer("preset_label_smoothing")),
         "seed_cnn": {},
         "seed_cnn_face_crops": {"tfrecords": {"crop": "face"}},
         "seed_cnn_face_crops_64px": {"tfrecords": {"crop": "face", "image_size": 64}},

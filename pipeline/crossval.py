@@ -190,8 +190,6 @@ def _work_key(rows: list[dict[str, str]], meta: dict, params: Params, folds: int
     """Finished folds are reused only for the same images, groups, params and folds, and the
     same warm-start model (its bytes, not only its path: it may have been trained again)."""
     start = Path(params.train.init_from) if params.train.init_from else None
-    if start and start.is_dir():
-        start = start / "model.keras"
     start_digest = hashlib.sha256(start.read_bytes()).hexdigest() if start and start.is_file() else ""
     text = json.dumps([sorted((r["sha256"], r["group"], r["label"]) for r in rows), meta,
                        params.train.model_dump(), params.split.fractions, params.seed, folds,

@@ -61,14 +61,20 @@ def _merge(target: Any, changes: Any, prefix: str, log: list[tuple[str, Any, Any
             log.append((name, old, value))
 
 
-def apply(preset: Path, params_file: Path) -> list[tuple[str, Any, Any]]:
-    """Write ``preset``'s values into ``params_file`` (validated first); returns the changes."""
+def read(preset: Path) -> dict[str, Any]:
+    """A preset's sections (a one-line ``UserError`` for a missing, broken or empty one)."""
     if not preset.is_file():
         names = ", ".join(available(preset.parent)) or "none"
         raise UserError(f"{preset}: no such preset; presets here: {names}")
     changes = _read(preset)
     if not isinstance(changes, dict) or not changes:
         raise UserError(f"{preset}: holds no params sections; write it as params.yaml's are")
+    return changes
+
+
+def apply(preset: Path, params_file: Path) -> list[tuple[str, Any, Any]]:
+    """Write ``preset``'s values into ``params_file`` (validated first); returns the changes."""
+    changes = read(preset)
     document = _read(params_file)
     log: list[tuple[str, Any, Any]] = []
     _merge(document, changes, "", log)
