@@ -12,7 +12,7 @@ export PYTHONUNBUFFERED := 1
 export PREFECT_HOME ?= $(CURDIR)/.prefect
 PREFECT_PORT ?= 4200
 
-.PHONY: setup run serve serve-every retrain-now tune push pull test test-fast lint bench clean browser
+.PHONY: setup run serve serve-every retrain-now tune push pull test test-fast lint bench clean browser engines
 
 setup: .venv/.synced
 
@@ -78,10 +78,16 @@ browser:
 	      || echo "warning: could not install chromium; the browser tests will be skipped"; \
 	  else echo "warning: no chromium or chromedriver, and no root apt-get; the browser tests will be skipped"; fi; }
 
+# The real engines tests talk to, each in its own locked environment under engines/ (a
+# Label Studio server, for now); tests start and stop them, and skip, saying why, without them.
+engines: setup
+	@$(UV) sync --quiet --project engines/label-studio \
+	  || echo "warning: could not install Label Studio (engines/label-studio); its test will be skipped"
+
 lint: setup
 	$(UV) run ruff check .
 
-test: lint browser
+test: lint browser engines
 	$(UV) run pytest
 
 # Everything but the slow end-to-end checks (the schedule firing), for a quick loop.

@@ -28,6 +28,7 @@ from flows import artifacts
 from flows.server import own_server, quiet_or_verbose
 from flows.stages import StageFailedError, repro_stage, run_command, stage_order
 from pipeline.errors import UserError
+from pipeline.folder import check_import_folders
 from pipeline.params import load_params
 
 CRAWL_STAGE = "scrape"  # the stage `force_scrape` re-runs: new images flow in through it
@@ -111,7 +112,9 @@ def retrain(project: str = ".", force_scrape: bool = False, promote_model: bool 
     """Run the DAG of ``project`` stage by stage through DVC, then promote and record."""
     logger = get_run_logger()
     root = Path(project).resolve()
-    params = load_params(root / "params.yaml").flow
+    all_params = load_params(root / "params.yaml")  # refused here, before DVC reads it
+    params = all_params.flow
+    check_import_folders(all_params.scrape, root)  # what DVC would hang or fail on, said first
     order = stage_order(root)
     logger.info("stages from dvc.yaml: %s", " -> ".join(order))
     lock_before = _read_lock(root)

@@ -11,6 +11,7 @@ share a checkout. Trigger a run now with ``make retrain-now``. Ctrl-C stops both
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import os
 import subprocess
@@ -69,6 +70,7 @@ def _serve(settings: FlowParams, every: float | None) -> None:
     from prefect.schedules import Cron, Interval
 
     from flows.retrain import retrain
+    from flows.runner import SigtermAsCtrlC
 
     if every:
         schedule, when = Interval(every, timezone=settings.timezone), f"every {every:g} s"
@@ -77,9 +79,10 @@ def _serve(settings: FlowParams, every: float | None) -> None:
         when = f"cron '{settings.schedule}' ({settings.timezone})"
     logger.info("serving retrain/%s on %s; run one now: make retrain-now", DEPLOYMENT, when)
     # limit=1: a run due while another is going waits, so two retrains never share a checkout
-    retrain.serve(name=DEPLOYMENT, schedules=[schedule],
-                  parameters={"force_scrape": settings.force_scrape}, limit=1,
-                  tags=["happysad"], pause_on_shutdown=False, print_starting_message=False)
+    runner = SigtermAsCtrlC(name=DEPLOYMENT, pause_on_shutdown=False, limit=1)
+    runner.add_flow(retrain, name=DEPLOYMENT, schedules=[schedule],
+                    parameters={"force_scrape": settings.force_scrape}, tags=["happysad"])
+    asyncio.run(runner.start())
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 from pipeline.errors import UserError
+from pipeline.files import describe_os_error
 from pipeline.lifeline import die_with_dvc
 from pipeline.log import setup_logging
 from pipeline.params import DEFAULT_PARAMS
@@ -91,6 +92,11 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as err:
         sys.stderr.write(f"happysad {args.stage}: error: {err}\n")
         return 2
+    except OSError as err:  # a full disk, a folder it may not write: one line, not a traceback
+        if args.verbose:
+            raise
+        sys.stderr.write(f"happysad {args.stage}: error: {describe_os_error(err)}\n")
+        return 1
     except KeyboardInterrupt:
         sys.stderr.write(f"happysad {args.stage}: interrupted; finished work is kept\n")
         return 130

@@ -286,6 +286,9 @@ def write_reports(out: Path, results: list[dict], class_names: list[str],
         (tmp / "plots").mkdir()
         if details is None:
             write_metrics(tmp / "metrics.json", {"images": 0})
+            # a file in the plots folder, or DVC warns on every run that it is empty
+            (tmp / "plots" / "README.txt").write_text(
+                "Cross-validation is off (crossval.folds: 0), so there is no plot of its folds.\n")
             (tmp / "details.json").write_text(json.dumps({"folds": 0, "note": (
                 "off: set crossval.folds in params.yaml (5 is usual) to cross-validate")}) + "\n")
         else:

@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import datetime
 import json
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from pipeline.errors import UserError
+from pipeline.files import append_lines
 
 ACTIONS = ("keep", "relabel", "exclude", "undo")
 DEFAULT_PATH = Path("data/review/decisions.jsonl")
@@ -31,6 +31,10 @@ class Decision:
     label: str
     time: str
     note: str = ""
+
+
+def is_sha256(text: str) -> bool:
+    return len(text) == 64 and all(c in "0123456789abcdef" for c in text)
 
 
 def now() -> str:
@@ -48,7 +52,7 @@ def _parse(line: str, where: str) -> Decision:
     if decision.action not in ACTIONS:
         raise UserError(f"{where}: action {decision.action!r} is not one of {', '.join(ACTIONS)}; "
                         "fix or remove the line")
-    if len(decision.sha256) != 64 or any(c not in "0123456789abcdef" for c in decision.sha256):
+    if not is_sha256(decision.sha256):
         raise UserError(f"{where}: {decision.sha256!r} is not a sha256; fix or remove the line")
     if decision.action == "relabel" and not decision.label:
         raise UserError(f"{where}: a relabel needs the new label; fix or remove the line")
@@ -81,11 +85,7 @@ def standing(decisions: list[Decision]) -> dict[str, Decision]:
 
 
 def append(path: Path, decisions: list[Decision]) -> None:
-    """Add ``decisions`` to the file in one write, flushed to disk: nothing is lost on a crash."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    text = "".join(json.dumps({k: v for k, v in asdict(d).items() if v or k != "note"},
-                              sort_keys=True) + "\n" for d in decisions)
-    with path.open("a", encoding="utf-8") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
+    """Add ``decisions`` to the file in one write, flushed to disk: nothing is lost on a crash,
+    and a line a crash cut short is dropped first, so the new ones never glue onto it."""
+    append_lines(path, [json.dumps({k: v for k, v in asdict(d).items() if v or k != "note"},
+                                   sort_keys=True) for d in decisions])

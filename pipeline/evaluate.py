@@ -21,6 +21,7 @@ import numpy as np
 
 from pipeline.curves import precision_recall_curve, roc_auc, roc_curve
 from pipeline.errors import UserError
+from pipeline.files import write_atomic
 from pipeline.log import load_tensorflow
 from pipeline.params import HEADLINE, EvaluateParams, load_params
 from pipeline.stage_io import write_metrics
@@ -185,7 +186,7 @@ def evaluate(model_path: Path, records: Path, train_reports: Path, out: Path,
     metrics["best_epoch"] = trained["best_epoch"]
     metrics["train_val_gap"] = trained["gap"]
     out.mkdir(parents=True, exist_ok=True)
-    (out / DETAILS_FILE).write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+    write_atomic(out / DETAILS_FILE, json.dumps(metrics, indent=2, sort_keys=True) + "\n")
     write_metrics(out / "metrics.json", {**{k: metrics[k] for k in HEADLINE},
                                          "train_val_gap": metrics["train_val_gap"]["accuracy"],
                                          "images": metrics["images"]})

@@ -23,10 +23,13 @@ from xml.sax.saxutils import quoteattr
 
 from pipeline import decisions as review
 from pipeline.errors import UserError
+from pipeline.files import write_atomic
+from pipeline.params import load_params
 
 logger = logging.getLogger(__name__)
 EXCLUDE = "exclude"
 FROM, TO = "choice", "image"
+NOTE = "label studio"  # the note of every decision imported, then the annotation's id
 
 
 def label_config(classes: list[str]) -> str:
@@ -53,34 +56,68 @@ def tasks(suspects: list[dict], classes: list[str], top: int, image_root: str) -
     return out
 
 
-def _choice(task: dict) -> tuple[str, str] | None:
-    """The latest annotation's choice, and its time; None when nobody answered."""
-    answered = [a for a in task.get("annotations", []) if not a.get("was_cancelled")]
+def _choice(task: dict, where: str) -> tuple[str, str, str] | None:
+    """The latest answered annotation's choice, time and id; None when nobody answered."""
+    annotations = task.get("annotations")
+    if annotations is None:
+        annotations = []
+    if not isinstance(annotations, list) or not all(isinstance(a, dict) for a in annotations):
+        raise UserError(f"{where}: annotations is not a list of annotations; export JSON from "
+                        "Label Studio (not JSON-MIN or CSV)")
+    answered = [a for a in annotations if not a.get("was_cancelled")]
     answered.sort(key=lambda a: str(a.get("updated_at") or a.get("created_at") or ""))
     for annotation in reversed(answered):
-        for result in annotation.get("result", []):
-            choices = result.get("value", {}).get("choices", [])
-            if result.get("from_name") == FROM and choices:
-                return choices[0], str(annotation.get("updated_at") or review.now())
+        results = annotation.get("result")
+        for result in results if isinstance(results, list) else []:
+            value = result.get("value") if isinstance(result, dict) else None
+            choices = value.get("choices") if isinstance(value, dict) else None
+            if result.get("from_name") == FROM and isinstance(choices, list) and choices:
+                when = annotation.get("updated_at") or annotation.get("created_at") or ""
+                return str(choices[0]), str(when), str(annotation.get("id", ""))
     return None
 
 
-def decisions_from_export(export: list[dict], classes: list[str], where: Path) -> list[review.Decision]:
+def _looks_json_min(export: list) -> bool:
+    """Label Studio's JSON-MIN export: one flat object per task, its data keys and the choice
+    at the top level, no ``annotations``."""
+    return bool(export) and all(isinstance(t, dict) and "annotations" not in t and "data" not in t
+                                for t in export)
+
+
+def decisions_from_export(export: list, classes: list[str], where: Path) -> list[review.Decision]:
+    """One decision per answered task, every task checked before any is returned (so a bad
+    export appends nothing). The note names the annotation, so a second import of the same
+    export is recognised."""
+    if _looks_json_min(export):
+        raise UserError(f"{where}: a JSON-MIN export, which leaves out the annotations' ids and "
+                        "times; export as JSON in Label Studio and import that")
     out = []
     for number, task in enumerate(export, start=1):
-        data = task.get("data", {}) if isinstance(task, dict) else {}
-        answer = _choice(task) if isinstance(task, dict) else None
+        at = f"{where}: task {number}"
+        if not isinstance(task, dict):
+            raise UserError(f"{at}: not a task object; export JSON from Label Studio")
+        answer = _choice(task, at)
         if answer is None:
             continue
-        choice, when = answer
-        if "sha256" not in data or "class" not in data or choice not in [*classes, EXCLUDE]:
-            raise UserError(f"{where}: task {number} is not one this pipeline exported (data.sha256, "
-                            f"data.class, a choice of {[*classes, EXCLUDE]}); export with "
-                            "happysad labelstudio export")
+        choice, when, annotation = answer
+        data = task.get("data")
+        if (not isinstance(data, dict) or not review.is_sha256(str(data.get("sha256", "")))
+                or data.get("class") not in classes or choice not in [*classes, EXCLUDE]):
+            raise UserError(f"{at} is not one this pipeline exported (data.sha256, data.class "
+                            f"one of {classes}, a choice of {[*classes, EXCLUDE]}); export the "
+                            "tasks with happysad labelstudio export; nothing was appended")
         action = EXCLUDE if choice == EXCLUDE else "keep" if choice == data["class"] else "relabel"
         out.append(review.Decision(data["sha256"], action, data["class"] if action != "relabel"
-                                   else choice, when, "label studio"))
+                                   else choice, when or review.now(),
+                                   f"{NOTE} annotation {annotation}".rstrip()))
     return out
+
+
+def new_decisions(made: list[review.Decision], path: Path) -> list[review.Decision]:
+    """``made`` less the decisions ``path`` already holds from an earlier import of the same
+    export (same image, same annotation, same time)."""
+    had = {(d.sha256, d.note, d.time) for d in review.read(path) if d.note.startswith(NOTE)}
+    return [d for d in made if (d.sha256, d.note, d.time) not in had]
 
 
 def _read_json(path: Path) -> object:
@@ -106,11 +143,11 @@ def run(args: argparse.Namespace) -> None:
     if not args.suspects.exists():
         raise UserError(f"{args.suspects}: not found; run the suspects stage (dvc repro suspects)")
     suspects = [json.loads(line) for line in args.suspects.read_text().splitlines() if line]
-    classes = sorted({r["class"] for r in suspects})
+    classes = list(load_params(args.params).scrape.classes)  # not the suspects': one may be absent
     if args.direction == "export":
         made = tasks(suspects, classes, args.top, args.image_root)
-        args.file.write_text(json.dumps(made, indent=1) + "\n")
-        args.file.with_suffix(".xml").write_text(label_config(classes))
+        write_atomic(args.file, json.dumps(made, indent=1) + "\n")
+        write_atomic(args.file.with_suffix(".xml"), label_config(classes))
         logger.info("labelstudio: %d tasks in %s, labelling config in %s", len(made), args.file,
                     args.file.with_suffix(".xml"))
         return
@@ -118,6 +155,8 @@ def run(args: argparse.Namespace) -> None:
     if not isinstance(export, list):
         raise UserError(f"{args.file}: not a Label Studio JSON export (a list of tasks)")
     made = decisions_from_export(export, classes, args.file)
-    review.append(args.decisions, made)
-    logger.info("labelstudio: %d decisions from %s appended to %s (applied by the next dvc repro)",
-                len(made), args.file, args.decisions)
+    fresh = new_decisions(made, args.decisions)
+    review.append(args.decisions, fresh)
+    again = f"; {len(made) - len(fresh)} were imported before" if len(made) > len(fresh) else ""
+    logger.info("labelstudio: %d decisions from %s appended to %s (applied by the next dvc "
+                "repro)%s", len(fresh), args.file, args.decisions, again)

@@ -1,8 +1,9 @@
 """No orphans: a child process ends with the process that started it, even after ``kill -9``.
 
-Two ways, both Linux-only (elsewhere they do nothing): ``parent_death_signal`` is a
+Three ways, all Linux-only (elsewhere they do nothing): ``parent_death_signal`` is a
 ``preexec_fn`` that asks the kernel to signal the child when its parent dies
-(``PR_SET_PDEATHSIG``); ``die_with_dvc`` is what a stage that DVC runs calls first, so
+(``PR_SET_PDEATHSIG``); ``die_with_parent`` does the same from inside a process pool's
+worker; ``die_with_dvc`` is what a stage that DVC runs calls first, so
 that killing ``dvc`` ends the stage too. DVC runs a stage's cmd through ``$SHELL -c``,
 and some shells (dash, Debian's /bin/sh) stay in between: then a thread watches DVC's
 process instead.
@@ -47,6 +48,18 @@ def parent_death_signal(sig: signal.Signals = signal.SIGTERM,
             os.kill(os.getpid(), sig)
 
     return in_child
+
+
+def die_with_parent(parent: int) -> None:
+    """A process pool's ``initializer`` (pass this process's pid): the worker gets SIGKILL when
+    its parent dies, so a stage killed with ``kill -9`` leaves no worker writing into a pipe
+    nobody reads (and, with the workers gone, multiprocessing's resource tracker ends too)."""
+    prctl = _prctl()
+    if prctl is None:
+        return
+    prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # the parent died before the line above
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _cmdline(pid: int) -> list[str]:

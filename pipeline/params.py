@@ -43,8 +43,22 @@ class _DuplicateKeyError(yaml.constructor.ConstructorError):
     pass
 
 
+class _AliasError(yaml.constructor.ConstructorError):
+    pass
+
+
 class _UniqueKeyLoader(yaml.SafeLoader):
-    """YAML's safe loader, refusing a key given twice in one mapping (the last would win)."""
+    """YAML's safe loader, refusing a key given twice in one mapping (the last would win), and
+    anchors and aliases (``&name``, ``*name``): DVC reads params.yaml too, with a loader of
+    its own, and a few nested aliases expand to billions of nodes (an "alias bomb") there."""
+
+    def compose_node(self, parent: yaml.Node | None, index: object) -> yaml.Node | None:
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None):
+            kind = "alias *" if isinstance(event, yaml.AliasEvent) else "anchor &"
+            raise _AliasError(None, None, f"YAML {kind}{event.anchor} is not allowed",
+                              event.start_mark)
+        return super().compose_node(parent, index)
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
         seen: set = set()
@@ -557,6 +571,11 @@ def load_params(path: Path = DEFAULT_PARAMS) -> Params:
         mark = err.problem_mark
         raise UserError(f"{path}: line {mark.line + 1 if mark else '?'}: {err.problem}; keep "
                         "one of them") from None
+    except _AliasError as err:
+        mark = err.problem_mark
+        raise UserError(f"{path}: line {mark.line + 1 if mark else '?'}: {err.problem} (DVC "
+                        "reads this file too, and aliases can expand without bound); write the "
+                        "values out") from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""

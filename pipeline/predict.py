@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pipeline.errors import UserError
+from pipeline.files import display_path, read_regular
 from pipeline.log import load_tensorflow, native_stderr_to_debug
 from pipeline.params import load_params
 from pipeline.save import LITE_FILE
@@ -44,10 +45,14 @@ class Prediction:
 
 
 def image_files(paths: list[Path]) -> Iterator[Path]:
-    """The files named, and image files under the folders named, in a stable order."""
+    """The files named, and image files under the folders named, in a stable order. Under a
+    folder, anything that is neither a file nor a folder (a FIFO, a socket) comes too, so
+    that it is reported rather than skipped in silence; reading it is refused."""
     for path in paths:
         if path.is_dir():
-            yield from sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in SUFFIXES)
+            for found in sorted(p for p in path.rglob("*") if not p.is_dir()):
+                if not found.is_file() or found.suffix.lower() in SUFFIXES:
+                    yield found
         else:
             yield path  # named explicitly: tried whatever its suffix, so mistakes are reported
 
@@ -141,7 +146,7 @@ def load_runtime(model_dir: Path, runtime: str = "auto") -> Runtime:
 
 
 def _skip(path: Path, why: str) -> None:
-    logger.warning("%s: %s; skipped", path, why)
+    logger.warning("%s: %s; skipped", display_path(path), why)
 
 
 def predict(paths: list[Path], model_dir: Path, rules: CleanParams, batch_size: int = 32,
@@ -170,13 +175,13 @@ def predict(paths: list[Path], model_dir: Path, rules: CleanParams, batch_size: 
                                "train it again")
                 continue
             label = int(p >= cut)
-            yield Prediction(str(path), names[label], round(float(p if label else 1 - p), 6),
+            yield Prediction(display_path(path), names[label], round(float(p if label else 1 - p), 6),
                              {names[0]: round(float(1 - p), 6), names[1]: round(float(p), 6)})
         batch.clear()
 
     for path in image_files(paths):
         try:
-            data = path.read_bytes()
+            data = read_regular(path)  # a FIFO is refused, not waited on
         except OSError as err:
             on_error(path, f"cannot read ({err.strerror or err})")
             continue
@@ -214,7 +219,7 @@ def run(args: argparse.Namespace) -> None:
 
     def report(path: Path, why: str) -> None:
         errors.append(path)
-        sys.stderr.write(f"happysad predict: {path}: {why}; skipped\n")
+        sys.stderr.write(f"happysad predict: {display_path(path)}: {why}; skipped\n")
 
     count = 0
     if args.threshold is not None and not 0.0 < args.threshold < 1.0:

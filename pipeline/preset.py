@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.errors import UserError
+from pipeline.files import write_atomic
 from pipeline.params import load_params
 
 logger = logging.getLogger(__name__)
@@ -31,7 +32,7 @@ def _yaml():
 
     parser = YAML()  # round trip: comments, key order and flow style stay as they are
     parser.preserve_quotes = True
-    parser.width = 110
+    parser.width = 4096  # never rewrap a line: every line a preset does not change stays as it was
     return parser
 
 
@@ -88,7 +89,7 @@ def apply(preset: Path, params_file: Path) -> list[tuple[str, Any, Any]]:
         raise UserError(f"{preset}: {str(err).split(': ', 1)[1]}") from None
     finally:
         trial.unlink(missing_ok=True)
-    params_file.write_text(text.getvalue(), encoding="utf-8")
+    write_atomic(params_file, text.getvalue())  # a full disk leaves the old file whole
     return log
 
 

@@ -25,6 +25,7 @@ import numpy as np
 
 from pipeline.errors import UserError
 from pipeline.evaluate import Scores, read_predictions, refuse_non_finite
+from pipeline.files import append_lines, write_atomic
 from pipeline.log import load_tensorflow
 from pipeline.params import HEADLINE, LOWER_IS_BETTER, PromoteParams, load_params
 from pipeline.save import LITE_FILE
@@ -184,12 +185,11 @@ def promote(models: Path, metrics_file: Path, records: Path, out: Path, params: 
     }
     if promoted:
         _swap_in(models, production)
-        (production / "promotion.json").write_text(json.dumps(decision, indent=2) + "\n")
+        write_atomic(production / "promotion.json", json.dumps(decision, indent=2) + "\n")
     out.mkdir(parents=True, exist_ok=True)
-    (out / "decision.json").write_text(json.dumps(decision, indent=2) + "\n")
+    write_atomic(out / "decision.json", json.dumps(decision, indent=2) + "\n")
     if not same_model:  # the same file again decides nothing: the history stays as it was
-        with (models / "promotions.jsonl").open("a", encoding="utf-8") as log:
-            log.write(json.dumps(decision) + "\n")
+        append_lines(models / "promotions.jsonl", [json.dumps(decision)])
     return decision
 
 

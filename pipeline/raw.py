@@ -21,6 +21,8 @@ from pathlib import Path
 
 from PIL import Image
 
+from pipeline.files import append_lines, repair_torn_tail
+
 logger = logging.getLogger(__name__)
 
 MANIFEST = "manifest.jsonl"
@@ -102,13 +104,11 @@ class RawStore:
         """Drop a last line cut short by a crash, so every line is a whole record."""
         if not self.manifest_path.exists():
             return
-        data = self.manifest_path.read_bytes()
-        if not data or data.endswith(b"\n"):
-            return
-        keep = data[: data.rfind(b"\n") + 1]
-        logger.warning("dropping a partial last record from %s", self.manifest_path)
-        with open(self.manifest_path, "r+b") as fh:
-            fh.truncate(len(keep))
+        fd = os.open(self.manifest_path, os.O_RDWR | os.O_CLOEXEC)
+        try:
+            repair_torn_tail(fd, self.manifest_path)
+        finally:
+            os.close(fd)
 
     def records(self) -> Iterator[RawRecord]:
         yield from read_manifest(self.root)
@@ -138,12 +138,7 @@ class RawStore:
 
     def append(self, record: RawRecord) -> None:
         """Append one record as one write, so a crash leaves whole lines behind."""
-        line = (record.to_json() + "\n").encode()
-        fd = os.open(self.manifest_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        try:
-            os.write(fd, line)
-        finally:
-            os.close(fd)
+        append_lines(self.manifest_path, [record.to_json()], sync=False)
 
 
 def read_manifest(root: Path) -> Iterator[RawRecord]:

@@ -27,6 +27,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from pipeline import decisions as review
 from pipeline.errors import UserError
+from pipeline.files import describe_os_error
 from pipeline.params import SUSPECT_FLAGS
 
 logger = logging.getLogger(__name__)
@@ -248,6 +249,10 @@ class ReviewHandler(BaseHTTPRequestHandler):
             return self._json(200, {"standing": decide(self.store, json.loads(self.rfile.read(length)))})
         except (ValueError, AttributeError, TypeError) as err:
             return self._refused(400, str(err)[:200])
+        except UserError as err:  # the decisions file itself is broken (a hand edit): say it
+            return self._refused(500, str(err)[:400])
+        except OSError as err:  # a full disk, a read-only folder
+            return self._refused(500, describe_os_error(err)[:400])
 
 
 def serve(store: Store, port: int = 0) -> ThreadingHTTPServer:

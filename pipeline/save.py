@@ -21,6 +21,7 @@ from pathlib import Path
 import yaml
 
 from pipeline.errors import UserError
+from pipeline.files import write_atomic
 from pipeline.log import load_tensorflow, native_stderr_to_debug
 from pipeline.params import load_params
 
@@ -198,8 +199,8 @@ def save(trained: Path, records: Path, metrics_file: Path, params_file: Path, lo
         "params": {"seed": params.seed, "tfrecords": params.tfrecords.model_dump(),
                    "train": params.train.model_dump()},
     }
-    (out / "model_card.json").write_text(json.dumps(card, indent=2) + "\n")
-    (out / "model_card.md").write_text(_card_markdown(card))
+    write_atomic(out / "model_card.json", json.dumps(card, indent=2) + "\n")
+    write_atomic(out / "model_card.md", _card_markdown(card))
     return card
 
 

@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from pipeline.files import write_atomic
 from pipeline.folder import FolderImport, import_folder
 from pipeline.params import DemoSiteParams, ScrapeParams, load_params
 from pipeline.scrape_config import web_sources
@@ -74,7 +75,7 @@ def scrape(params: ScrapeParams, demo: DemoSiteParams, raw_dir: Path, report_dir
         stats = crawl_web_sources(params, demo, raw_dir, work, site_dir, job_root)
         errors_file = work / "errors.jsonl"
         errors_text = errors_file.read_text() if errors_file.exists() else ""
-    (report_dir / "errors.jsonl").write_text(errors_text)
+    write_atomic(report_dir / "errors.jsonl", errors_text)
     report = build_report(params, stats, imported, raw_dir,
                           elapsed_s=round(time.perf_counter() - started, 2))
     report.write(report_dir)
@@ -94,8 +95,10 @@ def run(args: argparse.Namespace) -> None:
     report = scrape(params.scrape, params.demo_site, args.raw, args.reports, args.site_dir,
                     Path(job_dir) if job_dir else None)
     by_source = ", ".join(f"{k} {v}" for k, v in report.stored_by_source.items()) or "none"
+    refused = (f", {report.links_refused} links out of an import folder refused"
+               if report.links_refused else "")
     logger.info("scrape: %d images stored (%s; %d new files), %d already had, %d blocked, "
-                "%d opted out, %d errors in %.1f s; %s now holds %s files",
+                "%d opted out%s, %d errors in %.1f s; %s now holds %s files",
                 report.images_stored, by_source, report.new_files, report.already_had,
-                report.blocked, report.opted_out, report.errors, report.elapsed_s, args.raw,
-                sum(report.raw_files.values()))
+                report.blocked, report.opted_out, refused, report.errors, report.elapsed_s,
+                args.raw, sum(report.raw_files.values()))

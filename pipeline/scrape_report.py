@@ -11,6 +11,7 @@ from typing import Any
 
 from pipeline import crawl_contract as stat
 from pipeline.errors import UserError
+from pipeline.files import write_atomic
 from pipeline.folder import FolderImport
 from pipeline.params import ScrapeParams
 from pipeline.raw import read_manifest
@@ -27,6 +28,7 @@ class ScrapeReport:
     already_had: int
     blocked: int
     opted_out: int
+    links_refused: int  # folder sources' symbolic links that lead out of their folder
     errors: int
     errors_by_kind: dict[str, int]
     stored_by_source: dict[str, int]
@@ -40,11 +42,12 @@ class ScrapeReport:
         activity or timing, so a forced rerun that finds nothing new changes nothing."""
         return {"raw_records": self.raw_records, "raw_records_by_source": self.raw_records_by_source,
                 "raw_files": self.raw_files, "pages": self.pages, "blocked": self.blocked,
-                "opted_out": self.opted_out, "errors": self.errors,
+                "opted_out": self.opted_out, "links_refused": self.links_refused,
+                "errors": self.errors,
                 "errors_by_kind": self.errors_by_kind}
 
     def write(self, report_dir: Path) -> None:
-        (report_dir / "report.json").write_text(json.dumps(self.details(), indent=2) + "\n")
+        write_atomic(report_dir / "report.json", json.dumps(self.details(), indent=2) + "\n")
 
 
 def raw_summary(raw_dir: Path) -> tuple[dict[str, int], dict[str, int], dict[str, int]]:
@@ -93,6 +96,7 @@ def build_report(params: ScrapeParams, stats: dict[str, Any], imported: dict[str
         already_had=count(stat.IMAGES_KNOWN) + sum(r.already_had for r in imported.values()),
         blocked=count(stat.BLOCKED),
         opted_out=count(stat.OPTED_OUT, stat.OPTED_OUT_PAGES),
+        links_refused=sum(r.links_refused for r in imported.values()),
         errors=sum(errors_by_kind.values()),  # each crawl error is counted under its kind too
         errors_by_kind={k: v for k, v in sorted(errors_by_kind.items()) if v},
         stored_by_source=stored_by_source,

@@ -18,6 +18,8 @@ from typing import TypeVar
 from tqdm import tqdm
 
 from pipeline.errors import UserError
+from pipeline.files import write_atomic
+from pipeline.lifeline import die_with_parent
 
 Job = TypeVar("Job")
 Result = TypeVar("Result")
@@ -74,7 +76,8 @@ def parallel_map(fn: Callable[[Job], Result], jobs: list[Job], workers: int,
                 yield result
                 bar.update()
             return
-        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                                 initializer=die_with_parent, initargs=(os.getpid(),)) as pool:
             for result in pool.map(fn, rest, chunksize=16):
                 yield result
                 bar.update()
@@ -88,7 +91,11 @@ def replacing_dir(out_dir: Path) -> Iterator[Path]:
     tmp = out_dir.with_name(out_dir.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    yield tmp
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # a full disk gets its space back
+        raise
     shutil.rmtree(out_dir, ignore_errors=True)
     os.replace(tmp, out_dir)
 
@@ -101,7 +108,11 @@ def replacing_files(out_dir: Path) -> Iterator[Path]:
     tmp = out_dir.with_name(out_dir.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    yield tmp
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     out_dir.mkdir(parents=True, exist_ok=True)
     for written in sorted(tmp.iterdir()):
         os.replace(written, out_dir / written.name)
@@ -112,8 +123,8 @@ def write_metrics(path: Path, metrics: dict[str, object]) -> None:
     """A stage's headline numbers, the file `dvc metrics show` and `dvc exp show` read: a
     handful of flat keys, so the table stays readable; details go to a report beside it."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(metrics, indent=2) + "\n")
+    write_atomic(path, json.dumps(metrics, indent=2) + "\n")
 
 
 def write_jsonl(path: Path, rows: Iterable[dict[str, object]]) -> None:
-    path.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in rows), encoding="utf-8")
+    write_atomic(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))

@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from pipeline.errors import UserError
+from pipeline.files import write_atomic
 from pipeline.log import load_tensorflow
 from pipeline.params import TrainParams, load_params
 
@@ -377,7 +378,7 @@ def _write_reports(report: TrainReport, rows: list[dict], reports_dir: Path) -> 
     reports_dir.mkdir(parents=True, exist_ok=True)
     _write_history(rows, reports_dir / "history.csv")
     metrics = {k: v for k, v in asdict(report).items() if k not in ("images_per_second", "device")}
-    (reports_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+    write_atomic(reports_dir / "metrics.json", json.dumps(metrics, indent=2, sort_keys=True) + "\n")
 
 
 def _strategy(params: TrainParams):
@@ -482,7 +483,7 @@ def _save(model, meta: dict, model_dir: Path) -> None:
     model.save(model_dir / "model.keras")
     contract = {k: meta[k] for k in ("image_size", "channels", "class_names", "resize", "pixels")}
     contract["crop"] = meta.get("crop", {"kind": "none"})  # records written before crops: none
-    (model_dir / "input.json").write_text(json.dumps(contract, indent=2, sort_keys=True) + "\n")
+    write_atomic(model_dir / "input.json", json.dumps(contract, indent=2, sort_keys=True) + "\n")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

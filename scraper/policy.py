@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 
 from scrapy import Request, Spider
 from scrapy.crawler import Crawler
+from scrapy.downloadermiddlewares.redirect import RedirectMiddleware
 from scrapy.downloadermiddlewares.robotstxt import RobotsTxtMiddleware
 from scrapy.exceptions import IgnoreRequest
 from scrapy.http import Response, TextResponse
@@ -41,6 +42,34 @@ LABEL_META = "happysad_label"
 
 class RefusedAddressError(IgnoreRequest):
     """A request to a non-public address, or not over http(s)."""
+
+
+class RedirectLoopError(IgnoreRequest):
+    """A redirect back to a URL already on the request's chain of redirects."""
+
+
+class TooManyRedirectsError(IgnoreRequest):
+    """More redirects than ``REDIRECT_MAX_TIMES`` (Scrapy's own limit)."""
+
+
+class Redirects(RedirectMiddleware):
+    """Scrapy's redirects, with the two ways they fail said as errors. Left to Scrapy, a loop
+    (A -> B -> A) ends silently in the duplicate filter, and a long chain as a plain
+    IgnoreRequest, indistinguishable from robots.txt's refusals; the spider records these as
+    ``redirect_loop`` and ``too_many_redirects``."""
+
+    def process_response(self, request: Request, response: Response) -> Request | Response:
+        try:
+            result = super().process_response(request, response)
+        except IgnoreRequest as err:
+            hops = len(request.meta.get("redirect_urls", [])) + 1
+            raise TooManyRedirectsError(f"gave up after {hops} redirects") from err
+        if isinstance(result, Request):
+            chain = [*request.meta.get("redirect_urls", []), request.url]
+            if result.url in chain:
+                raise RedirectLoopError(f"redirected back to an earlier URL after {len(chain)} "
+                                        "redirects")
+        return result
 
 
 def is_public(address: str) -> bool:

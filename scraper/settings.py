@@ -24,6 +24,8 @@ DOWNLOADER_MIDDLEWARES = {
     # After Retry (550) and Redirect (600): on the way back it takes the token off first.
     "scraper.policy.ApiToken": 650,
     "scrapy.downloadermiddlewares.robotstxt.RobotsTxtMiddleware": None,
+    "scrapy.downloadermiddlewares.redirect.RedirectMiddleware": None,
+    "scraper.policy.Redirects": 600,  # the same, with loops and long chains recorded as errors
     "scraper.policy.RobotsTxt": 100,  # the same, with concurrent waiters fixed
     # Last before the download: every request, redirects and retries included, passes it.
     "scraper.policy.AddressGuard": 990,

@@ -1,4 +1,6 @@
-"""Faults and bad input (issue 18): each probe of the fault survey, and where its test is.
+"""Faults and bad input: each probe of the fault surveys, and where its test is.
+
+Round one (issue 18):
 
 1. `learning_rate: .inf`, NaN losses: test_train (a diverged run ships nothing; evaluate,
    save, promote and predict refuse non-finite numbers).
@@ -11,22 +13,50 @@
 7. a source the address guard refuses outright: test_sources (scrape fails, naming it).
 8. class names, cron, time zones, booleans, huge numbers, duplicate keys: test_scrape.
 9. training resumed after a kill: test_train (it equals the uninterrupted run).
+
+Round three (issue 27), each with what a user now sees:
+
+1. links out of data/import: here (not imported, counted as ``links_refused`` in the
+   scrape report and its log line).
+2. a name that is not UTF-8, a FIFO in data/import: here (one line naming the file, from
+   the scrape stage and from the flow before DVC hashes the folder).
+3. predict on a FIFO, alone or in a folder: test_train (one line each, no wait; a
+   non-UTF-8 name printed as ``\\xNN``).
+4. an append after a torn last line: here (decisions, manifest, Label Studio import);
+   test_review (the server answers every refusal in JSON; the page says "not saved").
+5. a YAML alias bomb in params.yaml: here (one line, before anything expands it).
+6. Label Studio exports with nulls, lists, bad sha256s, JSON-MIN, imported twice: here;
+   against a real Label Studio server: test_labelstudio.
+7. Label Studio's Local Files storage: test_labelstudio (the README's steps, the image
+   fetched through Label Studio byte for byte).
+8. redirect loops and too many redirects: here (``redirect_loop`` and
+   ``too_many_redirects`` in errors.jsonl, not "blocked").
+9. `kill -9` of clean and tfrecords: here (no worker and no resource tracker left).
+10. a full disk: here (one line naming the file; the old file whole; no partial file).
+Smaller: crossval off leaves valid metrics and no empty plots folder: test_crossval; the
+preset keeps every line it does not change: test_preset; SIGTERM stops `make serve`
+without a warning: test_flows.
 """
 
 from __future__ import annotations
 
+import io
 import json
+import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 import psutil
+import pytest
 import yaml
 
-from tests.conftest import TINY_SITE
+from pipeline.raw import RawRecord, read_manifest
+from tests.conftest import REPO, TINY_SITE
 from tests.project import copy_project, tiny_params, tool_env
-from tests.sites import Answer, LoopbackSite, html, image
+from tests.sites import Answer, LoopbackSite, html, image, jpeg
 from tests.test_sources import params_with, run_scrape
 
 BIG = 50 * 2**20  # streamed, against the 10 MiB limit of params_with
@@ -92,3 +122,312 @@ def test_killing_dvc_takes_its_stage_along(tmp_path: Path) -> None:
     dvc.wait()
     stage.wait(timeout=60)  # raises psutil.TimeoutExpired if the stage outlives DVC
     crawler.wait(timeout=60)
+
+
+# -- round three -------------------------------------------------------------------------
+
+def _folder_params(tmp_path: Path, site: LoopbackSite):
+    return params_with({"mine": {"kind": "folder", "path": "mine", "max_images": 100}}, site,
+                       tmp_path)
+
+
+def test_a_folder_source_reads_no_link_that_leads_out_of_its_folder(tmp_path: Path,
+                                                                    monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    happy, outside = tmp_path / "mine" / "happy", tmp_path / "elsewhere"
+    happy.mkdir(parents=True)
+    (outside / "album").mkdir(parents=True)
+    (happy / "a.jpg").write_bytes(jpeg(1))
+    (happy / "same-a.jpg").symlink_to(happy / "a.jpg")  # inside the folder: fine
+    (outside / "b.jpg").write_bytes(jpeg(2))
+    (outside / "hostname").write_text("a machine's secret\n")
+    (outside / "album" / "c.jpg").write_bytes(jpeg(3))
+    (happy / "b.jpg").symlink_to(outside / "b.jpg")
+    (happy / "hostname.jpg").symlink_to(outside / "hostname")
+    (happy / "album").symlink_to(outside / "album", target_is_directory=True)
+    with LoopbackSite() as site:
+        report, records = run_scrape(_folder_params(tmp_path, site), Path("."))
+    assert sorted(records) == ["file:mine/happy/a.jpg", "file:mine/happy/same-a.jpg"]
+    assert report.links_refused == 3
+    assert json.loads((tmp_path / "reports" / "report.json").read_text())["links_refused"] == 3
+    stored = {p.read_bytes() for p in (tmp_path / "raw").rglob("*") if p.is_file()}
+    assert not {jpeg(2), jpeg(3), b"a machine's secret\n"} & stored
+
+
+def _scrape_cli(tmp_path: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "pipeline", "--params", "params.yaml", "scrape",
+                           "--raw", "raw", "--reports", "reports", "--site-dir", "site"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                          env={**tool_env(), "PYTHONPATH": str(REPO)})
+
+
+def test_names_dvc_cannot_hash_and_special_files_stop_the_scrape_in_one_line(tmp_path: Path) -> None:
+    happy = tmp_path / "mine" / "happy"
+    happy.mkdir(parents=True)
+    (happy / "a.jpg").write_bytes(jpeg(1))
+    with LoopbackSite() as site:
+        _folder_params(tmp_path, site)  # writes tmp_path/params.yaml
+        bad_name = happy / os.fsdecode(b"caf\xe9.jpg")  # Latin-1, as old zip files carry
+        bad_name.write_bytes(jpeg(2))
+        refused = _scrape_cli(tmp_path)
+        assert refused.returncode == 2 and "Traceback" not in refused.stderr
+        assert refused.stderr.strip().count("\n") == 0
+        assert "mine/happy/caf\\xe9.jpg: the name is not UTF-8" in refused.stderr
+        bad_name.unlink()
+        os.mkfifo(happy / "pipe.jpg")
+        refused = _scrape_cli(tmp_path)  # a hang would run into the timeout
+        assert refused.returncode == 2 and "mine/happy/pipe.jpg: a FIFO" in refused.stderr
+        (happy / "pipe.jpg").unlink()
+        (happy / "zero.jpg").symlink_to("/dev/zero")
+        refused = _scrape_cli(tmp_path)
+        assert refused.returncode == 2 and "zero.jpg: a character device" in refused.stderr
+        (happy / "zero.jpg").unlink()
+        assert _scrape_cli(tmp_path).returncode == 0
+    assert not (tmp_path / "raw" / "manifest.jsonl").read_text().count("caf")
+
+
+@pytest.mark.slow
+def test_the_flow_names_a_fifo_in_data_import_before_dvc_hangs_on_it(tmp_path: Path) -> None:
+    project = copy_project(tmp_path / "project", tiny_params(TINY_SITE))
+    (project / "data" / "import" / "happy").mkdir(parents=True)
+    os.mkfifo(project / "data" / "import" / "happy" / "pipe.jpg")
+    flow = subprocess.run([sys.executable, "-m", "flows.retrain", "--no-promote", "--no-record",
+                           "--port", "1"], cwd=project, capture_output=True, text=True, timeout=300,
+                          env={**tool_env(), "PREFECT_HOME": str(tmp_path / "prefect")})
+    assert flow.returncode == 1
+    error = next(line for line in flow.stderr.splitlines() if line.startswith("retrain: error:"))
+    assert error.endswith("data/import/happy/pipe.jpg: a FIFO (named pipe), not a file; DVC would "
+                          "wait on it forever while hashing the folder; remove it"), error
+    assert not (project / "data" / "raw").exists()  # no stage ran
+
+
+def test_appends_after_a_torn_line_start_a_line_of_their_own(tmp_path: Path) -> None:
+    from pipeline import decisions as review
+    from pipeline.raw import RawStore
+
+    a, b = "a" * 64, "b" * 64
+    path = tmp_path / "decisions.jsonl"
+    review.append(path, [review.Decision(a, "keep", "happy", "t1")])
+    with path.open("ab") as handle:
+        handle.write(b'{"sha256": "' + b[:30].encode())  # kill -9 mid-write
+    review.append(path, [review.Decision(b, "exclude", "sad", "t2")])
+    assert [(d.sha256, d.action) for d in review.read(path)] == [(a, "keep"), (b, "exclude")]
+    store = RawStore(tmp_path / "raw")
+    stored, sniffed, _ = store.store("happy", jpeg(1))
+    record = RawRecord(url="u1", final_url="u1", page_url="p", source="s", query="", label="happy",
+                       sha256=Path(stored).stem, path=stored, bytes=1, content_type="",
+                       format=sniffed.format, width=1, height=1, licence=None, attribution=None,
+                       fetched_at="t")
+    store.append(record)
+    with store.manifest_path.open("ab") as handle:
+        handle.write(b'{"url": "u2", "fin')  # torn, and the store stays open
+    store.append(RawRecord(**{**record.__dict__, "url": "u3"}))
+    assert [r.url for r in read_manifest(tmp_path / "raw")] == ["u1", "u3"]
+
+
+def test_a_yaml_alias_bomb_in_params_is_refused_in_one_line(tmp_path: Path) -> None:
+    from pipeline.errors import UserError
+    from pipeline.params import load_params
+
+    text = (REPO / "params.yaml").read_text()
+    bomb = "".join(f"  l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 9)}]\n" for i in range(1, 12))
+    for where in (text + "bomb:\n  l0: &l0 [x]\n" + bomb,
+                  text.replace("filters: {choices: [", "filters: {choices: &boom [", 1)):
+        (tmp_path / "params.yaml").write_text(where)
+        started = time.monotonic()
+        with pytest.raises(UserError, match=r"params.yaml: line \d+: YAML (anchor &|alias \*)\w+ is "
+                                            r"not allowed .*write the values out$"):
+            load_params(tmp_path / "params.yaml")
+        assert time.monotonic() - started < 5
+
+
+def _export(*tasks: object) -> list:
+    return list(tasks)
+
+
+LS_TASK = {"data": {"sha256": "a" * 64, "class": "happy"}, "annotations": [
+    {"id": 7, "was_cancelled": False, "updated_at": "2026-12-02T10:00:00Z", "result": [
+        {"from_name": "choice", "to_name": "image", "type": "choices",
+         "value": {"choices": ["sad"]}}]}]}
+
+
+@pytest.mark.parametrize(("task", "message"), [
+    ({**LS_TASK, "annotations": None}, None),  # nobody answered: nothing to decide
+    ({**LS_TASK, "annotations": {"id": 1}}, "annotations is not a list"),
+    ({**LS_TASK, "data": None}, "is not one this pipeline exported"),
+    ({**LS_TASK, "data": {"sha256": "not-a-sha", "class": "happy"}}, "is not one this pipeline"),
+    ({**LS_TASK, "annotations": [{**LS_TASK["annotations"][0], "result": [
+        {"from_name": "choice", "value": ["sad"]}]}]}, None),  # a list value: no choice in it
+    ("a string", "not a task object"),
+])
+def test_label_studio_exports_are_checked_before_anything_is_appended(task, message,
+                                                                      tmp_path: Path) -> None:
+    from pipeline.errors import UserError
+    from pipeline.labelstudio import decisions_from_export
+
+    good = LS_TASK
+    if message is None:
+        assert decisions_from_export([task], ["happy", "sad"], tmp_path / "e.json") == []
+        return
+    with pytest.raises(UserError, match=f"e.json: task 2.*{message}"):
+        decisions_from_export([good, task], ["happy", "sad"], tmp_path / "e.json")
+
+
+def test_label_studio_json_min_is_refused_and_a_second_import_adds_nothing(tmp_path: Path) -> None:
+    from pipeline import decisions as review
+    from pipeline.errors import UserError
+    from pipeline.labelstudio import decisions_from_export, new_decisions
+
+    json_min = [{"image": "/data/local-files/?d=x.jpg", "sha256": "a" * 64, "class": "happy",
+                 "id": 1, "choice": "sad", "annotation_id": 7}]
+    with pytest.raises(UserError, match="a JSON-MIN export.*export as JSON"):
+        decisions_from_export(json_min, ["happy", "sad"], tmp_path / "e.json")
+    path = tmp_path / "decisions.jsonl"
+    made = decisions_from_export([LS_TASK], ["happy", "sad"], tmp_path / "e.json")
+    review.append(path, new_decisions(made, path))
+    review.append(path, [review.Decision("a" * 64, "undo", "", "t")])  # a person took it back
+    again = decisions_from_export([LS_TASK], ["happy", "sad"], tmp_path / "e.json")
+    assert new_decisions(again, path) == []  # the undo still stands
+    assert review.standing(review.read(path)) == {}
+
+
+def test_redirect_loops_and_long_chains_are_errors_not_blocked(tmp_path: Path) -> None:
+    def to(path: str) -> Answer:
+        return Answer(302, b"", {"Location": path})
+
+    with LoopbackSite() as site:
+        site.routes.update({"/robots.txt": Answer(200, b"", {"Content-Type": "text/plain"}),
+                            "/g.html": html('<img src="/loop/a.jpg"><img src="/hop/0.jpg">'
+                                            '<img src="/ok.jpg"><a class="next" href="/p/a">n</a>'),
+                            "/loop/a.jpg": to("/loop/b.jpg"), "/loop/b.jpg": to("/loop/a.jpg"),
+                            "/p/a": to("/p/b"), "/p/b": to("/p/a"), "/ok.jpg": image(1)})
+        site.routes.update({f"/hop/{i}.jpg": to(f"/hop/{i + 1}.jpg") for i in range(30)})
+        source = {"kind": "gallery", "max_pages": 5, "max_images": 10, "image_selector": "img",
+                  "next_page_selector": "a.next", "start_urls": {"happy": [f"{site.url}/g.html"]}}
+        report, records = run_scrape(params_with({"web": source}, site, tmp_path), tmp_path)
+    errors = [json.loads(line) for line in (tmp_path / "reports" / "errors.jsonl").open()]
+    assert sorted((e["url"].removeprefix(site.url), e["error"]) for e in errors) == [
+        ("/hop/0.jpg", "too_many_redirects"), ("/loop/a.jpg", "redirect_loop"),
+        ("/p/a", "redirect_loop")]
+    assert report.blocked == 0 and list(records) == [f"{site.url}/ok.jpg"]
+
+
+def _raw_of_big_images(raw: Path, count: int) -> None:
+    """``count`` 640 px noise JPEGs in a raw store: seconds of decoding for the workers."""
+    import numpy as np
+    from PIL import Image
+
+    from pipeline.raw import RawStore
+
+    store, rng = RawStore(raw), np.random.default_rng(0)
+    for n in range(count):
+        out = io.BytesIO()
+        Image.fromarray(rng.integers(0, 255, (640, 640, 3), dtype=np.uint8)).save(out, "JPEG")
+        label = ("happy", "sad")[n % 2]
+        stored, sniffed, _ = store.store(label, out.getvalue())
+        store.append(RawRecord(url=f"u{n}", final_url=f"u{n}", page_url="p", source="s",
+                               query="", label=label, sha256=Path(stored).stem, path=stored,
+                               bytes=len(out.getvalue()), content_type="image/jpeg",
+                               format=sniffed.format, width=640, height=640, licence=None,
+                               attribution=None, fetched_at="t"))
+
+
+def _kill_once_workers_run(command: list[str], cwd: Path) -> list[psutil.Process]:
+    """Start a stage, ``kill -9`` it once its pool's workers run; what it had started."""
+    stage = subprocess.Popen(command, cwd=cwd, env={**tool_env(), "PYTHONPATH": str(REPO)},
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline, family = time.monotonic() + 120, []
+    while time.monotonic() < deadline:
+        assert stage.poll() is None, "the stage ended before its workers started"
+        family = psutil.Process(stage.pid).children(recursive=True)
+        if sum("spawn_main" in " ".join(p.cmdline()) for p in family) >= 2:
+            break
+        time.sleep(0.05)
+    assert family, "no workers started"
+    stage.send_signal(signal.SIGKILL)
+    stage.wait()
+    return family
+
+
+@pytest.mark.slow
+def test_killing_clean_or_tfrecords_leaves_no_worker_behind(tmp_path: Path) -> None:
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["clean"]["workers"] = params["tfrecords"]["workers"] = 2
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    _raw_of_big_images(tmp_path / "raw", 400)
+    stage = [sys.executable, "-m", "pipeline", "--params", "params.yaml"]
+    family = _kill_once_workers_run([*stage, "clean", "--raw", "raw", "--out", "clean",
+                                     "--metrics", "clean-metrics.json"], tmp_path)
+    _, alive = psutil.wait_procs(family, timeout=30)
+    assert not alive, [p.cmdline() for p in alive]
+    assert not (tmp_path / "clean" / "images.jsonl").exists()  # nothing half-written
+    done = subprocess.run([*stage, "clean", "--raw", "raw", "--out", "clean", "--metrics",
+                           "clean-metrics.json"], cwd=tmp_path, env=tool_env(), timeout=300)
+    assert done.returncode == 0
+    assert subprocess.run([*stage, "split", "--images", "clean/images.jsonl", "--out", "split"],
+                          cwd=tmp_path, env=tool_env(), timeout=300).returncode == 0
+    family = _kill_once_workers_run([*stage, "tfrecords", "--split", "split/split.jsonl", "--raw",
+                                     "raw", "--out", "tfrecords"], tmp_path)
+    _, alive = psutil.wait_procs(family, timeout=30)
+    assert not alive, [p.cmdline() for p in alive]
+
+
+@pytest.fixture()
+def full_disk(tmp_path: Path):
+    """A 256 KiB tmpfs, filled to the brim once the test has put its files there."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount)],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs to fill ({done.stderr.strip() or 'not root'})")
+
+    def fill() -> None:
+        fd = os.open(mount / "filler", os.O_WRONLY | os.O_CREAT)
+        try:
+            while os.write(fd, b"\0" * 1024):
+                pass
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+
+    try:
+        yield mount, fill
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_a_full_disk_is_one_line_and_the_old_file_stays_whole(full_disk, tmp_path: Path) -> None:
+    from pipeline import decisions as review
+
+    mount, fill = full_disk
+    rows = [{"sha256": f"{n:064x}", "class": "happy", "label": "happy", "group": str(n),
+             "file": f"happy/{n:064x}.jpg", "flags": [], "score": 1.0,
+             "probability_of_class": 0.5} for n in range(400)]  # suspects and clean's rows
+    (tmp_path / "suspects.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (mount / "tasks.json").write_text("[]\n")  # an earlier export
+    review.append(mount / "decisions.jsonl", [review.Decision("a" * 64, "keep", "happy", "t")])
+    before = (mount / "decisions.jsonl").read_bytes()
+    fill()
+    export = subprocess.run([sys.executable, "-m", "pipeline", "--params", str(REPO / "params.yaml"),
+                             "labelstudio", "export", str(mount / "tasks.json"), "--suspects",
+                             str(tmp_path / "suspects.jsonl")], capture_output=True, text=True,
+                            timeout=120, env={**tool_env(), "PYTHONPATH": str(REPO)})
+    assert export.returncode == 1 and "Traceback" not in export.stderr
+    assert export.stderr.strip() == (f"happysad labelstudio: error: {mount / 'tasks.json'}: No "
+                                     "space left on device; free some space (or move the project "
+                                     "to a larger disk) and run again")
+    assert (mount / "tasks.json").read_text() == "[]\n"
+    with pytest.raises(OSError, match="No space left"):
+        review.append(mount / "decisions.jsonl",
+                      [review.Decision("b" * 64, "exclude", "sad", "t", note="x" * 8192)])
+    assert (mount / "decisions.jsonl").read_bytes() == before
+    assert sorted(p.name for p in mount.iterdir()) == ["decisions.jsonl", "filler", "tasks.json"]
+    split = subprocess.run([sys.executable, "-m", "pipeline", "--params", str(REPO / "params.yaml"),
+                            "split", "--images", str(tmp_path / "suspects.jsonl"), "--out",
+                            str(mount / "split")], capture_output=True, text=True, timeout=120,
+                           env={**tool_env(), "PYTHONPATH": str(REPO)})
+    assert split.returncode != 0 and len(split.stderr.strip().splitlines()) == 1, split.stderr
+    assert "No space left on device" in split.stderr
+    assert sorted(p.name for p in mount.iterdir()) == ["decisions.jsonl", "filler", "tasks.json"]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -298,8 +299,12 @@ def test_serve_creates_the_scheduled_deployment(server: str, tmp_path: Path) -> 
         schedules = [s["schedule"] for s in deployment["schedules"]]
         assert schedules == [{"cron": settings.schedule, "timezone": settings.timezone,
                               "day_or": True}]
+        process.send_signal(signal.SIGTERM)  # as `kill` or a service manager stops it
+        assert process.wait(timeout=90) == 0
     finally:
         stop_process_group(process, grace_s=30.0)
+    text = log.read_text()
+    assert "never awaited" not in text and "Traceback" not in text, text[-2000:]
 
 
 def _ok(command: list[str], cwd: Path, env: dict[str, str] | None = None) -> str:

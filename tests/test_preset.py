@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import shutil
 import subprocess
 import sys
@@ -41,6 +42,9 @@ def test_a_preset_sets_its_keys_and_keeps_the_rest_and_the_comments(params_copy:
     original = (REPO / "params.yaml").read_text()
     kept = [line for line in original.splitlines() if line.strip().startswith("#")]
     assert all(line in text for line in kept)  # every comment line is still there
+    changed = [line for line in difflib.ndiff(original.splitlines(), text.splitlines())
+               if line.startswith("- ")]
+    assert len(changed) == 4, changed  # the four keys' lines; no long line rewrapped
     assert apply(preset, params_copy) == []  # a second time: nothing to change
 
 

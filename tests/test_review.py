@@ -182,6 +182,29 @@ def test_review_server_refuses_paths_foreign_origins_and_big_bodies(review_serve
     assert {i["sha256"] for i in members} == {grouped["sha256"], *copies}  # the group's view
 
 
+def test_a_decision_after_a_torn_line_is_saved_and_a_broken_file_is_refused_in_json(
+        review_server) -> None:
+    """``kill -9`` mid-write leaves half a line: the next POST's line starts on its own (the
+    fragment dropped, never glued to); a line a person broke by hand is a JSON refusal."""
+    import re
+
+    url, store = review_server
+    token = re.search(rb'name="review-token" content="([^"]+)"', _call(url, "/")[1]).group(1)
+    own = {"Origin": url, "X-Review-Token": token.decode(), "Content-Type": "application/json"}
+    first, second = store.kept[0]["sha256"], store.kept[1]["sha256"]
+    review.append(store.decisions_path, [_d(first, "keep", store.kept[0]["class"])])
+    whole = store.decisions_path.read_bytes()
+    store.decisions_path.write_bytes(whole + b'{"sha256": "' + second.encode()[:20])  # torn
+    exclude = json.dumps({"decisions": [{"sha256": second, "action": "exclude"}]}).encode()
+    assert _call(url, "/api/decisions", exclude, own)[0] == 200
+    assert [(d.sha256, d.action) for d in review.read(store.decisions_path)] == [
+        (first, "keep"), (second, "exclude")]
+    store.decisions_path.write_bytes(store.decisions_path.read_bytes() + b"{broken}\n")
+    status, body = _call(url, "/api/decisions", exclude, own)
+    assert status == 500 and "decisions.jsonl:3: not a review decision" in json.loads(body)["error"]
+    assert _call(url, "/api/summary")[0] == 200  # still serving
+
+
 def _browser():
     import shutil
 
@@ -203,6 +226,7 @@ def test_a_person_relabels_and_excludes_in_a_real_browser(review_server, tiny_ra
                                                           tmp_path: Path) -> None:
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support import expected_conditions
     from selenium.webdriver.support.ui import WebDriverWait
 
     from pipeline.clean import clean
@@ -231,8 +255,17 @@ def test_a_person_relabels_and_excludes_in_a_real_browser(review_server, tiny_ra
         button.click()
         wait.until(lambda b: b.find_element(By.TAG_NAME, "body").get_attribute("data-loaded") != loaded)
         members = {c.get_attribute("data-sha") for c in browser.find_elements(By.CSS_SELECTOR, "figure.card")}
+        # A hand edit broke the decisions file: the server refuses, and the page says so.
+        kept_text = store.decisions_path.read_text()
+        store.decisions_path.write_text(kept_text + '{"sha256": "not-a-sha", "action": "keep"}\n')
+        browser.find_element(By.CSS_SELECTOR, 'figure.card button[data-action="keep"]').click()
+        alert = wait.until(expected_conditions.alert_is_present())
+        refusal = alert.text
+        alert.accept()
+        store.decisions_path.write_text(kept_text)
     finally:
         browser.quit()
+    assert refusal.startswith("not saved: ") and "decisions.jsonl:3" in refusal, refusal
     before = {r["sha256"]: r for r in store.kept}
     other = next(c for c in store.classes if c != before[first]["class"])
     assert shown == f"relabel → {other}"

@@ -184,20 +184,29 @@ def test_predict_reports_a_corrupt_file_and_labels_the_rest(saved: Path, tiny_ra
         shutil.copy(good, folder / good.name)
     (folder / "broken.jpg").write_bytes(goods[0].read_bytes()[:300])
     (folder / "notes.txt").write_text("not an image, and not picked from a folder")
+    latin1 = folder / os.fsdecode(b"caf\xe9.jpg")  # a name that is not UTF-8
+    shutil.copy(goods[0], latin1)
+    os.mkfifo(folder / "pipe.jpg")  # found in the folder: reported, not waited on
+    os.mkfifo(tmp_path / "named.fifo")  # named on the command line: the same
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["clean"]["min_side"] = 32  # the tiny site's faces are 48-80 px
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     result = subprocess.run([sys.executable, "-m", "pipeline", "--params", str(tmp_path / "params.yaml"),
-                             "predict", str(folder), "--model-dir", str(saved)],
-                            cwd=REPO, capture_output=True, text=True)
+                             "predict", str(folder), str(tmp_path / "named.fifo"), "--model-dir",
+                             str(saved)], cwd=REPO, capture_output=True, timeout=120)
     assert result.returncode == 1
-    errors = [line for line in result.stderr.splitlines() if line.startswith("happysad predict:")]
-    assert len(errors) == 1 and "broken.jpg" in errors[0] and "Traceback" not in result.stderr
-    lines = [json.loads(line) for line in result.stdout.splitlines()]
-    assert sorted(Path(p["path"]).name for p in lines) == sorted(g.name for g in goods)
+    stderr = result.stderr.decode("utf-8")  # strict: every path printed is valid UTF-8
+    errors = {line.split(": ")[1].rsplit("/", 1)[1]: line for line in stderr.splitlines()
+              if line.startswith("happysad predict:")}
+    assert sorted(errors) == ["broken.jpg", "named.fifo", "pipe.jpg"] and "Traceback" not in stderr
+    assert all("a FIFO (named pipe), not a regular file" in errors[n] for n in ("named.fifo", "pipe.jpg"))
+    lines = [json.loads(line) for line in result.stdout.decode("utf-8").splitlines()]
+    shown = {str(latin1).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace"):
+             latin1, **{str(folder / g.name): folder / g.name for g in goods}}
+    assert sorted(p["path"] for p in lines) == sorted(shown)  # caf\xe9.jpg shown as \\xe9
     model = keras.models.load_model(saved / "model.keras")
     for line in lines:
-        p_sad = float(model(square_rgb(Path(line["path"]).read_bytes(), 32, "pad")[None])[0, 0])
+        p_sad = float(model(square_rgb(shown[line["path"]].read_bytes(), 32, "pad")[None])[0, 0])
         assert line["probabilities"]["sad"] == pytest.approx(p_sad, abs=1e-5)
         assert line["label"] == ("sad" if p_sad >= 0.5 else "happy")
         assert line["probability"] == pytest.approx(max(p_sad, 1 - p_sad), abs=1e-5)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -28,10 +27,19 @@ from twisted.internet.defer import CancelledError
 from twisted.python.failure import Failure
 
 from pipeline import crawl_contract as stat
+from pipeline.files import append_lines
 from pipeline.params import ClassParams, CrawlParams
 from pipeline.raw import read_manifest
 from scraper.items import ImageItem
-from scraper.policy import AUTH_ENV_META, AUTH_HOST_META, LABEL_META, canonical, opted_out
+from scraper.policy import (
+    AUTH_ENV_META,
+    AUTH_HOST_META,
+    LABEL_META,
+    RedirectLoopError,
+    TooManyRedirectsError,
+    canonical,
+    opted_out,
+)
 from scraper.sources import ApiError, Step, WebSource, registry
 from scraper.sources.base import FoundImage
 
@@ -211,6 +219,10 @@ class ImagesSpider(scrapy.Spider):
         if failure.check(HttpError):  # (an IgnoreRequest too: test it first)
             status = failure.value.response.status
             return f"http_{status}", f"HTTP {status}"
+        if failure.check(RedirectLoopError):  # (IgnoreRequests too, but failures, not refusals)
+            return "redirect_loop", str(failure.value)
+        if failure.check(TooManyRedirectsError):
+            return "too_many_redirects", str(failure.value)
         if failure.check(IgnoreRequest):
             self.crawler.stats.inc_value(stat.BLOCKED)
             logger.info("not fetched (%s): %s", failure.value or "filtered",
@@ -229,8 +241,9 @@ class ImagesSpider(scrapy.Spider):
     def page_failed(self, failure: Failure) -> None:
         request = failure.request  # type: ignore[attr-defined]
         found = self._failure_kind(failure)
-        if found is not None:
-            self._record_error(request.url, request.url, request.cb_kwargs.get("label", ""), *found)
+        if found is not None:  # under the URL the crawl asked for, the first of any redirects
+            asked = request.meta.get("redirect_urls", [request.url])[0]
+            self._record_error(asked, asked, request.cb_kwargs.get("label", ""), *found)
 
     def _fail(self, ref: dict[str, Any], kind: str, detail: str) -> None:
         self._record_error(ref["url"], ref["page_url"], ref["label"], kind, detail)
@@ -242,11 +255,6 @@ class ImagesSpider(scrapy.Spider):
         stats.inc_value(stat.ERRORS_BY_KIND + kind)
         logger.warning("not stored (%s): %s (%s)", kind, url, detail)
         if self.errors_path is not None:
-            line = json.dumps({"url": canonical(url, self.aliases),
-                               "page_url": canonical(page_url, self.aliases), "label": label,
-                               "error": kind, "detail": detail}, sort_keys=True) + "\n"
-            fd = os.open(self.errors_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-            try:
-                os.write(fd, line.encode())
-            finally:
-                os.close(fd)
+            append_lines(self.errors_path, [json.dumps(
+                {"url": canonical(url, self.aliases), "page_url": canonical(page_url, self.aliases),
+                 "label": label, "error": kind, "detail": detail}, sort_keys=True)], sync=False)
