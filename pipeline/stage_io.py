@@ -93,8 +93,10 @@ def replacing_dir(out_dir: Path) -> Iterator[Path]:
     tmp.mkdir(parents=True)
     try:
         yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)  # a full disk gets its space back
+    except OSError:
+        # a full disk gets its space back; after other failures the partial folder stays to
+        # be looked at (the next run starts it afresh)
+        shutil.rmtree(tmp, ignore_errors=True)
         raise
     shutil.rmtree(out_dir, ignore_errors=True)
     os.replace(tmp, out_dir)
@@ -110,7 +112,7 @@ def replacing_files(out_dir: Path) -> Iterator[Path]:
     tmp.mkdir(parents=True)
     try:
         yield tmp
-    except BaseException:
+    except OSError:  # as replacing_dir: a full disk gets its space back
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     out_dir.mkdir(parents=True, exist_ok=True)
