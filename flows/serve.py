@@ -14,6 +14,7 @@ import argparse
 import asyncio
 import logging
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -85,6 +86,10 @@ def _serve(settings: FlowParams, every: float | None) -> None:
     asyncio.run(runner.start())
 
 
+def _as_ctrl_c(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s",
@@ -100,6 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.write(f"serve: error: {err}\n")
         return err.status
     os.environ["PREFECT_API_URL"] = url  # before Prefect is imported: its settings read it once
+    signal.signal(signal.SIGTERM, _as_ctrl_c)  # from here on, SIGTERM stops as Ctrl-C does
     logger.info("Prefect UI: %s  (runs: %s/runs)", url.removesuffix("/api"), url.removesuffix("/api"))
     try:
         _serve(settings, args.every)
