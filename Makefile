@@ -90,9 +90,10 @@ lint: setup
 test: lint browser engines
 	$(UV) run pytest
 
-# Everything but the slow end-to-end checks (the schedule firing), for a quick loop.
+# The unit and integration layers (no dvc repro, Prefect, browser or Label Studio), for a
+# quick loop; the end-to-end layer (tests/e2e, all marked slow) runs in `make test`.
 test-fast: lint
-	$(UV) run pytest -m "not slow"
+	$(UV) run pytest -m "not slow" tests/unit tests/integration
 
 bench: setup
 	$(UV) run python -m bench

@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 
 from bench import print_table
-from pipeline.bootstrap import intervals, metric_values, paired_difference, roc_band
-from pipeline.params import load_params
+from pipeline.config.params import load_params
+from pipeline.ml.bootstrap import intervals, metric_values, paired_difference, roc_band
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -34,9 +34,10 @@ from bench import print_table
 from demo.server import DemoSiteServer
 from demo.site import generate_site
 from flows.server import free_port
-from pipeline.params import DemoSiteParams, Params, load_params
-from pipeline.scrape_config import crawl_config
-from pipeline.scrape_process import run_crawl_subprocess
+from pipeline.config.params import Params, load_params
+from pipeline.config.scrape import DemoSiteParams
+from pipeline.scrape.config import crawl_config
+from pipeline.scrape.process import run_crawl_subprocess
 
 
 def time_generation(config: DemoSiteParams, out: Path, workers: int = 0) -> float:

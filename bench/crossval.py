@@ -28,7 +28,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from bench import print_table
-from pipeline.params import Params, load_params
+from pipeline.config.params import Params, load_params
 
 REPO = Path(__file__).resolve().parents[1]
 DEV_TAR = REPO.parent / "shared" / "data" / "webfaces-happysad-dev.tar"
@@ -43,7 +43,7 @@ VARIANTS = {  # early stopping on a val split of a few dozen images: what surviv
 def kept_results(work: Path | None) -> Iterator[tuple[Path, Path, dict]]:
     """TensorFlow loaded quietly, and the work folder (``work``, or a temporary one), the file
     its finished steps are kept in, and what they left there."""
-    from pipeline.log import load_tensorflow, setup_logging
+    from pipeline.runtime.log import load_tensorflow, setup_logging
 
     setup_logging(False)
     load_tensorflow()
@@ -56,7 +56,7 @@ def kept_results(work: Path | None) -> Iterator[tuple[Path, Path, dict]]:
 
 def cv_summary(results: list[dict], class_names: list[str], params: Params, started: float) -> dict:
     """What a crossval row shows, from cross_validate's per-fold results."""
-    from pipeline.crossval import summarise
+    from pipeline.ml.crossval import summarise
 
     details = summarise(results, class_names, params)
     return {"mean": details["mean"], "sd": details["sd"], "pooled_accuracy":
@@ -76,8 +76,8 @@ def _step(results: dict, path: Path, name: str, run) -> dict:
 
 
 def _clean(tar: Path, work: Path, params: Params) -> dict:
-    from pipeline.clean import clean
-    from pipeline.folder import import_folder
+    from pipeline.scrape.folder import import_folder
+    from pipeline.stages.clean import clean
 
     with tarfile.open(tar) as archive:
         archive.extractall(work / "dev", filter="data")
@@ -89,9 +89,9 @@ def _clean(tar: Path, work: Path, params: Params) -> dict:
 
 
 def _records(work: Path, params: Params, seed: int) -> Path:
-    from pipeline.params import SplitParams
-    from pipeline.split import split
-    from pipeline.tfrecords import tfrecords
+    from pipeline.config.split import SplitParams
+    from pipeline.stages.split import split
+    from pipeline.stages.tfrecords import tfrecords
 
     out = work / f"seed-{seed}"
     split(work / "clean" / "images.jsonl", out / "split",
@@ -103,8 +103,8 @@ def _records(work: Path, params: Params, seed: int) -> Path:
 def _one_split(work: Path, params: Params, seed: int) -> dict:
     import keras
 
-    from pipeline.evaluate import evaluate
-    from pipeline.train import train
+    from pipeline.ml.fit import train
+    from pipeline.stages.evaluate import evaluate
 
     out = _records(work, params, seed)
     started = time.perf_counter()
@@ -119,7 +119,7 @@ def _one_split(work: Path, params: Params, seed: int) -> dict:
 
 
 def _crossval(work: Path, params: Params, folds: int, changes: dict) -> dict:
-    from pipeline.crossval import cross_validate
+    from pipeline.ml.crossval import cross_validate
 
     out = work / f"seed-{params.split.seed}"
     if not (out / "records" / "meta.json").exists():

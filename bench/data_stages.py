@@ -34,12 +34,12 @@ from PIL import Image
 from bench import print_table
 from bench.crawl import impolite
 from demo.faces import FaceStyle, draw_face
-from pipeline.clean import clean
-from pipeline.near_duplicates import hamming, near_duplicate_pairs, phash
-from pipeline.params import Params, load_params
-from pipeline.scrape import scrape
-from pipeline.split import split
-from pipeline.tfrecords import tfrecords
+from pipeline.config.params import Params, load_params
+from pipeline.stages.clean import clean
+from pipeline.stages.scrape import scrape
+from pipeline.stages.split import split
+from pipeline.stages.tfrecords import tfrecords
+from pipeline.vision.near_duplicates import hamming, near_duplicate_pairs, phash
 
 Row = tuple[str, str, str]
 
@@ -139,7 +139,7 @@ def read_rows(name: str, records: Path, raw: Path, split_file: Path, size: int, 
     import keras
     import tensorflow as tf
 
-    from pipeline import features
+    from pipeline.contracts import features
 
     folder = records.parent / "by_class"
     for row in map(json.loads, split_file.read_text().splitlines()):
@@ -200,8 +200,8 @@ def stage_seconds(split_file: Path, raw: Path, out: Path) -> float:
     A fresh ``-c`` process: its spawned workers import only what the stage's workers
     import (in this process they would also import this benchmark module).
     """
-    code = ("import sys, time; from pathlib import Path; from pipeline.params import load_params;"
-            " from pipeline.tfrecords import tfrecords; p = load_params(Path('params.yaml'));"
+    code = ("import sys, time; from pathlib import Path; from pipeline.config.params import load_params;"
+            " from pipeline.stages.tfrecords import tfrecords; p = load_params(Path('params.yaml'));"
             " t = time.perf_counter(); tfrecords(*map(Path, sys.argv[1:4]), p.tfrecords);"
             " print(time.perf_counter() - t)")
     result = subprocess.run([sys.executable, "-c", code, str(split_file), str(raw), str(out)],
@@ -259,7 +259,7 @@ def synthetic_raw(base_raw: Path, out: Path, n: int) -> None:
     import hashlib
     from concurrent.futures import ProcessPoolExecutor
 
-    from pipeline.raw import RawStore, read_manifest
+    from pipeline.contracts.raw import RawStore, read_manifest
 
     kept = {json.loads(line)["sha256"] for line in
             (base_raw.parent / "clean" / "images.jsonl").read_text().splitlines()}

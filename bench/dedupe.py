@@ -22,9 +22,10 @@ import numpy as np
 
 from bench import print_table
 from demo.site import generate_site
-from pipeline.clean import clean
-from pipeline.folder import import_folder
-from pipeline.params import CleanParams, load_params
+from pipeline.config.clean import CleanParams
+from pipeline.config.params import load_params
+from pipeline.scrape.folder import import_folder
+from pipeline.stages.clean import clean
 
 REPO = Path(__file__).resolve().parents[1]
 KINDS = ("near_duplicate_reencoded", "near_duplicate_resized", "near_duplicate_cropped")

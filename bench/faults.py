@@ -14,8 +14,7 @@ import time
 from pathlib import Path
 
 from bench import print_table
-from tests.sites import Answer, LoopbackSite, html, image
-from tests.test_sources import params_with, run_scrape
+from testing.sites import Answer, LoopbackSite, html, image, params_with, run_scrape
 
 
 def _crawl(site: LoopbackSite, work: Path, cap: int) -> tuple[float, int]:

@@ -43,8 +43,7 @@ def _timed(command: list[str], project: Path, env: dict[str, str]) -> float:
 
 def rows(work: Path, repeats: int) -> list[Row]:
     from flows.server import api_url, free_port, start_server, stop_server
-    from tests.conftest import TINY_SITE
-    from tests.project import copy_project, tiny_params, tool_env
+    from testing.project import TINY_SITE, copy_project, tiny_params, tool_env
 
     project = copy_project(work / "project", tiny_params(TINY_SITE))
     home = work / "prefect-home"

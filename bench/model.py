@@ -33,7 +33,7 @@ FER_TAR = REPO.parent / "shared" / "data" / "fer2013-happysad-trainval.tar"
 
 def dag_rows(work: Path) -> list[Row]:
     """`dvc repro` of the whole DAG in a fresh copy of the project (demo site regenerated)."""
-    from tests.project import copy_project, tool_env
+    from testing.project import copy_project, tool_env
 
     project = copy_project(work / "project")
     env = tool_env()
@@ -79,10 +79,10 @@ def input_rows(records: Path, epochs: int) -> list[Row]:
     import keras
     import numpy as np
 
-    from pipeline import features
-    from pipeline.model import build_model, compile_model
-    from pipeline.params import load_params
-    from pipeline.train import _inputs, configure_runtime
+    from pipeline.config.params import load_params
+    from pipeline.contracts import features
+    from pipeline.ml.fit import _inputs, configure_runtime
+    from pipeline.ml.model import build_model, compile_model
 
     params = load_params(REPO / "params.yaml")
     meta = features.read_meta(records)
@@ -115,7 +115,7 @@ def input_rows(records: Path, epochs: int) -> list[Row]:
 
 def _fer_raw(tar: Path, work: Path) -> tuple[Path, dict[str, str]]:
     """FER images in a raw store (as if scraped), and which FER folder each file came from."""
-    from pipeline.raw import RawRecord, RawStore
+    from pipeline.contracts.raw import RawRecord, RawStore
 
     store, lines, origin = RawStore(work / "raw"), [], {}
     with tarfile.open(tar) as archive:
@@ -139,9 +139,9 @@ def _fer_raw(tar: Path, work: Path) -> tuple[Path, dict[str, str]]:
 def fer_records(work: Path, image_size: int) -> tuple[Path, int]:
     """FER-2013 happy/sad as a records folder: FER train trains; validation faces with no
     near-duplicate among them are split by group hash into val and test."""
-    from pipeline.clean import clean
-    from pipeline.params import load_params
-    from pipeline.tfrecords import tfrecords
+    from pipeline.config.params import load_params
+    from pipeline.stages.clean import clean
+    from pipeline.stages.tfrecords import tfrecords
 
     params = load_params(REPO / "params.yaml")
     raw, origin = _fer_raw(FER_TAR, work)
@@ -170,10 +170,10 @@ def fer_records(work: Path, image_size: int) -> tuple[Path, int]:
 
 
 def fer_rows(work: Path, image_size: int, epochs: int) -> list[Row]:
-    from pipeline import features
-    from pipeline.evaluate import evaluate
-    from pipeline.params import load_params
-    from pipeline.train import train
+    from pipeline.config.params import load_params
+    from pipeline.contracts import features
+    from pipeline.ml.fit import train
+    from pipeline.stages.evaluate import evaluate
 
     params = load_params(REPO / "params.yaml")
     _, dropped = fer_records(work, image_size)

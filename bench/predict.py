@@ -34,12 +34,13 @@ REPO = Path(__file__).resolve().parents[1]
 
 def _model_dir(out: Path) -> Path:
     """params.yaml's network, saved as the save stage saves it: keras, serving, LiteRT, card."""
-    from pipeline.log import load_tensorflow
+    from pipeline.runtime.log import load_tensorflow
 
     load_tensorflow()
-    from pipeline.model import build_model
-    from pipeline.params import load_params
-    from pipeline.save import LITE_FILE, export_lite
+    from pipeline.config.params import load_params
+    from pipeline.contracts.export import LITE_FILE
+    from pipeline.ml.model import build_model
+    from pipeline.stages.save import export_lite
 
     params = load_params(REPO / "params.yaml")
     size = params.tfrecords.image_size
@@ -81,8 +82,8 @@ def _first_line_s(command: list[str]) -> float:
 
 
 def _per_image_s(model_dir: Path, images: list[Path], runtime: str) -> float:
-    from pipeline.params import load_params
-    from pipeline.predict import predict
+    from pipeline.config.params import load_params
+    from pipeline.tools.predict import predict
 
     rules = load_params(REPO / "params.yaml").clean
     list(predict(images[:1], model_dir, rules, runtime=runtime))  # load the model: not timed

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from bench import print_table
 from bench.crossval import DEV_TAR, REPO, _clean, _cv_rows, _step, cv_summary, kept_results
-from pipeline.params import Params, load_params
+from pipeline.config.params import Params, load_params
 
 FER_TAR = REPO.parent / "shared" / "data" / "fer2013-happysad-trainval.tar"
 # FER-2013 runs: the seed CNN's defaults at 64 px, and candidate settings for face data.
@@ -44,7 +44,7 @@ FER_VARIANTS = {
 
 def preset(name: str = "faces") -> dict[str, dict]:
     """presets/NAME.yaml's sections, read as `happysad preset` reads them."""
-    from pipeline.preset import read
+    from pipeline.tools.preset import read
 
     return read(REPO / "presets" / f"{name}.yaml")
 
@@ -112,7 +112,7 @@ def _varied(params: Params, changes: dict) -> Params:
 
 
 def _records(work: Path, params: Params, name: str, split_file: Path, raw: Path) -> Path:
-    from pipeline.tfrecords import tfrecords
+    from pipeline.stages.tfrecords import tfrecords
 
     out = work / f"records-{name}"
     if not (out / "meta.json").exists():
@@ -121,7 +121,7 @@ def _records(work: Path, params: Params, name: str, split_file: Path, raw: Path)
 
 
 def _dev_split(work: Path, params: Params) -> Path:
-    from pipeline.split import split
+    from pipeline.stages.split import split
 
     out = work / f"seed-{params.split.seed}" / "split"
     if not (out / "split.jsonl").exists():
@@ -132,7 +132,7 @@ def _dev_split(work: Path, params: Params) -> Path:
 def _dev_option(work: Path, params: Params, name: str, changes: dict, folds: int) -> dict:
     import keras
 
-    from pipeline.crossval import cross_validate
+    from pipeline.ml.crossval import cross_validate
 
     varied = _varied(params, changes)
     split_file = _dev_split(work, params)
@@ -147,10 +147,10 @@ def _dev_option(work: Path, params: Params, name: str, changes: dict, folds: int
 def _fer_split(tar: Path, work: Path, params: Params) -> Path:
     """FER's train and validation cleaned together and split by folder (validation -> test;
     train's groups 85/15 into train and val), once; the split file."""
-    from pipeline.clean import clean
-    from pipeline.folder import import_folder
-    from pipeline.split import assign
-    from pipeline.stage_io import write_jsonl
+    from pipeline.runtime.outputs import write_jsonl
+    from pipeline.scrape.folder import import_folder
+    from pipeline.stages.clean import clean
+    from pipeline.stages.split import assign
 
     fer = work / "fer"
     if (fer / "split.jsonl").exists():
@@ -177,8 +177,8 @@ def _fer(tar: Path, work: Path, params: Params, name: str = "default") -> dict:
     the default's model is the dev set's warm start."""
     import keras
 
-    from pipeline.evaluate import evaluate
-    from pipeline.train import train
+    from pipeline.ml.fit import train
+    from pipeline.stages.evaluate import evaluate
 
     split_file = _fer_split(tar, work, params)
     fer = split_file.parent
@@ -201,9 +201,9 @@ def _fer(tar: Path, work: Path, params: Params, name: str = "default") -> dict:
 
 def _crop_cost(work: Path, params: Params, images: int = 200) -> dict:
     """Seconds per dev image to decode and resize to 256 px, without and with the face crop."""
-    from pipeline.faces import FaceCrop
-    from pipeline.images import square_rgb
-    from pipeline.tfrecords import crop_contract
+    from pipeline.stages.tfrecords import crop_contract
+    from pipeline.vision.faces import FaceCrop
+    from pipeline.vision.images import square_rgb
 
     files = sorted((work / "raw").glob("*/*"))[:images]
     datas = [f.read_bytes() for f in files]

@@ -31,10 +31,10 @@ import yaml
 
 from bench import print_table
 from bench.crawl import bare_scrapy_rate
-from pipeline.params import load_params
-from pipeline.scrape_config import crawl_config
-from pipeline.scrape_process import run_crawl_subprocess
-from tests.sites import Answer, LoopbackSite, html, jpeg
+from pipeline.config.params import load_params
+from pipeline.scrape.config import crawl_config
+from pipeline.scrape.process import run_crawl_subprocess
+from testing.sites import Answer, LoopbackSite, html, jpeg
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -3,7 +3,7 @@ machine's fp32 peak and where the step's time goes, before and after, side by si
 
 - ``before``: the network as the seed CNN had it: Keras' RandomFlip, RandomRotation and
   RandomZoom (three resamples of every image) and Keras' BatchNormalization (a dozen ops).
-- ``after``: the training network of ``pipeline.model``: RandomAffine (one resample) and
+- ``after``: the training network of ``pipeline.ml.model``: RandomAffine (one resample) and
   FusedBatchNormalization (TensorFlow's fused kernel), the same weights and draws' bounds.
 - ``after, batch 32``: the same at twice the batch (fewer, larger steps; a training choice,
   not only a speed one: see README's "Training speed").
@@ -39,7 +39,7 @@ def before_network(params, image_size: int, seed: int):
     the same body (a linear chain, so its layers can be called again in order)."""
     import keras
 
-    from pipeline.model import build_model
+    from pipeline.ml.model import build_model
 
     stock = build_model(params, image_size, seed, augment=False)  # Keras' BatchNormalization
     aug = params.augment
@@ -148,9 +148,9 @@ def _breakdown(model, data, steps: int) -> dict[str, float]:
 def measure(rounds: int, steps: int, profile: bool) -> list[Row]:
     import keras
 
-    from pipeline.model import build_model, compile_model
-    from pipeline.params import load_params
-    from pipeline.train import configure_runtime
+    from pipeline.config.params import load_params
+    from pipeline.ml.fit import configure_runtime
+    from pipeline.ml.model import build_model, compile_model
 
     params = load_params(REPO / "params.yaml")
     size, seed, train = params.tfrecords.image_size, params.seed, params.train
@@ -201,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=24, help="training steps per round")
     parser.add_argument("--no-profile", action="store_true", help="skip the op breakdown")
     args = parser.parse_args(argv)
-    from pipeline.log import load_tensorflow, setup_logging
+    from pipeline.runtime.log import load_tensorflow, setup_logging
 
     setup_logging(False)
     load_tensorflow()

@@ -35,7 +35,7 @@ Row = tuple[str, str, str]
 
 
 def _repro(project: Path, *targets: str) -> None:
-    from tests.project import tool_env
+    from testing.project import tool_env
 
     result = subprocess.run(["dvc", "repro", *targets], cwd=project, env=tool_env(),
                             capture_output=True, text=True)
@@ -52,8 +52,8 @@ def _accuracy(project: Path) -> str:
 def demo_rows(work: Path, folds: int = 5, images_per_class: int | None = None) -> list[Row]:
     """The demo figures; a project left in ``work/demo`` by an earlier run is reused (DVC's
     cache skips the stages that ran), and its before figures in ``work/before.json``."""
-    from pipeline import decisions as review
-    from tests.project import copy_project
+    from pipeline.contracts import decisions as review
+    from testing.project import copy_project
 
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["crossval"]["folds"] = folds
@@ -109,16 +109,16 @@ def ranking_rows(ranked: list[dict], planted: dict[str, str], label: str = "demo
 
 
 def dev_rows(dev: Path) -> list[Row]:
-    from pipeline.crossval import _write_oof
-    from pipeline.params import load_params
-    from pipeline.suspects import gather, suspects
+    from pipeline.config.params import load_params
+    from pipeline.contracts.predictions import write_oof
+    from pipeline.stages.suspects import gather, suspects
 
     params = load_params(REPO / "params.yaml")
     seed = dev / f"seed-{params.split.seed}"
     folds = sorted((dev / "cv").glob("crossval-*/fold-1/scores.json"), key=lambda p: p.stat().st_mtime)
     results = [json.loads(p.read_text()) for p in sorted(folds[0].parent.parent.glob("fold-*/scores.json"))]
     meta = json.loads((seed / "records" / "meta.json").read_text())
-    _write_oof(dev / "oof.csv", results, meta["class_names"])
+    write_oof(dev / "oof.csv", results, meta["class_names"])
     evidence = gather(dev / "clean" / "images.jsonl", seed / "split" / "split.jsonl",
                       seed / "records" / "meta.json", dev / "oof.csv",
                       seed / "evaluate" / "predictions.csv")
@@ -164,7 +164,7 @@ def page_rows(work: Path, images: int = 10_000) -> list[Row]:
 
     from PIL import Image
 
-    from pipeline.review import load_store, serve
+    from pipeline.review.server import load_store, serve
 
     rng = np.random.default_rng(0)
     rows = []
@@ -208,7 +208,7 @@ def page_rows(work: Path, images: int = 10_000) -> list[Row]:
 def _browser_render(url: str) -> list[Row]:
     """Headless Chromium: until the first page of the grid is drawn, and its thumbnails loaded."""
     try:
-        from tests.test_review import _browser
+        from testing.browser import browser as _browser
 
         browser = _browser()
     except Exception:  # noqa: BLE001 - no browser here: the HTTP figures stand alone

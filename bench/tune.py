@@ -35,7 +35,7 @@ Row = tuple[str, str, str]
 
 
 def demo_records(work: Path) -> Path:
-    from tests.project import copy_project, tool_env
+    from testing.project import copy_project, tool_env
 
     project = copy_project(work / "project")
     subprocess.run(["dvc", "repro", "tfrecords"], cwd=project, env=tool_env(), check=True,
@@ -52,8 +52,8 @@ def trial(view: Path, out: Path, values: dict[str, Any]) -> dict[str, Any]:
 
 
 def test_metrics(records: Path, out: Path) -> dict[str, Any]:
-    from pipeline.evaluate import evaluate
-    from pipeline.params import load_params
+    from pipeline.config.params import load_params
+    from pipeline.stages.evaluate import evaluate
 
     return evaluate(out / "model" / "model.keras", records, out / "reports", out / "test",
                     load_params(REPO / "params.yaml").evaluate)
@@ -61,8 +61,8 @@ def test_metrics(records: Path, out: Path) -> dict[str, Any]:
 
 def compare(name: str, records: Path, work: Path, trials: int, epochs: int) -> list[Row]:
 
-    from pipeline.params import load_params
-    from pipeline.tune import create_study, score, suggest, train_val_view
+    from pipeline.config.params import load_params
+    from pipeline.tools.tune import create_study, score, suggest, train_val_view
 
     params = load_params(REPO / "params.yaml")
     metric = params.tune.metric

@@ -21,8 +21,9 @@ from pathlib import Path
 
 from demo.server import DemoSiteServer
 from demo.site import ensure_site, generate_site
-from pipeline.errors import UserError
-from pipeline.params import DEFAULT_PARAMS, DemoSiteParams, load_params
+from pipeline.config.loader import DEFAULT_PARAMS, load_sections
+from pipeline.config.scrape import DemoSiteParams
+from pipeline.runtime.errors import UserError
 
 log = logging.getLogger("demo")
 
@@ -46,7 +47,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _generate(args: argparse.Namespace) -> int:
-    config = load_params(args.params).demo_site
+    config = load_sections(args.params, demo_site=DemoSiteParams).demo_site
     overrides = {"seed": args.seed, "images_per_class": args.images_per_class}
     config = DemoSiteParams.model_validate(
         {**config.model_dump(), **{k: v for k, v in overrides.items() if v is not None}})

@@ -26,7 +26,7 @@ import numpy as np
 from PIL import Image, ImageEnhance
 
 from demo.faces import LABELS, FaceStyle, draw_face
-from pipeline.params import DemoSiteParams
+from pipeline.config.scrape import DemoSiteParams
 
 logger = logging.getLogger(__name__)
 

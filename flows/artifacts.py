@@ -13,8 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.params import HEADLINE
-from pipeline.save import lock_outputs
+from pipeline.contracts.export import lock_outputs
+from pipeline.contracts.metrics import HEADLINE
 
 
 @dataclass(frozen=True)

@@ -27,9 +27,9 @@ from prefect.tasks import exponential_backoff
 from flows import artifacts
 from flows.server import own_server, quiet_or_verbose
 from flows.stages import StageFailedError, repro_stage, run_command, stage_order
-from pipeline.errors import UserError
-from pipeline.folder import check_import_folders
-from pipeline.params import load_params
+from pipeline.config.params import load_params
+from pipeline.runtime.errors import UserError
+from pipeline.scrape.folder import check_import_folders
 
 CRAWL_STAGE = "scrape"  # the stage `force_scrape` re-runs: new images flow in through it
 PRODUCTION = "models/production"  # the champion: `happysad promote` writes it, DVC versions it

@@ -20,8 +20,9 @@ import sys
 from pathlib import Path
 
 from flows.server import api_url, is_up, own_server, quiet_or_verbose, start_server, stop_server
-from pipeline.errors import UserError
-from pipeline.params import FlowParams, load_params
+from pipeline.config.flow import FlowParams
+from pipeline.config.params import load_params
+from pipeline.runtime.errors import UserError
 
 DEPLOYMENT = "scheduled"
 logger = logging.getLogger("happysad.serve")

@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.lifeline import parent_death_signal
+from pipeline.runtime.lifeline import parent_death_signal
 
 SKIPPED, RESTORED, RAN = "skipped", "restored from run-cache", "ran"
 # Kept, but at debug level: TensorFlow's C++ start-up notices, printed before its logging
@@ -90,7 +90,7 @@ def run_command(command: list[str], project: Path, logger: logging.Logger | logg
                                stderr=subprocess.STDOUT, text=True, bufsize=1,
                                start_new_session=True,
                                # and it ends with this process, even after its kill -9 (the
-                               # stage DVC runs then ends with DVC: pipeline.lifeline)
+                               # stage DVC runs then ends with DVC: pipeline.runtime.lifeline)
                                preexec_fn=parent_death_signal(signal.SIGTERM))
     timed_out = threading.Event()
 

@@ -34,8 +34,8 @@ from flows import artifacts
 from flows.retrain import run_stage
 from flows.server import own_server
 from flows.stages import StageFailedError, run_command, stage_order
-from pipeline.errors import UserError
-from pipeline.params import Params, load_params
+from pipeline.config.params import Params, load_params
+from pipeline.runtime.errors import UserError
 
 DATA_STAGES_END = "tfrecords"  # the last stage a search needs: trials read its records
 
@@ -43,7 +43,7 @@ DATA_STAGES_END = "tfrecords"  # the last stage a search needs: trials read its 
 @task(cache_policy=NO_CACHE)
 def run_trial(project: str, view: str, out: str, values: dict[str, Any], timeout_s: float) -> dict:
     """Train one trial in its own process on the train/val view; return its result."""
-    from pipeline.tune import trial_table
+    from pipeline.tools.tune import trial_table
 
     logger = get_run_logger()
     logger.info("trial values: %s", json.dumps(values, sort_keys=True))
@@ -74,7 +74,7 @@ def _search(study: Any, params: Params, root: Path, view: Path, budget: int, at_
     ``budget`` trials have finished."""
     import optuna
 
-    from pipeline.tune import score, suggest
+    from pipeline.tools.tune import score, suggest
 
     settings, logger = params.tune, get_run_logger()
     finished = lambda: [t for t in study.trials if t.state.is_finished()]  # noqa: E731
@@ -103,7 +103,7 @@ def _search(study: Any, params: Params, root: Path, view: Path, budget: int, at_
 
 
 def _publish_summary(summary: dict[str, Any], work: Path) -> None:
-    from pipeline.tune import params_change
+    from pipeline.tools.tune import params_change
 
     change = params_change(summary["best_values"])
     artifacts.publish([artifacts.Artifact(
@@ -119,7 +119,7 @@ def _publish_summary(summary: dict[str, Any], work: Path) -> None:
 def tune(project: str = ".", trials: int | None = None, parallel: int | None = None,
          experiment: bool | None = None) -> dict:
     """Search ``tune.space`` on train/val; write the best values and (optionally) run them."""
-    from pipeline.tune import create_study, set_arguments, study_key, train_val_view, write_report
+    from pipeline.tools.tune import create_study, set_arguments, study_key, train_val_view, write_report
 
     logger = get_run_logger()
     root = Path(project).resolve()

@@ -1,15 +1,35 @@
 """happysad's stage logic: plain functions over files, free of Prefect, DVC and Scrapy.
 
-A map of the package. **Stages**, one module each, in DAG order (``dvc.yaml`` runs
-``python -m pipeline <stage>``): ``scrape`` (with its parts ``scrape_config``,
-``scrape_process``, ``scrape_job``, ``scrape_report`` and the ``folder`` import),
-``clean``, ``split``, ``tfrecords``, ``train``, ``evaluate``, ``save``. **Commands**
-around them: ``predict``, ``promote`` (run by the Prefect flow) and ``tune`` (one
-trial of the tune flow); ``cli`` dispatches every command from its ``COMMANDS``
-table. **Helpers** the stages share: ``params`` (the typed loader of params.yaml and
-the owner of shared names), ``raw`` (the data/raw store and manifest),
-``crawl_contract`` (what the scrape stage and its crawler agree on), ``images`` and
-``near_duplicates`` (decoding and hashing), ``features`` and ``model`` (TFRecords and
-the Keras model), ``curves`` (ROC and precision-recall, exact AUC), ``plots``,
-``stage_io`` (atomic outputs, worker pools), ``log`` and ``errors``.
+A map of the package, one room a folder, lower rooms first (a room imports only from the
+rooms above it in this list; ``tests/unit/test_layers.py`` checks it, and that this map names
+every module):
+
+- ``runtime/``: how any command runs. ``entry`` (flags, logging, one-line errors), ``errors``,
+  ``log``, ``lifeline`` (children die with their parent), ``files`` (regular files only,
+  atomic writes, appends that repair a torn line), ``outputs`` (a stage's output replaced
+  whole, JSON lines), ``workers`` (the per-image process pool).
+- ``config/``: params.yaml, typed. ``loader`` (safe YAML, one-line errors, ``load_sections``),
+  one schema module per section (``scrape`` with ``demo_site``, ``clean``, ``split``,
+  ``tfrecords``, ``faces``, ``train``, ``crossval``, ``evaluate``, ``suspects``, ``promote``,
+  ``flow``, ``tune``) and ``params``, the whole file for the flow and the tools.
+- ``contracts/``: the files stages hand each other, each with its one reader and writer.
+  ``raw`` (data/raw and its manifest), ``crawl`` (what the scrape stage and its crawler
+  agree on), ``decisions`` (review decisions), ``split`` (the split names), ``features``
+  (TFRecords and meta.json), ``predictions`` (predictions.csv, oof.csv), ``metrics``
+  (headline metric names), ``suspects`` (flag names), ``export`` (what models/ ships).
+- ``vision/``: ``images`` (decoding and checks), ``near_duplicates``, ``faces`` (the detector
+  and crops).
+- ``ml/``: ``model`` (the network), ``fit`` (phases, resume), ``callbacks`` (what Keras runs
+  each epoch), ``scoring`` (a model on a split), ``runtimes`` (LiteRT or Keras on uint8
+  pixels), ``crossval`` (grouped folds), ``bootstrap`` (intervals), ``curves``, ``plots``.
+- ``scrape/``: the scrape stage's parts. ``config`` (the crawl's config), ``process`` (child
+  processes), ``job`` (a paused crawl), ``report``, ``folder`` (the folder source).
+- ``review/``: a person in the loop. ``server`` (``happysad review``) with ``page.html``,
+  ``labelstudio`` (Label Studio tasks out, decisions in).
+- ``stages/``: one module per ``dvc.yaml`` stage, in DAG order ``scrape``, ``clean``,
+  ``split``, ``tfrecords``, ``train``, ``crossval``, ``evaluate``, ``save``, ``suspects``;
+  each is run as ``python -m pipeline.stages.<stage>``, and none imports another.
+- ``tools/``: commands that are not stages. ``predict``, ``promote`` (run by the flow),
+  ``preset``, ``tune`` (one trial of the tune flow).
+- ``cli``: ``happysad <command>``, dispatching to the stages and tools by its ``COMMANDS``.
 """

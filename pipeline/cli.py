@@ -1,10 +1,9 @@
 """``happysad <command>`` / ``python -m pipeline <command>``: dispatch to a command module.
 
-A command is a module of this package with ``add_arguments(parser)`` and
-``run(args)``, listed in ``COMMANDS``: the DAG's stages (each ``dvc.yaml`` stage's
-cmd is ``python -m pipeline <stage>``) and the tools around them. Only the
-chosen command's module is imported, so ``happysad --help`` starts no TensorFlow
-and a stage depends on no other stage's code.
+A command is a module with ``add_arguments(parser)`` and ``run(args)``, listed in
+``COMMANDS``: the DAG's stages (``pipeline.stages``; ``dvc.yaml`` runs each as ``python -m
+pipeline.stages.<stage>``, which does not come through here) and the tools around them. Only the
+chosen command's module is imported, so ``happysad --help`` starts no TensorFlow.
 """
 
 from __future__ import annotations
@@ -12,25 +11,21 @@ from __future__ import annotations
 import argparse
 import ast
 import importlib
-import logging
 import re
 import sys
 from pathlib import Path
 
-from pipeline.errors import UserError
-from pipeline.files import describe_os_error
-from pipeline.lifeline import die_with_dvc
-from pipeline.log import setup_logging
-from pipeline.params import DEFAULT_PARAMS
+from pipeline.runtime.entry import add_common_arguments, run_command
+from pipeline.runtime.lifeline import die_with_dvc
 
 _PACKAGE = Path(__file__).resolve().parent
-# Command name -> module (in this package); the stages in DAG order, then the tools.
+# Command name -> module under pipeline/: the stages in DAG order, then the tools.
 COMMANDS = {
-    "scrape": "scrape", "clean": "clean", "split": "split", "tfrecords": "tfrecords",
-    "train": "train", "crossval": "crossval", "evaluate": "evaluate", "save": "save",
-    "suspects": "suspects",
-    "predict": "predict", "promote": "promote", "tune": "tune", "review": "review",
-    "labelstudio": "labelstudio", "preset": "preset",
+    "scrape": "stages.scrape", "clean": "stages.clean", "split": "stages.split",
+    "tfrecords": "stages.tfrecords", "train": "stages.train", "crossval": "stages.crossval",
+    "evaluate": "stages.evaluate", "save": "stages.save", "suspects": "stages.suspects",
+    "predict": "tools.predict", "promote": "tools.promote", "tune": "tools.tune",
+    "preset": "tools.preset", "review": "review.server", "labelstudio": "review.labelstudio",
 }
 
 
@@ -39,12 +34,17 @@ def available_stages() -> list[str]:
     return list(COMMANDS)
 
 
+def module_path(name: str) -> Path:
+    """The file of command ``name``'s module."""
+    return _PACKAGE / (COMMANDS[name].replace(".", "/") + ".py")
+
+
 def summary(name: str) -> str:
     """The first line of a command module's docstring, as plain text (read, not imported,
     so `happysad --help` starts no TensorFlow)."""
-    doc = ast.get_docstring(ast.parse((_PACKAGE / f"{COMMANDS[name]}.py").read_text())) or ""
+    doc = ast.get_docstring(ast.parse(module_path(name).read_text())) or ""
     line = re.sub(r"``([^`]*)``", r"\1", doc.splitlines()[0] if doc else "")
-    return re.sub(r"^(?:The \w+ stage|happysad \w+ [^:]*): ", "", line).rstrip(".")
+    return re.sub(r"^(?:The \w+ stage|happysad \w+(?: [^:]*)?): ", "", line).rstrip(".")
 
 
 def build_parser(stage: str | None = None) -> argparse.ArgumentParser:
@@ -52,9 +52,7 @@ def build_parser(stage: str | None = None) -> argparse.ArgumentParser:
         prog="happysad", description="The stages of the happysad pipeline and its tools; "
         "`dvc repro` runs the stages in order, `happysad STAGE` runs one.",
         epilog="`happysad COMMAND --help` lists a command's options.")
-    parser.add_argument("--params", type=Path, default=DEFAULT_PARAMS,
-                        help="params file (default: %(default)s)")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    add_common_arguments(parser)
     parser.add_argument("--version", action="version", version=f"happysad {_version()}")
     sub = parser.add_subparsers(dest="stage", required=True, metavar="COMMAND")
     for name in available_stages():
@@ -63,6 +61,7 @@ def build_parser(stage: str | None = None) -> argparse.ArgumentParser:
             continue
         module = importlib.import_module(f"pipeline.{COMMANDS[name]}")
         stage_parser = sub.add_parser(name, help=summary(name), description=summary(name))
+        add_common_arguments(stage_parser, inherited=True)
         module.add_arguments(stage_parser)
         stage_parser.set_defaults(run=module.run)
     return parser
@@ -86,19 +85,4 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     die_with_dvc()  # a stage run by `dvc repro` ends when DVC does, even after kill -9
     args = build_parser(_stage_named(argv)).parse_args(argv)
-    setup_logging(args.verbose)
-    try:
-        args.run(args)
-    except UserError as err:
-        sys.stderr.write(f"happysad {args.stage}: error: {err}\n")
-        return 2
-    except OSError as err:  # a full disk, a folder it may not write: one line, not a traceback
-        if args.verbose:
-            raise
-        sys.stderr.write(f"happysad {args.stage}: error: {describe_os_error(err)}\n")
-        return 1
-    except KeyboardInterrupt:
-        sys.stderr.write(f"happysad {args.stage}: interrupted; finished work is kept\n")
-        return 130
-    logging.getLogger("happysad").debug("stage %s done", args.stage)
-    return 0
+    return run_command(args.stage, args.run, args)

@@ -22,8 +22,8 @@ from typing import Any
 from scrapy.crawler import CrawlerProcess
 from scrapy.settings import Settings
 
-from pipeline import crawl_contract as stat
-from pipeline.params import CrawlParams
+from pipeline.config.scrape import CrawlParams
+from pipeline.contracts import crawl as stat
 from scraper.policy import user_agent
 from scraper.spiders.images import ImagesSpider
 

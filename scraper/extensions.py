@@ -11,7 +11,7 @@ from scrapy.exceptions import NotConfigured
 from scrapy.statscollectors import StatsCollector
 from scrapy.utils.asyncio import create_looping_call
 
-from pipeline import crawl_contract as stat
+from pipeline.contracts import crawl as stat
 
 logger = logging.getLogger(__name__)
 

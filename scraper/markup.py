@@ -7,7 +7,7 @@ import re
 from parsel import Selector, SelectorList
 from scrapy.http import Response
 
-from pipeline.params import is_xpath
+from pipeline.config.scrape import is_xpath
 
 _SRCSET_CANDIDATE = re.compile(r"^\s*(\S+)(?:\s+(\d+(?:\.\d+)?)([wx]))?\s*$")
 _CSS_URL = re.compile(r"""background(?:-image)?\s*:[^;]*?url\(\s*(['"]?)(.*?)\1\s*\)""", re.I)

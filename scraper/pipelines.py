@@ -2,7 +2,7 @@
 
 The spider fetched the image as an ordinary request (robots.txt, throttling,
 retries, redirects, size limits, the address guard and opt-outs all applied);
-this hands the bytes to :class:`pipeline.raw.RawStore`, which owns the on-disk
+this hands the bytes to :class:`pipeline.contracts.raw.RawStore`, which owns the on-disk
 format.
 """
 
@@ -14,8 +14,8 @@ from pathlib import Path
 from scrapy.crawler import Crawler
 from scrapy.exceptions import NotConfigured
 
-from pipeline import crawl_contract as stat
-from pipeline.raw import RawRecord, RawStore
+from pipeline.contracts import crawl as stat
+from pipeline.contracts.raw import RawRecord, RawStore
 from scraper.items import ImageItem
 from scraper.policy import canonical
 

@@ -32,7 +32,7 @@ from scrapy.utils.httpobj import urlparse_cached
 from scrapy.utils.request import RequestFingerprinter
 from twisted.internet.defer import Deferred
 
-from pipeline import crawl_contract as stat
+from pipeline.contracts import crawl as stat
 
 logger = logging.getLogger(__name__)
 

@@ -7,19 +7,9 @@ from pathlib import Path
 import pytest
 
 from demo.site import generate_site
-from pipeline.params import CleanParams, DemoSiteParams, Params, load_params
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-
-def demo_site(**changes: object) -> DemoSiteParams:
-    """The repository's demo_site params with ``changes``."""
-    return load_params(REPO / "params.yaml").demo_site.model_copy(update=changes)
-
-
-TINY_SITE = demo_site(seed=11, images_per_class=10, min_side=48, max_side=80, results_per_page=6,
-                      slow_response_s=0.5)
+from pipeline.config.clean import CleanParams
+from pipeline.config.params import Params, load_params
+from testing.project import REPO, TINY_SITE, demo_site  # noqa: F401 - for the tests
 
 
 @pytest.fixture(scope="session")
@@ -51,7 +41,7 @@ def fast_params(repo_params: Params) -> Params:
 @pytest.fixture(scope="session")
 def tiny_raw(tiny_site: Path, fast_params: Params, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """data/raw as the scrape stage leaves it after crawling the tiny demo site."""
-    from pipeline.scrape import scrape
+    from pipeline.stages.scrape import scrape
 
     raw = tmp_path_factory.mktemp("tiny_raw") / "raw"
     scrape(fast_params.scrape, fast_params.demo_site, raw, raw.parent / "reports", tiny_site)
@@ -68,10 +58,10 @@ def tiny_clean_params(repo_params: Params) -> CleanParams:
 def tiny_records(tiny_raw: Path, tiny_clean_params: CleanParams, repo_params: Params,
                  tmp_path_factory: pytest.TempPathFactory) -> Path:
     """data/tfrecords of the tiny crawl at 32 px (clean, split half/quarter/quarter, tfrecords)."""
-    from pipeline.clean import clean
-    from pipeline.params import SplitParams
-    from pipeline.split import split
-    from pipeline.tfrecords import tfrecords
+    from pipeline.config.split import SplitParams
+    from pipeline.stages.clean import clean
+    from pipeline.stages.split import split
+    from pipeline.stages.tfrecords import tfrecords
 
     work = tmp_path_factory.mktemp("tiny_records")
     clean(tiny_raw, work / "clean", tiny_clean_params)
@@ -87,3 +77,22 @@ def tiny_train_params(repo_params: Params):
     """A two-block CNN for 32 px images that trains in seconds."""
     return repo_params.train.model_copy(update={
         "filters": [4, 8], "dense_units": 8, "batch_size": 4, "epochs": 2})
+
+
+@pytest.fixture()
+def review_server(tiny_raw: Path, tiny_clean_params: CleanParams, tmp_path: Path):
+    """The review page over the tiny crawl's clean result, on a free loopback port."""
+    import threading
+
+    from pipeline.review.server import load_store, serve
+    from pipeline.stages.clean import clean
+
+    clean(tiny_raw, tmp_path / "clean", tiny_clean_params)
+    store = load_store(tmp_path / "clean", tiny_raw, tmp_path / "none.jsonl",
+                       tmp_path / "review" / "decisions.jsonl")
+    server = serve(store, 0)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", store
+    server.shutdown()
+    server.server_close()

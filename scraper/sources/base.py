@@ -10,7 +10,7 @@ from typing import Any, ClassVar, Protocol
 from pydantic import BaseModel
 from scrapy.http import Response
 
-from pipeline.params import CrawlParams
+from pipeline.config.scrape import CrawlParams
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from urllib.parse import quote_plus, urlsplit
 from parsel import SelectorList
 from scrapy.http import Response
 
-from pipeline.params import GallerySource
+from pipeline.config.scrape import GallerySource
 from scraper.markup import element_url, select
 from scraper.sources.base import FoundImage, Parsed, Progress, Step, WebSource
 

@@ -17,7 +17,7 @@ from urllib.parse import urlencode
 
 from scrapy.http import Response
 
-from pipeline.params import OpenverseSource
+from pipeline.config.scrape import OpenverseSource
 from scraper.sources.base import FoundImage, Parsed, Progress, Step, WebSource
 
 

@@ -18,7 +18,7 @@ from urllib.parse import urlencode
 
 from scrapy.http import Response
 
-from pipeline.params import WikimediaSource
+from pipeline.config.scrape import WikimediaSource
 from scraper.sources.base import ApiError, FoundImage, Parsed, Progress, Step, WebSource
 
 _TAG = re.compile(r"<[^>]+>")

@@ -26,10 +26,10 @@ from scrapy.spidermiddlewares.httperror import HttpError
 from twisted.internet.defer import CancelledError
 from twisted.python.failure import Failure
 
-from pipeline import crawl_contract as stat
-from pipeline.files import append_lines
-from pipeline.params import ClassParams, CrawlParams
-from pipeline.raw import read_manifest
+from pipeline.config.scrape import ClassParams, CrawlParams
+from pipeline.contracts import crawl as stat
+from pipeline.contracts.raw import read_manifest
+from pipeline.runtime.files import append_lines
 from scraper.items import ImageItem
 from scraper.policy import (
     AUTH_ENV_META,

@@ -1,0 +1,1 @@
+"""params.yaml as typed sections: one schema module per section, and the loader that reads them."""

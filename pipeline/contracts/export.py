@@ -1,0 +1,45 @@
+"""What ``models/`` ships and how other tools find it: the files of an export (save writes them,
+promotion copies them to ``models/production/``, predict runs them) and the lock that names
+the data a model was trained on."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import yaml
+
+from pipeline.runtime.errors import UserError
+
+LITE_FILE = "model.tflite"  # the LiteRT export `happysad predict` runs, beside model.keras
+CARD_FILE = "model_card.json"
+# An export's files, as save writes them and promotion copies them.
+SHIPPED = ("model.keras", "serving", LITE_FILE, "model_card.md", CARD_FILE)
+
+
+def lock_outputs(lock_file: Path) -> dict[str, list[dict]] | None:
+    """Each stage's outputs as ``dvc.lock`` records them (path, md5, ...); None without a lock."""
+    try:
+        lock = yaml.safe_load(lock_file.read_text(encoding="utf-8")) or {}
+    except FileNotFoundError:
+        return None
+    return {name: stage.get("outs", []) for name, stage in lock.get("stages", {}).items()}
+
+
+def read_card(model_dir: Path) -> dict:
+    """The model card: class names, threshold and input contract every reader takes."""
+    card_path = model_dir / "model_card.json"
+    if not card_path.exists() or not (model_dir / "model.keras").exists():
+        raise UserError(f"{model_dir}: no model.keras and model_card.json; run `make run` (the "
+                        "retrain flow promotes a model there), or pass --model-dir models for the "
+                        "last one `dvc repro` trained")
+    try:
+        card = json.loads(card_path.read_text(encoding="utf-8"))
+        missing = [k for k in ("class_names", "image_size", "resize") if k not in card["input"]]
+        if missing:
+            raise KeyError(missing[0])
+        float(card["threshold"])
+    except (ValueError, KeyError, TypeError) as err:
+        raise UserError(f"{card_path}: not a model card the save stage wrote ({err!r} is missing "
+                        "or malformed); run `dvc repro save` again") from None
+    return card

@@ -1,0 +1,147 @@
+"""The TFRecord format of happysad: the one module that writes and parses its examples.
+
+Each ``tf.train.Example`` holds ``image`` (an encoded JPEG or PNG of
+image_size x image_size RGB), ``label`` (the class index in meta.json's
+``class_names``) and ``sha256`` (the raw file it came from, so any record can
+be traced to its image and its split). Pixels stay uint8 0-255: the model
+maps them to [0, 1] with its own Rescaling layer.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING
+
+import google_crc32c
+
+from pipeline.runtime.errors import UserError
+
+if TYPE_CHECKING:
+    import tensorflow as tf
+
+PIXELS = {"dtype": "uint8", "stored_range": [0, 255], "model_input_range": [0.0, 1.0],
+          "mapping": "x / 255, by the model's Rescaling layer"}
+
+
+# Writing needs no TensorFlow: an Example is a few protobuf fields and a TFRecord is
+# length + CRC framing, so the tfrecords stage skips TensorFlow's import time and
+# ~450 MB of memory. tests/test_tfrecords.py checks these bytes against TensorFlow's own.
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        low, value = value & 0x7F, value >> 7
+        if not value:
+            out.append(low)
+            return bytes(out)
+        out.append(low | 0x80)
+
+
+def _field(number: int, payload: bytes) -> bytes:
+    """A length-delimited protobuf field (wire type 2)."""
+    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
+
+
+def _bytes_feature(value: bytes) -> bytes:
+    return _field(1, _field(1, value))  # Feature.bytes_list = 1, BytesList.value = 1
+
+
+def _int64_feature(value: int) -> bytes:
+    return _field(3, _field(1, _varint(value & 0xFFFFFFFFFFFFFFFF)))  # Int64List.value, packed
+
+
+def to_example(image: bytes, label: int, sha256: str) -> bytes:
+    """One serialized ``tf.train.Example``, keys in sorted order (deterministic bytes)."""
+    features = {"image": _bytes_feature(image), "label": _int64_feature(label),
+                "sha256": _bytes_feature(sha256.encode())}
+    entries = b"".join(_field(1, _field(1, key.encode()) + _field(2, value))
+                       for key, value in sorted(features.items()))
+    return _field(1, entries)  # Example.features = 1; Features.feature = 1 (map entries)
+
+
+def _masked_crc(data: bytes) -> bytes:
+    crc = google_crc32c.value(data)
+    return struct.pack("<I", (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF)
+
+
+class RecordWriter:
+    """Writes the TFRecord framing: length, masked CRC32C of the length, data, CRC of the data."""
+
+    def __init__(self, path: Path) -> None:
+        self._file = open(path, "wb")  # noqa: SIM115 - closed by __exit__
+
+    def write(self, record: bytes) -> None:
+        length = struct.pack("<Q", len(record))
+        self._file.write(length + _masked_crc(length) + record + _masked_crc(record))
+
+    def __enter__(self) -> RecordWriter:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                 trace: TracebackType | None) -> None:
+        self._file.close()
+
+
+def feature_spec() -> dict[str, tf.io.FixedLenFeature]:
+    import tensorflow as tf
+
+    return {
+        "image": tf.io.FixedLenFeature([], tf.string),
+        "label": tf.io.FixedLenFeature([], tf.int64),
+        "sha256": tf.io.FixedLenFeature([], tf.string),
+    }
+
+
+def parse(serialized: tf.Tensor, image_size: int) -> dict[str, tf.Tensor]:
+    """A serialized example as uint8 ``image`` [size, size, 3], int64 ``label``, ``sha256``."""
+    import tensorflow as tf
+
+    example = tf.io.parse_single_example(serialized, feature_spec())
+    image = tf.io.decode_image(example["image"], channels=3, expand_animations=False)
+    image.set_shape([image_size, image_size, 3])
+    return {"image": image, "label": example["label"], "sha256": example["sha256"]}
+
+
+def shard_name(split: str, index: int, count: int) -> str:
+    return f"{split}-{index:05d}-of-{count:05d}.tfrecord"
+
+
+def shard_files(directory: Path, split: str) -> list[str]:
+    return sorted(str(p) for p in Path(directory).glob(f"{split}-*-of-*.tfrecord"))
+
+
+def dataset(directory: Path, split: str, image_size: int) -> tf.data.Dataset:
+    """The examples of one split, parsed in parallel, in file order."""
+    import tensorflow as tf
+
+    files = shard_files(directory, split)
+    if not files:
+        raise FileNotFoundError(f"{directory}: no {split} shards")
+    records = tf.data.TFRecordDataset(files, num_parallel_reads=min(len(files), 8))
+    return records.map(lambda s: parse(s, image_size), num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def read_meta(directory: Path) -> dict:
+    """meta.json of a records folder, or a one-line UserError saying how to make it."""
+    path = Path(directory) / "meta.json"
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError(f"{path}: not found; run the tfrecords stage first (dvc repro tfrecords)") from None
+    except json.JSONDecodeError as err:
+        raise UserError(f"{path}: not valid JSON ({err}); rerun the tfrecords stage") from None
+    if len(meta.get("class_names", [])) != 2:
+        raise UserError(f"{path}: the model needs exactly 2 classes, found "
+                        f"{meta.get('class_names')}; check scrape.classes in params.yaml")
+    return meta
+
+
+def labelled(directory: Path, split: str, image_size: int) -> tf.data.Dataset:
+    """(uint8 image, float32 [label]) pairs of one split, as Keras' fit and evaluate take them."""
+    import tensorflow as tf
+
+    return dataset(directory, split, image_size).map(
+        lambda r: (r["image"], tf.cast(r["label"], tf.float32)[None]),
+        num_parallel_calls=tf.data.AUTOTUNE)

@@ -1,0 +1,319 @@
+"""The happysad CNN: raw uint8 pixels in, the probability of the second class out.
+
+Scaling to [0, 1] and augmentation are layers of the model, so training,
+evaluation, ``predict`` and the serving export all see the same preprocessing
+(augmentation is active only while training).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import zipfile
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import keras
+from keras import layers, ops, regularizers
+
+from pipeline.runtime.errors import UserError
+
+if TYPE_CHECKING:  # annotations only: no runtime dependency on the schema
+    from pipeline.config.train import AugmentParams, TrainParams
+
+
+def load(path: Path) -> keras.Model:
+    """A saved model, loaded with ``safe_mode=True`` (no code from the file runs), or a
+    one-line ``UserError`` naming the file and what to do: missing, truncated, not a Keras
+    archive, a broken config, or a layer that safe mode refuses."""
+    if not path.is_file():
+        raise UserError(f"{path}: not found; run the train stage (dvc repro train), or pass the "
+                        "folder of a saved model")
+    if not zipfile.is_zipfile(path):
+        raise UserError(f"{path}: not a Keras model file (not a .keras zip archive; truncated "
+                        "or another format); save or train it again")
+    try:
+        return keras.models.load_model(path, safe_mode=True, compile=False)
+    except Exception as err:  # noqa: BLE001 - Keras raises many types for a bad archive
+        text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        if "safe_mode" in str(err) or "Lambda" in str(err):
+            raise UserError(f"{path}: holds code (a Lambda layer or custom object) that safe "
+                            "mode will not run; use a model this pipeline saved") from None
+        raise UserError(f"{path}: cannot be loaded as a Keras model ({type(err).__name__}: "
+                        f"{text[:200]}); save or train it again") from None
+
+
+class RandomAffine(layers.Layer):
+    """Random flips, rotations and zooms as one bilinear resample of each image (reflecting at
+    the edges), active only while training.
+
+    The same draws as Keras' RandomFlip, RandomRotation and RandomZoom (a mirror with
+    probability 1/2, an angle up to ``rotation`` of a full turn both ways, a scale up to
+    ``zoom`` either way, about the centre), composed into one affine map: Keras' three layers
+    resample each image three times (flip included), and were 37% of a training step at
+    256 px on 2 cores (bench/speed.py); one resample is a third of their cost and blurs less.
+    """
+
+    def __init__(self, flip: bool = True, rotation: float = 0.0, zoom: float = 0.0,
+                 seed: int | None = None, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.flip, self.rotation, self.zoom, self.seed = flip, rotation, zoom, seed
+        self.seed_generator = keras.random.SeedGenerator(seed)
+
+    def call(self, images, training: bool = True):
+        if not training:
+            return images
+        count = ops.shape(images)[0]
+        height, width = images.shape[1], images.shape[2]
+        turn = 2 * math.pi * self.rotation
+        angle = keras.random.uniform((count,), -turn, turn, seed=self.seed_generator)
+        scale = keras.random.uniform((count,), 1 - self.zoom, 1 + self.zoom,
+                                     seed=self.seed_generator)
+        mirror = keras.random.uniform((count,), seed=self.seed_generator) < 0.5
+        sign = ops.where(mirror, -1.0, 1.0) if self.flip else ops.ones((count,))
+        # output pixel p (about the centre c) reads the input at c + scale * R(angle) * F * (p - c)
+        cos, sin = ops.cos(angle) * scale, ops.sin(angle) * scale
+        a0, a1, b0, b1 = cos * sign, -sin, sin * sign, cos
+        cx, cy = (width - 1) / 2, (height - 1) / 2
+        zero = ops.zeros((count,))
+        transform = ops.stack([a0, a1, cx - a0 * cx - a1 * cy, b0, b1, cy - b0 * cx - b1 * cy,
+                               zero, zero], axis=1)
+        return ops.image.affine_transform(ops.cast(images, "float32"), transform,
+                                          interpolation="bilinear", fill_mode="reflect")
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "flip": self.flip, "rotation": self.rotation,
+                "zoom": self.zoom, "seed": self.seed}
+
+
+class FusedBatchNormalization(layers.BatchNormalization):
+    """Keras' BatchNormalization (same weights, statistics and output), whose training step
+    runs as TensorFlow's fused kernel: Keras 3 computes it from a dozen separate ops (moments,
+    then normalise, and their gradients), 40 ms of a 155 ms training step at 256 px on 2 cores
+    (bench/speed.py), against 7 ms fused. Only the training network uses it; the saved model
+    has Keras' own layer, with these weights."""
+
+    def call(self, inputs, training: bool | None = None, mask=None):
+        if (not (training and self.trainable) or mask is not None or len(inputs.shape) != 4
+                or self.axis not in (3, -1) or not (self.scale and self.center)
+                or self.renorm or keras.backend.backend() != "tensorflow"):
+            return super().call(inputs, training=training, mask=mask)
+        import tensorflow as tf
+
+        x = tf.cast(inputs, "float32") if inputs.dtype != tf.float16 else inputs
+        none = tf.constant([], "float32")
+        y, mean, variance, *_ = tf.raw_ops.FusedBatchNormV3(
+            x=x, scale=tf.cast(self.gamma, "float32"), offset=tf.cast(self.beta, "float32"),
+            mean=none, variance=none, epsilon=self.epsilon, exponential_avg_factor=1.0,
+            data_format="NHWC", is_training=True)
+        # the kernel returns the unbiased variance; Keras' moving average takes the batch's own
+        values = tf.cast(tf.size(x) // tf.shape(x)[-1], "float32")
+        variance = variance * (values - 1) / values
+        self.moving_mean.assign(self.moving_mean * self.momentum + mean * (1 - self.momentum))
+        self.moving_variance.assign(self.moving_variance * self.momentum
+                                    + variance * (1 - self.momentum))
+        return tf.cast(y, self.compute_dtype)
+
+
+def augmentation(params: AugmentParams, seed: int) -> RandomAffine | None:
+    """Random flips, rotations and zooms, active only while training; None if all are off."""
+    if not (params.flip or params.rotation or params.zoom):
+        return None
+    return RandomAffine(params.flip, params.rotation, params.zoom, seed=seed, name="augment")
+
+
+# Keras applications by backbone name: the constructor, and keyword arguments that put the
+# application's own preprocessing inside it (each takes 0-255 floats).
+APPLICATIONS = {
+    "mobilenet_v3_small": ("MobileNetV3Small", {"include_preprocessing": True}),
+    "efficientnet_b0": ("EfficientNetB0", {}),
+}
+BODY = "backbone"  # the application's layer in the model; the seed CNN's body is its blocks
+
+
+def _keras_cache() -> Path:
+    """Where Keras keeps the application weights it fetches ($KERAS_HOME/models)."""
+    try:
+        from keras.src.backend.config import keras_home  # not in Keras' public API
+    except ImportError:
+        return Path(os.environ.get("KERAS_HOME", Path.home() / ".keras")) / "models"
+    return Path(keras_home()) / "models"
+
+
+def _application(params: TrainParams, image_size: int, pretrained: bool) -> keras.Model:
+    """The backbone without its top, with ``train.weights`` loaded when ``pretrained``, or a
+    one-line ``UserError`` naming the weights file to provide when it cannot be fetched."""
+    constructor, extra = APPLICATIONS[params.backbone]
+    weights = params.weights if pretrained and params.weights != "none" else None
+    if weights not in (None, "imagenet"):
+        path = Path(weights)
+        if not path.is_file():
+            raise UserError(f"train.weights: {path} not found; give a weights file of "
+                            f"{constructor}, imagenet, or none")
+        weights = str(path)
+    try:
+        application = getattr(keras.applications, constructor)(
+            input_shape=(image_size, image_size, 3), include_top=False, weights=weights, **extra)
+    except Exception as err:  # noqa: BLE001 - Keras raises a bare Exception for a failed fetch
+        if "URL fetch failure" in str(err):
+            origin = str(err).split(" on ", 1)[1].split(": ", 1)[0]
+            raise UserError(
+                f"train.weights imagenet: cannot fetch {origin}; put that file in "
+                f"{_keras_cache()} (Keras' cache), or set train.weights "
+                "to its path, or to none for random weights") from None
+        if weights not in (None, "imagenet"):
+            raise UserError(f"train.weights: {weights} does not fit {constructor} without its "
+                            f"top ({type(err).__name__}: {str(err).splitlines()[0][:160]})") from None
+        raise
+    application.name = BODY
+    if params.weights == "none":  # as trained, also when rebuilt for the weights copied in
+        # Random weights learn their BatchNorm statistics: at the applications' momentum (0.999
+        # in MobileNetV3) a few hundred steps leave them near 0 and 1, and every image gets
+        # one class at inference (measured: val accuracy stuck at the majority share)
+        for layer in application.layers:
+            if isinstance(layer, layers.BatchNormalization):
+                layer.momentum = params.batchnorm_momentum
+    return application
+
+
+def build_model(params: TrainParams, image_size: int, seed: int, augment: bool = True,
+                pretrained: bool = True) -> keras.Model:
+    """The network of params.yaml's ``train`` section for ``image_size`` square RGB inputs.
+
+    ``augment=False`` builds the same network without the augmentation block, and with
+    Keras' own BatchNormalization layers where training uses FusedBatchNormalization (the
+    same weights): the model that is saved. Keras' random layers default to ``training=True`` when a
+    model is called as ``model(x)``, so a saved model that kept them would augment
+    the images of anyone who calls it that way. ``pretrained=False`` leaves a Keras
+    application's weights random (for a model whose weights are copied in next).
+    """
+    l2 = regularizers.L2(params.l2) if params.l2 else None
+    inputs = keras.Input((image_size, image_size, 3), dtype="uint8", name="pixels")
+    if params.backbone == "seed_cnn":
+        x = layers.Rescaling(1.0 / 255, name="to_unit_range")(inputs)
+    else:
+        x = layers.Rescaling(1.0, name="to_float")(inputs)  # the application scales its input
+    steps = augmentation(params.augment, seed) if augment else None
+    if steps is not None:
+        x = steps(x)
+    if params.backbone == "seed_cnn":
+        x = _seed_body(x, params, l2, FusedBatchNormalization if augment else
+                       layers.BatchNormalization)
+    else:
+        x = _application(params, image_size, pretrained)(x)  # BatchNorm: see set_trainable
+    x = (layers.GlobalAveragePooling2D(name="pool") if params.head == "global_average"
+         else layers.Flatten(name="flatten"))(x)
+    if params.dense_units:
+        x = layers.Dropout(params.dropout, seed=seed + 3, name="hidden_dropout")(x)
+        x = layers.Dense(params.dense_units, activation="relu", kernel_regularizer=l2, name="hidden")(x)
+    x = layers.Dropout(params.dropout, seed=seed + 4, name="dropout")(x)
+    # float32 output keeps the probabilities exact under mixed precision on a GPU.
+    outputs = layers.Dense(1, activation="sigmoid", kernel_regularizer=l2, dtype="float32",
+                           name="probability")(x)
+    return keras.Model(inputs, outputs, name="happysad_cnn" if params.backbone == "seed_cnn"
+                       else f"happysad_{params.backbone}")
+
+
+def _seed_body(x: keras.KerasTensor, params: TrainParams, l2: regularizers.Regularizer | None,
+               norm: type[layers.BatchNormalization]) -> keras.KerasTensor:
+    """The seed's blocks: Conv2D + BatchNorm + ReLU (``convs_per_block`` times), then MaxPool."""
+    for number, filters in enumerate(params.filters, start=1):
+        for conv in range(1, params.convs_per_block + 1):
+            name = f"block{number}" + (f"_{conv}" if params.convs_per_block > 1 else "")
+            stride = params.first_stride if number == conv == 1 else 1
+            x = layers.Conv2D(filters, params.kernel_size, strides=stride, padding="same",
+                              use_bias=False, kernel_regularizer=l2, name=f"{name}_conv")(x)
+            x = norm(momentum=params.batchnorm_momentum, name=f"{name}_bn")(x)
+            x = layers.ReLU(name=f"{name}_relu")(x)
+        x = layers.MaxPooling2D(name=f"block{number}_pool")(x)
+    return x
+
+
+def body_layers(model: keras.Model) -> list[keras.layers.Layer]:
+    """The layers the frozen phase freezes, in order: the application's own layers, or the
+    seed CNN's blocks (every layer between the augmentation and the pooling head)."""
+    try:
+        return list(model.get_layer(BODY).layers)
+    except ValueError:
+        return [layer for layer in model.layers if layer.name.startswith("block")]
+
+
+def keeps_norm_statistics(params: TrainParams) -> bool:
+    """Whether a Keras application's BatchNorm layers stay frozen (inference mode) throughout:
+    when it starts from trained weights, whose statistics a few hundred images would overwrite
+    (Keras' transfer-learning guide). From random weights they must learn theirs. (Calling the
+    application with ``training=False`` does not do it: Keras 3.15 lets the outer call's
+    ``training`` override it.)"""
+    return params.backbone != "seed_cnn" and (params.weights != "none" or bool(params.init_from))
+
+
+def set_trainable(model: keras.Model, from_layer: str | None, frozen_norms: bool = False) -> None:
+    """Freeze the body (``from_layer`` None), or let it train from ``from_layer`` on ("" =
+    all of it), its BatchNorm layers frozen too if ``frozen_norms``; the head always trains.
+    Compile again afterwards."""
+    body = body_layers(model)
+    names = [layer.name for layer in body]
+    if from_layer and from_layer not in names:
+        hint = ", ".join(n for n in names if n.endswith(("conv", "expand_conv")))[:300]
+        raise UserError(f"train.fine_tune.from_layer: {from_layer!r} is no layer of the "
+                        f"{model.name} body; layers include {hint}")
+    start = len(names) if from_layer is None else names.index(from_layer) if from_layer else 0
+    with contextlib.suppress(ValueError):  # a nested model's own flag gates its layers'
+        model.get_layer(BODY).trainable = True
+    for index, layer in enumerate(body):
+        norm = isinstance(layer, layers.BatchNormalization)
+        layer.trainable = index >= start and not (frozen_norms and norm)
+
+
+def warm_start(model: keras.Model, path: Path) -> int:
+    """Copy into ``model`` the weights of every layer of the saved model at ``path`` with the
+    same name and weight shapes; returns how many layers took them (a ``UserError`` if no
+    layer of the body did: a head alone is no warm start)."""
+    earlier = load(path)
+    body = {layer.name for layer in body_layers(model)} | {BODY}
+    taken = []
+    for layer in model.layers:
+        try:
+            source = earlier.get_layer(layer.name)
+        except ValueError:
+            continue
+        weights = source.get_weights()
+        if weights and [w.shape for w in weights] == [w.shape for w in layer.get_weights()]:
+            layer.set_weights(weights)
+            taken.append(layer.name)
+    if not body & set(taken):
+        raise UserError(f"train.init_from: {path} shares no layer of the body (by name and "
+                        f"shape) with the {model.name} of params.yaml; start from a model with "
+                        "the same backbone")
+    return len(taken)
+
+
+def without_augmentation(model: keras.Model, params: TrainParams, image_size: int) -> keras.Model:
+    """The trained weights in a float32 model with no augmentation block, for saving."""
+    keras.mixed_precision.set_global_policy("float32")  # a GPU run computed in float16
+    inference = build_model(params, image_size, seed=0, augment=False, pretrained=False)
+    for layer in inference.layers:
+        if layer.weights:
+            layer.set_weights(model.get_layer(layer.name).get_weights())
+    return inference
+
+
+def metrics() -> list[keras.metrics.Metric]:
+    return [keras.metrics.BinaryAccuracy(name="accuracy"), keras.metrics.Precision(name="precision"),
+            keras.metrics.Recall(name="recall"),
+            # Keras' AUC sums over 200 fixed thresholds: an estimate, named as one. The train
+            # report's "auc" and evaluate's "roc_auc" are exact (pipeline.ml.curves.roc_auc).
+            keras.metrics.AUC(name="auc_approx")]
+
+
+def compile_model(model: keras.Model, learning_rate: float,
+                  label_smoothing: float = 0.0) -> keras.Model:
+    """Adam and binary cross-entropy (``label_smoothing`` on the targets it trains on)."""
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate),
+                  loss=keras.losses.BinaryCrossentropy(label_smoothing=label_smoothing),
+                  metrics=metrics())
+    return model

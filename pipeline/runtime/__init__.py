@@ -1,0 +1,1 @@
+"""How any command runs: flags, logging, errors, child processes, safe files, worker pools."""

@@ -1,0 +1,157 @@
+"""``happysad predict PATH...``: label images with the saved model, one JSON line each.
+
+Files or folders (searched recursively) in; for each image a line with its path,
+label and the probability of that label. Images go through the clean stage's
+checks and the tfrecords stage's resize, so the model sees what it was trained
+on. A file that is not a usable image gets a one-line error on stderr and the
+rest still run; the exit status is then 1. The model runs on LiteRT (the save
+stage's ``model.tflite``: no TensorFlow import, so the first answer comes in a
+second or two) and falls back to Keras; the label's class names and threshold
+come from the model card.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from pipeline.config.params import load_params
+from pipeline.contracts.export import read_card
+from pipeline.ml.runtimes import load_runtime
+from pipeline.runtime.errors import UserError
+from pipeline.runtime.files import display_path, read_regular
+
+if TYPE_CHECKING:  # numpy and the image code load only once there is an image to label,
+    import numpy as np  # so a missing model is said before they are imported
+
+    from pipeline.config.clean import CleanParams
+
+logger = logging.getLogger(__name__)
+SUFFIXES = {".jpg", ".jpeg", ".jpe", ".png", ".gif", ".webp", ".bmp", ".tif", ".tiff", ".mpo"}
+
+
+@dataclass(frozen=True)
+class Prediction:
+    path: str
+    label: str
+    probability: float
+    probabilities: dict[str, float]
+
+
+def image_files(paths: list[Path]) -> Iterator[Path]:
+    """The files named, and image files under the folders named, in a stable order. Under a
+    folder, anything that is neither a file nor a folder (a FIFO, a socket) comes too, so
+    that it is reported rather than skipped in silence; reading it is refused."""
+    for path in paths:
+        if path.is_dir():
+            for found in sorted(p for p in path.rglob("*") if not p.is_dir()):
+                if not found.is_file() or found.suffix.lower() in SUFFIXES:
+                    yield found
+        else:
+            yield path  # named explicitly: tried whatever its suffix, so mistakes are reported
+
+
+
+
+
+
+
+
+
+
+
+
+def _skip(path: Path, why: str) -> None:
+    logger.warning("%s: %s; skipped", display_path(path), why)
+
+
+def predict(paths: list[Path], model_dir: Path, rules: CleanParams, batch_size: int = 32,
+            on_error: Callable[[Path, str], None] = _skip, threshold: float | None = None,
+            runtime: str = "auto") -> Iterator[Prediction]:
+    """Predictions in input order; each unusable file goes to ``on_error`` and is skipped.
+    The label is the model card's class at the card's threshold unless ``threshold`` is given."""
+    card = read_card(model_dir)
+    import numpy as np
+
+    from pipeline.vision.faces import FaceCrop
+    from pipeline.vision.images import UnusableImageError, open_rgb, square_rgb
+
+    contract = card["input"]
+    cut = float(card["threshold"]) if threshold is None else threshold
+    model = load_runtime(model_dir, runtime)
+    names, size = contract["class_names"], contract["image_size"]
+    crop = FaceCrop.of(contract.get("crop"))  # the face crop the model was trained on, if any
+    batch: list[tuple[Path, np.ndarray]] = []
+
+    def flush() -> Iterator[Prediction]:
+        probs = model(np.stack([p for _, p in batch]))
+        for (path, _), p in zip(batch, probs, strict=True):
+            if not np.isfinite(p):  # a broken model: say so, never print NaN (not JSON)
+                on_error(path, f"the model gives a non-finite probability ({p}); it is broken, "
+                               "train it again")
+                continue
+            label = int(p >= cut)
+            yield Prediction(display_path(path), names[label], round(float(p if label else 1 - p), 6),
+                             {names[0]: round(float(1 - p), 6), names[1]: round(float(p), 6)})
+        batch.clear()
+
+    for path in image_files(paths):
+        try:
+            data = read_regular(path)  # a FIFO is refused, not waited on
+        except OSError as err:
+            on_error(path, f"cannot read ({err.strerror or err})")
+            continue
+        try:
+            open_rgb(data, rules)  # the clean stage's checks
+            pixels = square_rgb(data, size, contract["resize"], crop=crop)  # as tfrecords does
+        except UnusableImageError as err:
+            on_error(path, f"not a usable image ({err})")
+            continue
+        except (OSError, SyntaxError, ValueError, EOFError) as err:
+            on_error(path, f"not a usable image (corrupt: {err})")
+            continue
+        batch.append((path, pixels))
+        if len(batch) == batch_size:
+            yield from flush()
+    if batch:
+        yield from flush()
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("paths", type=Path, nargs="+", metavar="PATH", help="image files or folders")
+    parser.add_argument("--model-dir", type=Path, default=Path("models/production"),
+                        help="folder with model.keras and model_card.json (default: %(default)s, "
+                             "the promoted model; models/ holds the last trained one)")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--threshold", type=float, default=None,
+                        help="probability of the second class from which it is the label "
+                             "(default: the model card's, evaluate.threshold when it was trained)")
+    parser.add_argument("--runtime", choices=("auto", "litert", "keras"), default="auto",
+                        help="auto: the LiteRT export when there, else Keras (default: %(default)s)")
+
+
+def run(args: argparse.Namespace) -> None:
+    errors: list[Path] = []
+
+    def report(path: Path, why: str) -> None:
+        errors.append(path)
+        sys.stderr.write(f"happysad predict: {display_path(path)}: {why}; skipped\n")
+
+    count = 0
+    if args.threshold is not None and not 0.0 < args.threshold < 1.0:
+        raise UserError(f"--threshold {args.threshold}: must be between 0 and 1")
+    read_card(args.model_dir)  # a missing model is said at once, before params are validated
+    for prediction in predict(args.paths, args.model_dir, load_params(args.params).clean,
+                              args.batch_size, report, args.threshold, args.runtime):
+        sys.stdout.write(json.dumps(prediction.__dict__) + "\n")
+        sys.stdout.flush()
+        count += 1
+    logger.info("predict: %d images labelled, %d skipped", count, len(errors))
+    if errors:
+        raise SystemExit(1)

@@ -1,0 +1,1 @@
+"""Pixels: decoding and checking images, near duplicates, faces."""
