@@ -10,7 +10,7 @@ every module):
   whole, JSON lines), ``workers`` (the per-image process pool).
 - ``config/``: params.yaml, typed. ``loader`` (safe YAML, one-line errors, ``load_sections``),
   one schema module per section (``scrape`` with ``demo_site``, ``clean``, ``split``,
-  ``tfrecords``, ``faces``, ``train``, ``crossval``, ``evaluate``, ``suspects``, ``promote``,
+  ``tfrecords``, ``faces``, ``pretrain``, ``train``, ``crossval``, ``evaluate``, ``suspects``, ``promote``,
   ``flow``, ``tune``) and ``params``, the whole file for the flow and the tools.
 - ``contracts/``: the files stages hand each other, each with its one reader and writer.
   ``raw`` (data/raw and its manifest), ``crawl`` (what the scrape stage and its crawler
@@ -27,7 +27,8 @@ every module):
 - ``review/``: a person in the loop. ``server`` (``happysad review``) with ``page.html``,
   ``labelstudio`` (Label Studio tasks out, decisions in).
 - ``stages/``: one module per ``dvc.yaml`` stage, in DAG order ``scrape``, ``clean``,
-  ``split``, ``tfrecords``, ``train``, ``crossval``, ``evaluate``, ``save``, ``suspects``;
+  ``split``, ``tfrecords``, ``pretrain``, ``train``, ``crossval``, ``evaluate``, ``save``,
+  ``suspects``;
   each is run as ``python -m pipeline.stages.<stage>``, and none imports another.
 - ``tools/``: commands that are not stages. ``predict``, ``promote`` (run by the flow),
   ``preset``, ``tune`` (one trial of the tune flow).

@@ -22,7 +22,8 @@ _PACKAGE = Path(__file__).resolve().parent
 # Command name -> module under pipeline/: the stages in DAG order, then the tools.
 COMMANDS = {
     "scrape": "stages.scrape", "clean": "stages.clean", "split": "stages.split",
-    "tfrecords": "stages.tfrecords", "train": "stages.train", "crossval": "stages.crossval",
+    "tfrecords": "stages.tfrecords", "pretrain": "stages.pretrain", "train": "stages.train",
+    "crossval": "stages.crossval",
     "evaluate": "stages.evaluate", "save": "stages.save", "suspects": "stages.suspects",
     "predict": "tools.predict", "promote": "tools.promote", "tune": "tools.tune",
     "preset": "tools.preset", "review": "review.server", "labelstudio": "review.labelstudio",

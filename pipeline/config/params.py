@@ -14,6 +14,7 @@ from pipeline.config.evaluate import EvaluateParams
 from pipeline.config.faces import FacesParams
 from pipeline.config.flow import FlowParams
 from pipeline.config.loader import DEFAULT_PARAMS, Section, read_yaml, validate
+from pipeline.config.pretrain import PretrainParams
 from pipeline.config.promote import PromoteParams
 from pipeline.config.scrape import DemoSiteParams, ScrapeParams
 from pipeline.config.split import SplitParams
@@ -31,6 +32,7 @@ class Params(Section):
     split: SplitParams
     tfrecords: TfrecordsParams
     train: TrainParams
+    pretrain: PretrainParams
     crossval: CrossvalParams
     faces: FacesParams
     suspects: SuspectsParams

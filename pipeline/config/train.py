@@ -28,7 +28,7 @@ class FineTuneParams(Section):
 class TrainParams(Section):
     backbone: Literal[BACKBONES]  # type: ignore[valid-type]
     weights: str  # a Keras application's start: imagenet | none (random) | a weights file
-    init_from: str  # "" or a model.keras of this pipeline whose matching layers start training
+    init_from: str  # "", pretrain (the pretrain stage's model) or a model.keras of this pipeline
     fine_tune: FineTuneParams
     distribute: Literal["none", "mirrored"]
     filters: Annotated[list[Positive], Field(min_length=1, max_length=8)]

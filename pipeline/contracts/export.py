@@ -13,6 +13,7 @@ from pipeline.runtime.errors import UserError
 
 LITE_FILE = "model.tflite"  # the LiteRT export `happysad predict` runs, beside model.keras
 CARD_FILE = "model_card.json"
+PRETRAINED = Path("models/pretrain/model.keras")  # the pretrain stage's face network
 # An export's files, as save writes them and promotion copies them.
 SHIPPED = ("model.keras", "serving", LITE_FILE, "model_card.md", CARD_FILE)
 
@@ -43,3 +44,17 @@ def read_card(model_dir: Path) -> dict:
         raise UserError(f"{card_path}: not a model card the save stage wrote ({err!r} is missing "
                         "or malformed); run `dvc repro save` again") from None
     return card
+
+
+def start_model(init_from: str) -> Path | None:
+    """The model file ``train.init_from`` names: None for "", the pretrain stage's face
+    network for ``pretrain``, else the path itself; a one-line error when it is missing."""
+    if not init_from:
+        return None
+    path = PRETRAINED if init_from == "pretrain" else Path(init_from)
+    if not path.is_file():
+        what = ("the pretrain stage trained no face network (data/pretrain holds no face set); "
+                "put one there and run `dvc repro pretrain`" if init_from == "pretrain"
+                else "no such file")
+        raise UserError(f"train.init_from: {path}: {what}, or set train.init_from to \"\"")
+    return path

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
+from pipeline.contracts.export import start_model
 from pipeline.contracts.metrics import HEADLINE
 from pipeline.runtime.errors import UserError
 from pipeline.runtime.log import clock
@@ -183,7 +184,7 @@ def val_share(params: Settings) -> float:
 def _work_key(rows: list[dict[str, str]], meta: dict, params: Settings, folds: int) -> str:
     """Finished folds are reused only for the same images, groups, params and folds, and the
     same warm-start model (its bytes, not only its path: it may have been trained again)."""
-    start = Path(params.train.init_from) if params.train.init_from else None
+    start = start_model(params.train.init_from)
     start_digest = hashlib.sha256(start.read_bytes()).hexdigest() if start and start.is_file() else ""
     text = json.dumps([sorted((r["sha256"], r["group"], r["label"]) for r in rows), meta,
                        params.train.model_dump(), params.split.fractions, params.seed, folds,

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pipeline.config.train import TrainParams
+from pipeline.contracts.export import start_model
 from pipeline.runtime.errors import UserError
 from pipeline.runtime.files import write_atomic
 
@@ -312,9 +313,10 @@ def train(records: Path, model_dir: Path, reports_dir: Path, params: TrainParams
     backup.mkdir(parents=True, exist_ok=True)
     with strategy.scope():
         model = build_model(params, meta["image_size"], seed)
-        if params.init_from:
-            taken = warm_start(model, Path(params.init_from))
-            logger.info("train: %d layers start from %s", taken, params.init_from)
+        start = start_model(params.init_from)
+        if start is not None:
+            taken = warm_start(model, start)
+            logger.info("train: %d layers start from %s", taken, start)
     logger.info("training %s parameters (%s) on %s: %s", f"{model.count_params():,}",
                 params.backbone, device, meta["counts"]["train"])
     epochs_run, seconds = 0, 0.0

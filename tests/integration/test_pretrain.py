@@ -1,0 +1,119 @@
+"""The pretrain stage: a face set in FER-2013's layout becomes the face network a photo model
+warms from; no face set is a note and no model; train.init_from: pretrain starts from it."""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipeline.config.params import Params
+from pipeline.config.pretrain import PretrainParams
+from pipeline.config.train import TrainParams
+from pipeline.runtime.errors import UserError
+from testing.project import REPO
+
+CLASSES = ["happy", "sad"]
+
+
+def _params(repo_params: Params, tiny_train_params: TrainParams) -> PretrainParams:
+    return repo_params.pretrain.model_copy(update={
+        "image_size": 32, "fractions": {"train": 0.6, "val": 0.2, "test": 0.2}, "workers": 1,
+        "train": tiny_train_params})
+
+
+def _face_set(folder: Path, per_class: int = 16) -> None:
+    """FER-2013's layout: train/ and validation/ folders per expression, an expression that is
+    not a class, a file that is no image, one too small, and a copy under another name."""
+    from demo.faces import FaceStyle, draw_face
+
+    rng = np.random.default_rng(3)
+    for label in CLASSES:
+        for n in range(per_class):
+            part = "train" if n % 4 else "validation"
+            (folder / part / label).mkdir(parents=True, exist_ok=True)
+            draw_face(rng, label, FaceStyle(min_side=48, max_side=56)).save(
+                folder / part / label / f"{n}.jpg", quality=90)
+    (folder / "train" / "angry").mkdir()
+    draw_face(rng, "happy").save(folder / "train" / "angry" / "0.jpg")  # not a class: left alone
+    (folder / "train" / "happy" / "notes.jpg").write_text("not an image")
+    draw_face(rng, "sad").resize((16, 16)).save(folder / "train" / "sad" / "tiny.png")
+    (folder / "train" / "sad" / "copy.jpg").write_bytes((folder / "train" / "sad" / "1.jpg").read_bytes())
+
+
+def test_no_face_set_is_a_note_and_no_model(repo_params: Params, tiny_train_params: TrainParams,
+                                            tmp_path: Path) -> None:
+    from pipeline.stages.pretrain import pretrain
+
+    (tmp_path / "faces").mkdir()
+    metrics = pretrain(tmp_path / "faces", CLASSES, tmp_path / "models" / "pretrain",
+                       tmp_path / "reports", _params(repo_params, tiny_train_params),
+                       repo_params.evaluate, seed=1)
+    assert metrics == {"images": 0}
+    assert [p.name for p in (tmp_path / "models" / "pretrain").iterdir()] == ["README.txt"]
+    assert json.loads((tmp_path / "reports" / "metrics.json").read_text()) == {"images": 0}
+
+
+def test_a_face_set_trains_the_face_network_and_train_warms_from_it(
+        repo_params: Params, tiny_train_params: TrainParams, tiny_records: Path, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    from pipeline.ml.fit import train
+    from pipeline.stages.pretrain import pretrain
+
+    _face_set(tmp_path / "faces")
+    models = tmp_path / "models" / "pretrain"
+    metrics = pretrain(tmp_path / "faces", CLASSES, models, tmp_path / "reports",
+                       _params(repo_params, tiny_train_params), repo_params.evaluate, seed=1)
+    counts = metrics["counts"]
+    # 32 faces, the copy once; the file that is no image and the tiny one left out and counted
+    assert sum(sum(c.values()) for c in counts.values()) == 32
+    assert metrics["left_out"] == {"corrupt": 1, "too_small": 1}
+    assert metrics["images"] == sum(counts["test"].values()) > 0
+    assert 0 <= metrics["accuracy_interval"]["low"] <= metrics["accuracy"] <= 1
+    assert json.loads((models / "input.json").read_text())["image_size"] == 32
+    assert not (tmp_path / "models" / ".pretrain").exists()  # its records are gone
+
+    monkeypatch.chdir(tmp_path)  # train.init_from: pretrain names models/pretrain/model.keras
+    warm = tiny_train_params.model_copy(update={"init_from": "pretrain", "epochs": 1})
+    with caplog.at_level(logging.INFO, logger="pipeline.ml"):
+        train(tiny_records, tmp_path / "photo" / "train", tmp_path / "photo-reports", warm, seed=5)
+    taken = next(r.getMessage() for r in caplog.records if "layers start from" in r.getMessage())
+    assert int(taken.split()[1]) > 0 and "models/pretrain/model.keras" in taken
+
+
+def test_copies_share_a_split_and_the_shares_follow_the_fractions() -> None:
+    from pipeline.stages.pretrain import assign
+
+    fractions = {"train": 0.8, "val": 0.1, "test": 0.1}
+    splits = [assign(f"{n:016x}", fractions, seed=7) for n in range(4000)]
+    assert all(assign(f"{n:016x}", fractions, seed=7) == s for n, s in enumerate(splits[:50]))
+    assert abs(splits.count("test") / 4000 - 0.1) < 0.02
+    assert splits != [assign(f"{n:016x}", fractions, seed=8) for n in range(4000)]
+
+
+def test_init_from_pretrain_without_a_face_network_is_one_line(tiny_train_params: TrainParams,
+                                                               tiny_records: Path, tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    from pipeline.ml.fit import train
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UserError, match=r"^train.init_from: models/pretrain/model.keras: the "
+                                        r"pretrain stage trained no face network"):
+        train(tiny_records, tmp_path / "m", tmp_path / "r",
+              tiny_train_params.model_copy(update={"init_from": "pretrain"}), seed=5)
+
+
+def test_the_stage_says_there_is_nothing_to_pretrain_in_one_line(tmp_path: Path) -> None:
+    (tmp_path / "faces").mkdir()
+    result = subprocess.run([sys.executable, "-m", "pipeline.stages.pretrain", "--params",
+                             str(REPO / "params.yaml"), "--faces", "faces", "--models", "m",
+                             "--reports", "r"], cwd=tmp_path, capture_output=True, text=True,
+                            timeout=120, env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
+    assert result.returncode == 0, result.stderr
+    lines = [line for line in result.stderr.splitlines() if "pretrain:" in line]
+    assert len(lines) == 1 and "No face set in faces" in lines[0] and "nothing to pretrain" in lines[0]
