@@ -12,6 +12,7 @@ from bench import (
     flow,
     model,
     predict,
+    pretrain,
     real_photos,
     sources,
     speed,
@@ -20,6 +21,6 @@ from bench import (
 )
 
 BENCHMARKS = (crawl, data_stages, dedupe, bootstrap, crossval, suspects, faults, model, speed, flow,
-              predict, real_photos, sources, tune)
+              predict, pretrain, real_photos, sources, tune)
 
 sys.exit(next((code for code in (b.main([]) for b in BENCHMARKS) if code), 0))
