@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from pipeline.config.loader import Positive, Section
 from pipeline.config.train import TrainParams, check_depth
-from pipeline.contracts.split import SPLITS
+from pipeline.contracts.split import check_fractions
 
 
 class PretrainParams(Section):
@@ -22,10 +22,7 @@ class PretrainParams(Section):
 
     @model_validator(mode="after")
     def _fits(self) -> Self:
-        if set(self.fractions) != set(SPLITS):
-            raise ValueError(f"fractions must name exactly {', '.join(SPLITS)}")
-        if abs(sum(self.fractions.values()) - 1.0) > 1e-6:
-            raise ValueError("fractions must add up to 1")
+        check_fractions(self.fractions)
         if self.train.init_from == "pretrain":
             raise ValueError("train.init_from: the face network cannot start from itself")
         check_depth(self.image_size, self.train)

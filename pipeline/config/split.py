@@ -7,7 +7,7 @@ from typing import Annotated, Self
 from pydantic import Field, model_validator
 
 from pipeline.config.loader import Section
-from pipeline.contracts.split import SPLITS
+from pipeline.contracts.split import check_fractions
 
 
 class SplitParams(Section):
@@ -16,8 +16,5 @@ class SplitParams(Section):
 
     @model_validator(mode="after")
     def _fractions(self) -> Self:
-        if set(self.fractions) != set(SPLITS):
-            raise ValueError(f"fractions must name exactly {', '.join(SPLITS)}")
-        if abs(sum(self.fractions.values()) - 1.0) > 1e-6:
-            raise ValueError("fractions must add up to 1")
+        check_fractions(self.fractions)
         return self
