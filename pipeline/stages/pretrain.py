@@ -34,6 +34,7 @@ from pipeline.config.pretrain import PretrainParams, ScrapeClasses
 from pipeline.contracts import features
 from pipeline.contracts.split import SPLITS
 from pipeline.runtime.entry import main
+from pipeline.runtime.errors import UserError
 from pipeline.runtime.files import write_atomic
 from pipeline.runtime.outputs import replacing_dir, write_metrics
 from pipeline.runtime.workers import parallel_map
@@ -137,8 +138,6 @@ def pretrain(folder: Path, class_names: list[str], models: Path, reports: Path,
     left_out = Counter(r[1] for r in results if len(r) == 2)
     missing = [c for c in class_names if not any(label == c for _, label, _, _ in faces)]
     if missing:
-        from pipeline.runtime.errors import UserError
-
         raise UserError(f"{folder}: no usable face of class {', '.join(missing)} (left out: "
                         f"{dict(left_out) or 'none'}); add a folder of them or empty {folder}")
     records = models.parent / ".pretrain" / "records"
