@@ -48,7 +48,7 @@ def _model_dir(out: Path) -> Path:
     out.mkdir(parents=True)
     model.save(out / "model.keras")
     model.export(str(out / "serving"), format="tf_saved_model", verbose=False)
-    export_lite(model, out / "serving", out / LITE_FILE, size)
+    export_lite(model, out / "serving", out / LITE_FILE)
     card = {"input": {"class_names": list(params.scrape.classes), "image_size": size,
                       "resize": params.tfrecords.resize}, "threshold": params.evaluate.threshold}
     (out / "model_card.json").write_text(json.dumps(card))

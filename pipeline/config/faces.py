@@ -1,8 +1,9 @@
-"""The ``faces`` section: the face detector the face crop and the no-face flag share."""
+"""The ``faces`` section: the face detector the face crop, the face view and the no-face flag
+share."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field
 
@@ -10,7 +11,10 @@ from pipeline.config.loader import Section
 
 
 class FacesParams(Section):
-    max_side: Annotated[int, Field(ge=64, le=4096)]  # px of the grey copy searched
+    # haar: OpenCV's bundled cascades; mtcnn: the mtcnn package's networks (weights inside it)
+    detector: Literal["haar", "mtcnn"]
+    min_confidence: Annotated[float, Field(ge=0.0, le=1.0)]  # mtcnn: a face's least score
+    max_side: Annotated[int, Field(ge=64, le=4096)]  # px of the copy searched
     min_face: Annotated[float, Field(gt=0.0, le=1.0)]  # of the shorter side
-    scale_factor: Annotated[float, Field(gt=1.0, le=2.0)]
-    min_neighbors: Annotated[int, Field(ge=0, le=50)]
+    scale_factor: Annotated[float, Field(gt=1.0, le=2.0)]  # haar
+    min_neighbors: Annotated[int, Field(ge=0, le=50)]  # haar

@@ -3,8 +3,11 @@
 Each ``tf.train.Example`` holds ``image`` (an encoded JPEG or PNG of
 image_size x image_size RGB), ``label`` (the class index in meta.json's
 ``class_names``) and ``sha256`` (the raw file it came from, so any record can
-be traced to its image and its split). Pixels stay uint8 0-255: the model
-maps them to [0, 1] with its own Rescaling layer.
+be traced to its image and its split). Records cut with a face detector (meta.json's
+``crop`` kind ``face`` or ``views``) add ``face_found`` (0 or 1); ``views`` records also
+hold ``face``, the aligned face at ``crop.face_size`` px (black when none was found), beside
+the whole picture in ``image``. Pixels stay uint8 0-255: the model maps them to [0, 1] with
+its own Rescaling layer.
 """
 
 from __future__ import annotations
@@ -52,10 +55,15 @@ def _int64_feature(value: int) -> bytes:
     return _field(3, _field(1, _varint(value & 0xFFFFFFFFFFFFFFFF)))  # Int64List.value, packed
 
 
-def to_example(image: bytes, label: int, sha256: str) -> bytes:
+def to_example(image: bytes, label: int, sha256: str, face_found: bool | None = None,
+               face: bytes | None = None) -> bytes:
     """One serialized ``tf.train.Example``, keys in sorted order (deterministic bytes)."""
     features = {"image": _bytes_feature(image), "label": _int64_feature(label),
                 "sha256": _bytes_feature(sha256.encode())}
+    if face_found is not None:
+        features["face_found"] = _int64_feature(int(face_found))
+    if face is not None:
+        features["face"] = _bytes_feature(face)
     entries = b"".join(_field(1, _field(1, key.encode()) + _field(2, value))
                        for key, value in sorted(features.items()))
     return _field(1, entries)  # Example.features = 1; Features.feature = 1 (map entries)
@@ -84,24 +92,64 @@ class RecordWriter:
         self._file.close()
 
 
-def feature_spec() -> dict[str, tf.io.FixedLenFeature]:
+# Input names of the model: the whole picture, and for a two-view model its face and flag
+PIXELS_INPUT, FACE_INPUT, FACE_FOUND_INPUT = "pixels", "face", "face_found"
+
+
+def face_size(meta: dict) -> int:
+    """The face view's side of records (or of a model's input contract); 0: no face view."""
+    crop = meta.get("crop") or {}
+    return int(crop.get("face_size", 0)) if crop.get("kind") == "views" else 0
+
+
+def has_face_flag(meta: dict) -> bool:
+    """Whether each record says if a face was found (records cut with a detector)."""
+    return (meta.get("crop") or {}).get("kind") in ("face", "views")
+
+
+def feature_spec(flag: bool = False, face: bool = False) -> dict[str, tf.io.FixedLenFeature]:
     import tensorflow as tf
 
-    return {
+    spec = {
         "image": tf.io.FixedLenFeature([], tf.string),
         "label": tf.io.FixedLenFeature([], tf.int64),
         "sha256": tf.io.FixedLenFeature([], tf.string),
     }
+    if flag:
+        spec["face_found"] = tf.io.FixedLenFeature([], tf.int64)
+    if face:
+        spec["face"] = tf.io.FixedLenFeature([], tf.string)
+    return spec
 
 
-def parse(serialized: tf.Tensor, image_size: int) -> dict[str, tf.Tensor]:
-    """A serialized example as uint8 ``image`` [size, size, 3], int64 ``label``, ``sha256``."""
+def parse(serialized: tf.Tensor, image_size: int, flag: bool = False,
+          face_side: int = 0) -> dict[str, tf.Tensor]:
+    """A serialized example as uint8 ``image`` [size, size, 3], int64 ``label``, ``sha256``,
+    and with ``flag`` int64 ``face_found``, with ``face_side`` uint8 ``face`` [side, side, 3]."""
     import tensorflow as tf
 
-    example = tf.io.parse_single_example(serialized, feature_spec())
+    example = tf.io.parse_single_example(serialized, feature_spec(flag, bool(face_side)))
     image = tf.io.decode_image(example["image"], channels=3, expand_animations=False)
     image.set_shape([image_size, image_size, 3])
-    return {"image": image, "label": example["label"], "sha256": example["sha256"]}
+    parsed = {"image": image, "label": example["label"], "sha256": example["sha256"]}
+    if flag:
+        parsed["face_found"] = example["face_found"]
+    if face_side:
+        face = tf.io.decode_image(example["face"], channels=3, expand_animations=False)
+        face.set_shape([face_side, face_side, 3])
+        parsed["face"] = face
+    return parsed
+
+
+def model_inputs(record: dict):
+    """What the model takes from parsed records (one or a batch): the image, or for a two-view
+    model the dict of its three inputs."""
+    import tensorflow as tf
+
+    if "face" not in record:
+        return record["image"]
+    return {PIXELS_INPUT: record["image"], FACE_INPUT: record["face"],
+            FACE_FOUND_INPUT: tf.cast(record["face_found"], tf.float32)[..., None]}
 
 
 def shard_name(split: str, index: int, count: int) -> str:
@@ -112,15 +160,21 @@ def shard_files(directory: Path, split: str) -> list[str]:
     return sorted(str(p) for p in Path(directory).glob(f"{split}-*-of-*.tfrecord"))
 
 
-def dataset(directory: Path, split: str, image_size: int) -> tf.data.Dataset:
-    """The examples of one split, parsed in parallel, in file order."""
+def dataset(directory: Path, split: str, image_size: int, meta: dict | None = None) -> tf.data.Dataset:
+    """The examples of one split, parsed in parallel, in file order; ``meta`` (meta.json,
+    read when not given) says which fields they hold."""
     import tensorflow as tf
 
     files = shard_files(directory, split)
     if not files:
         raise FileNotFoundError(f"{directory}: no {split} shards")
+    if meta is None:
+        path = Path(directory) / "meta.json"
+        meta = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+    flag, side = has_face_flag(meta), face_size(meta)
     records = tf.data.TFRecordDataset(files, num_parallel_reads=min(len(files), 8))
-    return records.map(lambda s: parse(s, image_size), num_parallel_calls=tf.data.AUTOTUNE)
+    return records.map(lambda s: parse(s, image_size, flag, side),
+                       num_parallel_calls=tf.data.AUTOTUNE)
 
 
 def read_meta(directory: Path) -> dict:
@@ -139,9 +193,10 @@ def read_meta(directory: Path) -> dict:
 
 
 def labelled(directory: Path, split: str, image_size: int) -> tf.data.Dataset:
-    """(uint8 image, float32 [label]) pairs of one split, as Keras' fit and evaluate take them."""
+    """(model inputs, float32 [label]) pairs of one split, as Keras' fit and evaluate take
+    them: the uint8 image, or a two-view model's dict (:func:`model_inputs`)."""
     import tensorflow as tf
 
     return dataset(directory, split, image_size).map(
-        lambda r: (r["image"], tf.cast(r["label"], tf.float32)[None]),
+        lambda r: (model_inputs(r), tf.cast(r["label"], tf.float32)[None]),
         num_parallel_calls=tf.data.AUTOTUNE)

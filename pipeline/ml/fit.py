@@ -79,7 +79,8 @@ def _inputs(records: Path, meta: dict, params: TrainParams, seed: int, first_epo
     # Known cardinality: Keras then knows an epoch's length from the start (no "ran out of data").
     train = features.labelled(records, "train", size).apply(
         tf.data.experimental.assert_cardinality(train_images))
-    if train_images * size * size * 3 <= params.cache_max_mb * 2**20:
+    face = features.face_size(meta)
+    if train_images * (size * size + face * face) * 3 <= params.cache_max_mb * 2**20:
         train = train.cache()  # decoded once; later epochs read memory
     buffer = min(params.shuffle_buffer, train_images)
 
@@ -298,11 +299,50 @@ def _fit_phase(model, phase: Phase, records: Path, meta: dict, params: TrainPara
     return len(fitted.epoch), seconds
 
 
+def _face_network(start: Path | None, meta: dict, records: Path):
+    """A two-view model's face view (records with a face view): the face network of
+    ``train.init_from``, or a one-line UserError; None for a one-view model."""
+    from pipeline.contracts import features
+    from pipeline.ml.model import face_branch, load
+
+    side = features.face_size(meta)
+    if not side:
+        return None
+    if start is None:
+        raise UserError(f"{records / 'meta.json'}: records with a face view (tfrecords.crop: "
+                        "views) need a face network to see it; set train.init_from: pretrain "
+                        "(the pretrain stage's, `happysad preset web-photos` does) or a face "
+                        "model.keras")
+    face = face_branch(load(start), start)
+    if face.inputs[0].shape[1] != side:
+        raise UserError(f"train.init_from: {start} takes {face.inputs[0].shape[1]} px faces, "
+                        f"the records' face view is {side} px; set tfrecords.face_size: "
+                        f"{face.inputs[0].shape[1]}")
+    return face
+
+
+def _started_model(params: TrainParams, meta: dict, records: Path, seed: int):
+    """The network to fit, with train.init_from's weights: as its face view (records with
+    one), else copied in by layer name (warm start)."""
+    from pipeline.ml.model import build_model, warm_start
+
+    start = start_model(params.init_from)
+    face = _face_network(start, meta, records)
+    model = build_model(params, meta["image_size"], seed, face=face)
+    if face is not None:
+        logger.info("train: two views, the whole picture and the face; the face network "
+                    "starts from %s", start)
+    elif start is not None:
+        taken = warm_start(model, start)
+        logger.info("train: %d layers start from %s", taken, start)
+    return model
+
+
 def train(records: Path, model_dir: Path, reports_dir: Path, params: TrainParams,
           seed: int) -> TrainReport:
     """Fit, keep the best epoch by val_loss, and write the model, history and metrics."""
     from pipeline.contracts import features
-    from pipeline.ml.model import build_model, compile_model, warm_start, without_augmentation
+    from pipeline.ml.model import compile_model, without_augmentation
 
     meta = features.read_meta(records)
     device = configure_runtime(seed)
@@ -312,11 +352,7 @@ def train(records: Path, model_dir: Path, reports_dir: Path, params: TrainParams
     backup = _backup_dir(model_dir, records, params, seed)
     backup.mkdir(parents=True, exist_ok=True)
     with strategy.scope():
-        model = build_model(params, meta["image_size"], seed)
-        start = start_model(params.init_from)
-        if start is not None:
-            taken = warm_start(model, start)
-            logger.info("train: %d layers start from %s", taken, start)
+        model = _started_model(params, meta, records, seed)
     logger.info("training %s parameters (%s) on %s: %s", f"{model.count_params():,}",
                 params.backbone, device, meta["counts"]["train"])
     epochs_run, seconds = 0, 0.0

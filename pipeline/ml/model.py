@@ -133,6 +133,7 @@ APPLICATIONS = {
     "efficientnet_b0": ("EfficientNetB0", {}),
 }
 BODY = "backbone"  # the application's layer in the model; the seed CNN's body is its blocks
+FACE_NETWORK = "face_network"  # a two-view model's face view: the pretrained face network
 
 
 def _keras_cache() -> Path:
@@ -180,8 +181,25 @@ def _application(params: TrainParams, image_size: int, pretrained: bool) -> kera
     return application
 
 
+def face_branch(face_model: keras.Model, path: Path | str = "") -> keras.Model:
+    """A saved face network (the pretrain stage's) as a two-view model's face view: its own
+    layers, from after its uint8 input to its global pooling, as one nested model that takes
+    float pixels 0-255 (so augmentation can come first). ``path`` names it in errors."""
+    names = [layer.name for layer in face_model.layers]
+    if "pool" not in names or len(face_model.inputs) != 1:
+        raise UserError(f"train.init_from: {path or face_model.name} is no face network of this "
+                        "pipeline (one image input, a global-average pool); use the pretrain "
+                        "stage's models/pretrain/model.keras")
+    side = face_model.inputs[0].shape[1]
+    inputs = keras.Input((side, side, 3), dtype="float32", name="face_pixels")
+    x = inputs
+    for layer in face_model.layers[1:names.index("pool") + 1]:
+        x = layer(x)
+    return keras.Model(inputs, x, name=FACE_NETWORK)
+
+
 def build_model(params: TrainParams, image_size: int, seed: int, augment: bool = True,
-                pretrained: bool = True) -> keras.Model:
+                pretrained: bool = True, face: keras.Model | None = None) -> keras.Model:
     """The network of params.yaml's ``train`` section for ``image_size`` square RGB inputs.
 
     ``augment=False`` builds the same network without the augmentation block, and with
@@ -190,6 +208,13 @@ def build_model(params: TrainParams, image_size: int, seed: int, augment: bool =
     model is called as ``model(x)``, so a saved model that kept them would augment
     the images of anyone who calls it that way. ``pretrained=False`` leaves a Keras
     application's weights random (for a model whose weights are copied in next).
+
+    ``face`` (:func:`face_branch`) makes the two-view model: the ``pixels`` input is the whole
+    picture, seen by the network above; ``face`` (uint8, the face network's side) is the aligned
+    face, seen by the face network; ``face_found`` (float 0 or 1) says whether there was one.
+    Their pooled features meet in one sigmoid, the face's multiplied by ``face_found``: an
+    image with no face is judged on the whole picture alone, and the head learns how far to
+    trust each view.
     """
     l2 = regularizers.L2(params.l2) if params.l2 else None
     inputs = keras.Input((image_size, image_size, 3), dtype="uint8", name="pixels")
@@ -207,6 +232,10 @@ def build_model(params: TrainParams, image_size: int, seed: int, augment: bool =
         x = _application(params, image_size, pretrained)(x)  # BatchNorm: see set_trainable
     x = (layers.GlobalAveragePooling2D(name="pool") if params.head == "global_average"
          else layers.Flatten(name="flatten"))(x)
+    all_inputs = [inputs]
+    if face is not None:
+        x, face_inputs = _with_face(x, face, params, seed, augment)
+        all_inputs += face_inputs
     if params.dense_units:
         x = layers.Dropout(params.dropout, seed=seed + 3, name="hidden_dropout")(x)
         x = layers.Dense(params.dense_units, activation="relu", kernel_regularizer=l2, name="hidden")(x)
@@ -214,8 +243,26 @@ def build_model(params: TrainParams, image_size: int, seed: int, augment: bool =
     # float32 output keeps the probabilities exact under mixed precision on a GPU.
     outputs = layers.Dense(1, activation="sigmoid", kernel_regularizer=l2, dtype="float32",
                            name="probability")(x)
-    return keras.Model(inputs, outputs, name="happysad_cnn" if params.backbone == "seed_cnn"
-                       else f"happysad_{params.backbone}")
+    name = "happysad_cnn" if params.backbone == "seed_cnn" else f"happysad_{params.backbone}"
+    if face is not None:
+        return keras.Model(all_inputs, outputs, name=f"{name}_two_views")
+    return keras.Model(inputs, outputs, name=name)
+
+
+def _with_face(x: keras.KerasTensor, face: keras.Model, params: TrainParams, seed: int,
+               augment: bool) -> tuple[keras.KerasTensor, list[keras.KerasTensor]]:
+    """The whole picture's pooled features ``x`` joined by the face view's, gated by the
+    face-found flag; and the two inputs this adds."""
+    side = face.inputs[0].shape[1]
+    face_in = keras.Input((side, side, 3), dtype="uint8", name="face")
+    found = keras.Input((1,), dtype="float32", name="face_found")
+    y = layers.Rescaling(1.0, name="face_to_float")(face_in)  # the face network scales it
+    steps = augmentation(params.augment, seed + 5) if augment else None
+    if steps is not None:
+        steps.name = "face_augment"
+        y = steps(y)
+    y = layers.Multiply(name="face_gate")([face(y), found])
+    return layers.Concatenate(name="views")([x, y, found]), [face_in, found]
 
 
 def _seed_body(x: keras.KerasTensor, params: TrainParams, l2: regularizers.Regularizer | None,
@@ -234,8 +281,11 @@ def _seed_body(x: keras.KerasTensor, params: TrainParams, l2: regularizers.Regul
 
 
 def body_layers(model: keras.Model) -> list[keras.layers.Layer]:
-    """The layers the frozen phase freezes, in order: the application's own layers, or the
-    seed CNN's blocks (every layer between the augmentation and the pooling head)."""
+    """The layers the frozen phase freezes, in order: a two-view model's face network, the
+    application's own layers, or the seed CNN's blocks (every layer between the augmentation
+    and the pooling head)."""
+    with contextlib.suppress(ValueError):
+        return list(model.get_layer(FACE_NETWORK).layers)
     try:
         return list(model.get_layer(BODY).layers)
     except ValueError:
@@ -262,8 +312,9 @@ def set_trainable(model: keras.Model, from_layer: str | None, frozen_norms: bool
         raise UserError(f"train.fine_tune.from_layer: {from_layer!r} is no layer of the "
                         f"{model.name} body; layers include {hint}")
     start = len(names) if from_layer is None else names.index(from_layer) if from_layer else 0
-    with contextlib.suppress(ValueError):  # a nested model's own flag gates its layers'
-        model.get_layer(BODY).trainable = True
+    for nested in (BODY, FACE_NETWORK):
+        with contextlib.suppress(ValueError):  # a nested model's own flag gates its layers'
+            model.get_layer(nested).trainable = True
     for index, layer in enumerate(body):
         norm = isinstance(layer, layers.BatchNormalization)
         layer.trainable = index >= start and not (frozen_norms and norm)
@@ -295,7 +346,10 @@ def warm_start(model: keras.Model, path: Path) -> int:
 def without_augmentation(model: keras.Model, params: TrainParams, image_size: int) -> keras.Model:
     """The trained weights in a float32 model with no augmentation block, for saving."""
     keras.mixed_precision.set_global_policy("float32")  # a GPU run computed in float16
-    inference = build_model(params, image_size, seed=0, augment=False, pretrained=False)
+    face = None
+    with contextlib.suppress(ValueError):  # a two-view model: its face network's architecture
+        face = keras.models.clone_model(model.get_layer(FACE_NETWORK))
+    inference = build_model(params, image_size, seed=0, augment=False, pretrained=False, face=face)
     for layer in inference.layers:
         if layer.weights:
             layer.set_weights(model.get_layer(layer.name).get_weights())

@@ -15,13 +15,23 @@ from pipeline.runtime.log import load_tensorflow, native_stderr_to_debug
 logger = logging.getLogger(__name__)
 
 
+# What a model takes: a batch of uint8 pixels, or a two-view model's inputs by name
+# (pipeline.contracts.features: pixels, face, face_found)
+Inputs = np.ndarray | dict[str, np.ndarray]
+
+
 class Runtime:
     """The model behind ``predict``: uint8 pixels in, the probability of class 1 out."""
 
     name = ""
 
-    def __call__(self, pixels: np.ndarray) -> np.ndarray:
+    def __call__(self, inputs: Inputs) -> np.ndarray:
         raise NotImplementedError
+
+
+def _input_name(detail: dict) -> str:
+    """A LiteRT input's model input name: ``serving_default_face_found:0`` -> ``face_found``."""
+    return detail["name"].split(":")[0].removeprefix("serving_default_")
 
 
 class LiteRuntime(Runtime):
@@ -32,21 +42,28 @@ class LiteRuntime(Runtime):
     def __init__(self, path: Path) -> None:
         from ai_edge_litert.interpreter import Interpreter
 
-        self.interpreter = Interpreter(model_path=str(path))
-        self.input = self.interpreter.get_input_details()[0]
+        with native_stderr_to_debug("LiteRT"):  # its "Created XNNPACK delegate" notice
+            self.interpreter = Interpreter(model_path=str(path))
+        self.inputs = {_input_name(d): d for d in self.interpreter.get_input_details()}
         self.output = self.interpreter.get_output_details()[0]
-        self.shape: tuple[int, ...] = ()
+        self.shapes: tuple[tuple[int, ...], ...] = ()
 
-    def __call__(self, pixels: np.ndarray) -> np.ndarray:
-        if pixels.shape != self.shape:
-            with native_stderr_to_debug("LiteRT"):  # its "Created XNNPACK delegate" notice
-                self.interpreter.resize_tensor_input(self.input["index"], pixels.shape)
+    def __call__(self, inputs: Inputs) -> np.ndarray:
+        if not isinstance(inputs, dict):
+            inputs = {next(iter(self.inputs)): inputs}
+        missing = set(self.inputs) - set(inputs)
+        if missing:
+            raise ValueError(f"the LiteRT model also takes {sorted(missing)}")
+        shapes = tuple(inputs[name].shape for name in self.inputs)
+        if shapes != self.shapes:
+            with native_stderr_to_debug("LiteRT"):
+                for name, detail in self.inputs.items():
+                    self.interpreter.resize_tensor_input(detail["index"], inputs[name].shape)
                 self.interpreter.allocate_tensors()
-            self.shape = pixels.shape
-        self.interpreter.set_tensor(self.input["index"], pixels.astype(self.input["dtype"]))
+            self.shapes = shapes
+        for name, detail in self.inputs.items():
+            self.interpreter.set_tensor(detail["index"], inputs[name].astype(detail["dtype"]))
         self.interpreter.invoke()
-        import numpy as np
-
         return np.asarray(self.interpreter.get_tensor(self.output["index"]), np.float64)[:, 0]
 
 
@@ -61,10 +78,8 @@ class KerasRuntime(Runtime):
 
         self.model = load(path)
 
-    def __call__(self, pixels: np.ndarray) -> np.ndarray:
-        import numpy as np
-
-        return np.asarray(self.model(pixels, training=False), dtype=np.float64)[:, 0]
+    def __call__(self, inputs: Inputs) -> np.ndarray:
+        return np.asarray(self.model(inputs, training=False), dtype=np.float64)[:, 0]
 
 
 def load_runtime(model_dir: Path, runtime: str = "auto") -> Runtime:

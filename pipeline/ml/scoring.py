@@ -19,6 +19,28 @@ class Scores:
     sha256: list[str]
     actual: np.ndarray
     probability: np.ndarray
+    face_found: np.ndarray | None = None  # bool per image, when the records say it
+
+
+def by_face(actual: np.ndarray, probability: np.ndarray, found: np.ndarray, threshold: float,
+            resamples: int, confidence: float, seed: int) -> dict:
+    """Accuracy with its bootstrap interval, and the share of the images, for the images with
+    a face found and for those without: a model may be worth much less on one of them."""
+    from pipeline.ml.bootstrap import intervals
+
+    parts = {}
+    for name, members in (("with_face", found), ("without_face", ~found)):
+        chosen = np.flatnonzero(members)
+        part = {"images": int(len(chosen)), "share": round(len(chosen) / max(len(found), 1), 6)}
+        if len(chosen):
+            hits = (probability[chosen] >= threshold).astype(int) == actual[chosen]
+            part["accuracy"] = round(float(hits.mean()), 6)
+            part["accuracy_interval"] = (
+                {k: round(v, 6) for k, v in intervals(actual[chosen], probability[chosen], threshold,
+                                                       resamples, confidence, seed)["accuracy"].items()}
+                if len(set(actual[chosen].tolist())) == 2 and len(chosen) > 1 else None)
+        parts[name] = part
+    return parts
 
 
 def summary(scores: Scores, class_names: list[str], threshold: float) -> dict:
@@ -51,11 +73,14 @@ def summary(scores: Scores, class_names: list[str], threshold: float) -> dict:
 def predict_test(model, records: Path, image_size: int, batch_size: int) -> Scores:
     from pipeline.contracts import features
 
-    shas, actual, probs = [], [], []
+    shas, actual, probs, found = [], [], [], []
     for batch in features.dataset(records, "test", image_size).batch(batch_size):
-        probs.append(np.asarray(model(batch["image"], training=False), dtype=np.float64)[:, 0])
+        probs.append(np.asarray(model(features.model_inputs(batch), training=False),
+                                dtype=np.float64)[:, 0])
         actual.append(batch["label"].numpy())
         shas += [s.decode() for s in batch["sha256"].numpy()]
+        if "face_found" in batch:
+            found.append(batch["face_found"].numpy().astype(bool))
     if not shas:
         raise UserError(f"{records / 'meta.json'}: the test split is empty; scrape more images "
                         "or change split.fractions in params.yaml")
@@ -64,4 +89,5 @@ def predict_test(model, records: Path, image_size: int, batch_size: int) -> Scor
         raise UserError(f"{records}: the model gives non-finite probabilities on "
                         f"{int((~np.isfinite(probability)).sum())} test images: it is broken "
                         "(did training diverge?); train it again (dvc repro train)")
-    return Scores(shas, np.concatenate(actual).astype(int), probability)
+    return Scores(shas, np.concatenate(actual).astype(int), probability,
+                  np.concatenate(found) if found else None)

@@ -2,9 +2,10 @@
 
 Reads only ``test-*`` shards. Writes ``reports/evaluate/metrics.json`` (the
 headline figures DVC shows: ``HEADLINE`` and the train-val accuracy gap),
-``details.json`` (those plus the confusion matrix, per-class figures, best epoch
-and every train-val gap), per-image ``predictions.csv`` and ``roc.csv`` / ``precision_recall.csv``
-(DVC plots), and PNG plots: learning curves, confusion matrix, ROC and
+``details.json`` (those plus the confusion matrix, per-class figures, best epoch,
+every train-val gap, and accuracy with its interval for the test images with a face
+found and for those without, with their shares), per-image ``predictions.csv`` and
+``roc.csv`` / ``precision_recall.csv`` (DVC plots), and PNG plots: learning curves, confusion matrix, ROC and
 precision-recall curves, and the most confident mistakes.
 """
 
@@ -19,11 +20,12 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.config.evaluate import EvaluateParams
+from pipeline.config.faces import FacesParams
 from pipeline.config.loader import load_sections
 from pipeline.contracts.metrics import HEADLINE
 from pipeline.contracts.predictions import write_csv, write_predictions
 from pipeline.ml.curves import precision_recall_curve, roc_curve
-from pipeline.ml.scoring import Scores, predict_test, summary
+from pipeline.ml.scoring import Scores, by_face, predict_test, summary
 from pipeline.runtime.entry import main
 from pipeline.runtime.errors import UserError
 from pipeline.runtime.files import write_atomic
@@ -90,10 +92,22 @@ def _draw(out: Path, records: Path, train_reports: Path, scores: Scores, metrics
     plots.mistakes(images, captions, pictures / "mistakes.png")
 
 
+def _faces_found(records: Path, image_size: int, faces: FacesParams, sha256: list[str]) -> np.ndarray:
+    """Whether the detector finds a face in each test image (in ``sha256``'s order), for
+    records that do not say it (no face crop): searched on the records' own pixels."""
+    from pipeline.contracts import features
+    from pipeline.vision.faces import detect
+
+    found = {r["sha256"].numpy().decode(): bool(detect(r["image"].numpy(), faces))
+             for r in features.dataset(records, "test", image_size)}
+    return np.array([found[sha] for sha in sha256], bool)
+
+
 def evaluate(model_path: Path, records: Path, train_reports: Path, out: Path,
-             params: EvaluateParams, seed: int = 0) -> dict:
+             params: EvaluateParams, seed: int = 0, faces: FacesParams | None = None) -> dict:
     """Score the test split and write metrics (with bootstrap intervals), per-image
-    predictions and plots to ``out``."""
+    predictions and plots to ``out``; ``faces``: the detector that splits the figures by
+    face found, when the records do not say it."""
     from pipeline.contracts import features
     from pipeline.ml import bootstrap
     from pipeline.ml.model import load
@@ -107,6 +121,15 @@ def evaluate(model_path: Path, records: Path, train_reports: Path, out: Path,
     metrics["intervals"] = bootstrap.intervals(scores.actual, scores.probability,
                                                params.threshold, params.bootstrap_resamples,
                                                params.confidence, seed)
+    found = scores.face_found
+    if found is None and faces is not None:
+        found = _faces_found(records, meta["image_size"], faces, scores.sha256)
+    if found is not None:
+        metrics["by_face"] = {
+            "detector": (meta.get("crop") or {}).get("faces", {}).get("detector")
+            or (faces.detector if faces else None),
+            **by_face(scores.actual, scores.probability, found, params.threshold,
+                      params.bootstrap_resamples, params.confidence, seed)}
     trained = json.loads((train_reports / "metrics.json").read_text())
     metrics["best_epoch"] = trained["best_epoch"]
     metrics["train_val_gap"] = trained["gap"]
@@ -129,14 +152,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> None:
     load_tensorflow()  # its native start-up notices go to the debug log
-    params = load_sections(args.params, seed=int, evaluate=EvaluateParams)
+    params = load_sections(args.params, seed=int, evaluate=EvaluateParams, faces=FacesParams)
     metrics = evaluate(args.model, args.records, args.train_reports, args.out, params.evaluate,
-                       params.seed)
+                       params.seed, params.faces)
     low, high = metrics["intervals"]["accuracy"]["low"], metrics["intervals"]["accuracy"]["high"]
     logger.info("evaluate: test accuracy %.3f (%.0f%% interval %.3f-%.3f), ROC AUC %.3f, F1 %.3f "
                 "on %d images; reports and plots in %s", metrics["accuracy"],
                 100 * params.evaluate.confidence, low, high, metrics["roc_auc"], metrics["f1"],
                 metrics["images"], args.out)
+    faces = metrics.get("by_face")
+    if faces:
+        logger.info("evaluate: with a face found (%.0f%% of test images) accuracy %s; without %s",
+                    100 * faces["with_face"]["share"], faces["with_face"].get("accuracy", "-"),
+                    faces["without_face"].get("accuracy", "-"))
 
 
 if __name__ == "__main__":  # as dvc.yaml runs it: under its own name, for its logger

@@ -29,7 +29,7 @@ from pipeline.contracts.export import LITE_FILE, lock_outputs
 from pipeline.runtime.entry import main
 from pipeline.runtime.errors import UserError
 from pipeline.runtime.files import write_atomic
-from pipeline.runtime.log import load_tensorflow, native_stderr_to_debug
+from pipeline.runtime.log import load_tensorflow
 
 logger = logging.getLogger(__name__)
 LITE_TOLERANCE = 1e-4  # largest difference from the Keras model's probabilities we ship
@@ -118,6 +118,43 @@ accuracy by {1 / max(m["images"], 1):.3f}; the second row gives each figure's {c
 Best epoch {m["best_epoch"]}; train-val accuracy gap at that epoch {m["train_val_gap"]["accuracy"]:+.3f}
 (large positive gaps mean overfitting).
 
+""" + _card_by_face(m.get("by_face"))
+
+
+def _card_by_face(faces: dict | None) -> str:
+    """The test figures with and without a face found, and which of them to trust."""
+    if not faces:
+        return ""
+
+    def row(name: str, part: dict) -> str:
+        span = part.get("accuracy_interval")
+        accuracy = f"{part['accuracy']:.3f}" if "accuracy" in part else "-"
+        bounds = f"{span['low']:.3f}-{span['high']:.3f}" if span else "-"
+        return f"| {name} | {part['images']} ({part['share']:.0%}) | {accuracy} | {bounds} |"
+
+    with_face, without = faces["with_face"], faces["without_face"]
+    if "accuracy" in with_face and "accuracy" in without:
+        better, worse = (("with", "without") if with_face["accuracy"] >= without["accuracy"]
+                         else ("without", "with"))
+        low, high = (faces[f"{better}_face"].get("accuracy_interval"),
+                     faces[f"{worse}_face"].get("accuracy_interval"))
+        apart = bool(low and high and low["low"] > high["high"])
+        advice = (f"Trust its labels more on images {better} a face found: their intervals "
+                  "do not overlap." if apart else
+                  f"Its accuracy {better} a face found is higher here, but the intervals "
+                  "overlap: this test split cannot tell the two apart.")
+        advice += (" `happysad predict --require-face` gives no label where no face is found.")
+    else:
+        advice = "Every test image fell on one side: there is nothing to compare."
+    return f"""## With and without a face
+The face detector ({faces.get("detector") or "?"}) on each test image; accuracy with its
+interval on each part. {advice}
+
+| test images | count (share) | accuracy | interval |
+| --- | --- | --- | --- |
+{row("a face found", with_face)}
+{row("no face found", without)}
+
 """
 
 
@@ -135,25 +172,32 @@ the probability of **{names[1]}**.
 """
 
 
-def export_lite(model, serving: Path, out: Path, image_size: int, seed: int = 0) -> float:
+def random_inputs(model, count: int, seed: int = 0):
+    """Random inputs of the model's shapes: uint8 pixels, 0 or 1 for a float flag."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    arrays = {}
+    for tensor in model.inputs:
+        shape = (count, *tensor.shape[1:])
+        arrays[tensor.name] = (rng.integers(0, 256, shape, np.uint8) if tensor.dtype == "uint8"
+                               else rng.integers(0, 2, shape).astype(np.float32))
+    return arrays if len(arrays) > 1 else next(iter(arrays.values()))
+
+
+def export_lite(model, serving: Path, out: Path, seed: int = 0) -> float:
     """Convert the serving export to LiteRT and check it against the Keras model on random
-    pixels; return the largest difference in probability (refused above LITE_TOLERANCE)."""
+    inputs; return the largest difference in probability (refused above LITE_TOLERANCE)."""
     import numpy as np
     import tensorflow as tf
-    from ai_edge_litert.interpreter import Interpreter
+
+    from pipeline.ml.runtimes import LiteRuntime
 
     out.write_bytes(tf.lite.TFLiteConverter.from_saved_model(str(serving)).convert())
-    pixels = np.random.default_rng(seed).integers(0, 256, (8, image_size, image_size, 3), np.uint8)
-    with native_stderr_to_debug("LiteRT"):  # its "Created XNNPACK delegate" notice
-        interpreter = Interpreter(model_path=str(out))
-        index = interpreter.get_input_details()[0]["index"]
-        interpreter.resize_tensor_input(index, pixels.shape)
-        interpreter.allocate_tensors()
-        interpreter.set_tensor(index, pixels)
-        interpreter.invoke()
-    lite = interpreter.get_tensor(interpreter.get_output_details()[0]["index"])[:, 0]
-    keras_probs = np.asarray(model(pixels, training=False))[:, 0]
-    difference = float(np.max(np.abs(lite.astype(np.float64) - keras_probs)))
+    inputs = random_inputs(model, 8, seed)
+    lite = LiteRuntime(out)(inputs)
+    keras_probs = np.asarray(model(inputs, training=False), np.float64)[:, 0]
+    difference = float(np.max(np.abs(lite - keras_probs)))
     if not difference <= LITE_TOLERANCE:
         out.unlink()
         raise UserError(f"{out}: the LiteRT export differs from the Keras model by {difference:.2g} "
@@ -183,7 +227,7 @@ def save(trained: Path, records: Path, metrics_file: Path, params_file: Path, lo
     load(out / "model.keras")
     shutil.rmtree(out / "serving", ignore_errors=True)
     model.export(str(out / "serving"), format="tf_saved_model", verbose=False)
-    lite_difference = export_lite(model, out / "serving", out / LITE_FILE, meta["image_size"])
+    lite_difference = export_lite(model, out / "serving", out / LITE_FILE)
     params = load_sections(params_file, seed=int, tfrecords=TfrecordsParams, train=TrainParams,
                            evaluate=EvaluateParams)
     card = {

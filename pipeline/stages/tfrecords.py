@@ -39,7 +39,7 @@ class TfrecordsReport:
     counts: dict[str, dict[str, int]]  # split -> class -> images
     shards: dict[str, int]
     bytes: int
-    faces: dict[str, dict[str, int]] | None  # crop face: split -> found / none (used whole)
+    faces: dict[str, dict[str, int]] | None  # crop face or views: split -> found / none
 
 
 def crop_contract(params: TfrecordsParams, faces: FacesParams | None) -> dict:
@@ -47,20 +47,22 @@ def crop_contract(params: TfrecordsParams, faces: FacesParams | None) -> dict:
     if params.crop == "none":
         return {"kind": "none"}
     if faces is None:
-        raise ValueError("tfrecords.crop face needs the faces section of params.yaml")
-    return {"kind": "face", "margin": params.face_margin, "faces": faces.model_dump()}
+        raise ValueError(f"tfrecords.crop {params.crop} needs the faces section of params.yaml")
+    contract = {"kind": params.crop, "margin": params.face_margin, "faces": faces.model_dump()}
+    return contract | ({"face_size": params.face_size} if params.crop == "views" else {})
 
 
 def tfrecords(split_path: Path, raw_dir: Path, out_dir: Path, params: TfrecordsParams,
               faces: FacesParams | None = None) -> TfrecordsReport:
     """Write ``out_dir/<split>-NNNNN-of-NNNNN.tfrecord`` shards and ``meta.json``; ``faces``
-    (the detector) is needed for ``crop: face``."""
+    (the detector) is needed for ``crop: face`` and ``crop: views``."""
     rows = read_records(split_path, ("file", "label", "sha256", "split"), "split", "split")
     class_names = sorted({r["label"] for r in rows})
     ordered = sorted(rows, key=lambda r: (SPLITS.index(r["split"]), r["sha256"], r["label"]))
     contract = crop_contract(params, faces)
     jobs = [SquareJob(raw_dir / r["file"], params.image_size, params.resize, params.encoding,
-                      params.jpeg_quality, FaceCrop.of(contract)) for r in ordered]
+                      params.jpeg_quality, FaceCrop.of(contract),
+                      features.face_size({"crop": contract})) for r in ordered]
     found: dict[str, Counter] = {s: Counter() for s in SPLITS}
     with replacing_dir(out_dir) as tmp:
         shards = _write_shards(tmp, ordered, parallel_map(encoded_square, jobs, params.workers,
@@ -79,7 +81,7 @@ def tfrecords(split_path: Path, raw_dir: Path, out_dir: Path, params: TfrecordsP
 
 
 def _write_shards(folder: Path, ordered: list[dict[str, str]],
-                  encoded: Iterator[tuple[bytes, bool | None]], class_names: list[str],
+                  encoded: Iterator[tuple[bytes, bool | None, bytes | None]], class_names: list[str],
                   params: TfrecordsParams, found: dict[str, Counter]) -> dict[str, int]:
     """Write each split's shards, each under a temporary name until it is complete; count
     into ``found`` the images whose face was found or not."""
@@ -93,11 +95,11 @@ def _write_shards(folder: Path, ordered: list[dict[str, str]],
             partial = folder / f".{name}.partial"
             with features.RecordWriter(partial) as writer:
                 for row in members[index * params.shard_size:(index + 1) * params.shard_size]:
-                    data, face = next(encoded)
+                    data, face, face_view = next(encoded)
                     if face is not None:
                         found[split_name]["found" if face else "none"] += 1
                     writer.write(features.to_example(data, class_names.index(row["label"]),
-                                                     row["sha256"]))
+                                                     row["sha256"], face, face_view))
             os.replace(partial, folder / name)
     return shards
 
@@ -115,9 +117,13 @@ def run(args: argparse.Namespace) -> None:
                 report.bytes / 1e6, args.out)
     if report.faces:
         none = sum(c["none"] for c in report.faces.values())
-        logger.info("tfrecords: cropped to the largest face; %d of %d images had none and are used "
-                    "whole (%s)", none, none + sum(c["found"] for c in report.faces.values()),
-                    report.faces)
+        total = none + sum(c["found"] for c in report.faces.values())
+        if params.tfrecords.crop == "face":
+            logger.info("tfrecords: cropped to the largest face; %d of %d images had none and "
+                        "are used whole (%s)", none, total, report.faces)
+        else:
+            logger.info("tfrecords: the whole picture and its largest face; %d of %d images had "
+                        "none (the model sees them whole only) (%s)", none, total, report.faces)
     logger.debug("%s", asdict(report))
 
 

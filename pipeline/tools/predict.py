@@ -8,6 +8,12 @@ rest still run; the exit status is then 1. The model runs on LiteRT (the save
 stage's ``model.tflite``: no TensorFlow import, so the first answer comes in a
 second or two) and falls back to Keras; the label's class names and threshold
 come from the model card.
+
+Each line also says whether a face was found (``face_found``), by the model's own
+detector when it cuts faces (its input contract), else by params.yaml's ``faces``
+section. With ``--require-face`` an image with no face gets no label (``label``
+null, and the ``abstained`` reason): the model card says how much less its
+labels are worth there.
 """
 
 from __future__ import annotations
@@ -28,9 +34,11 @@ from pipeline.runtime.errors import UserError
 from pipeline.runtime.files import display_path, read_regular
 
 if TYPE_CHECKING:  # numpy and the image code load only once there is an image to label,
-    import numpy as np  # so a missing model is said before they are imported
-
+    # so a missing model is said before they are imported
     from pipeline.config.clean import CleanParams
+    from pipeline.config.faces import FacesParams
+    from pipeline.vision.faces import FaceCrop
+    from pipeline.vision.images import Views
 
 logger = logging.getLogger(__name__)
 SUFFIXES = {".jpg", ".jpeg", ".jpe", ".png", ".gif", ".webp", ".bmp", ".tif", ".tiff", ".mpo"}
@@ -39,9 +47,11 @@ SUFFIXES = {".jpg", ".jpeg", ".jpe", ".png", ".gif", ".webp", ".bmp", ".tif", ".
 @dataclass(frozen=True)
 class Prediction:
     path: str
-    label: str
-    probability: float
-    probabilities: dict[str, float]
+    label: str | None  # None: abstained (see ``abstained``)
+    probability: float | None
+    probabilities: dict[str, float] | None
+    face_found: bool
+    abstained: str | None = None
 
 
 def image_files(paths: list[Path]) -> Iterator[Path]:
@@ -71,34 +81,64 @@ def _skip(path: Path, why: str) -> None:
     logger.warning("%s: %s; skipped", display_path(path), why)
 
 
+def _views(data: bytes, rules: CleanParams, contract: dict, crop: FaceCrop | None,
+           finder: FaceCrop | None) -> Views:
+    """An image's views as the model's input contract wants them (as tfrecords makes them),
+    after the clean stage's checks; ``finder`` says whether a face is found when the model
+    cuts none."""
+    import numpy as np
+
+    from pipeline.contracts.features import face_size
+    from pipeline.vision.images import Views, model_views, open_rgb
+
+    rgb = open_rgb(data, rules)
+    views = model_views(data, contract["image_size"], contract["resize"], crop=crop,
+                        face_size=face_size(contract))
+    if views.face_found is None:  # the model cuts no faces: ask the detector
+        return Views(views.pixels, None, bool(finder and finder(np.asarray(rgb)) is not None))
+    return views
+
+
+def _answer(path: Path, p: float, found: bool, names: list[str], cut: float,
+            require_face: bool) -> Prediction:
+    """One image's line: its label at ``cut``, or none when a face is required and missing."""
+    if require_face and not found:
+        return Prediction(display_path(path), None, None, None, False,
+                          "no face found (--require-face)")
+    label = int(p >= cut)
+    return Prediction(display_path(path), names[label], round(p if label else 1 - p, 6),
+                      {names[0]: round(1 - p, 6), names[1]: round(p, 6)}, found)
+
+
 def predict(paths: list[Path], model_dir: Path, rules: CleanParams, batch_size: int = 32,
             on_error: Callable[[Path, str], None] = _skip, threshold: float | None = None,
-            runtime: str = "auto") -> Iterator[Prediction]:
+            runtime: str = "auto", faces: FacesParams | None = None,
+            require_face: bool = False) -> Iterator[Prediction]:
     """Predictions in input order; each unusable file goes to ``on_error`` and is skipped.
-    The label is the model card's class at the card's threshold unless ``threshold`` is given."""
+    The label is the model card's class at the card's threshold unless ``threshold`` is given.
+    ``faces``: the detector that says ``face_found`` when the model cuts no faces itself;
+    ``require_face``: no label for an image with no face."""
     card = read_card(model_dir)
     import numpy as np
 
     from pipeline.vision.faces import FaceCrop
-    from pipeline.vision.images import UnusableImageError, open_rgb, square_rgb
+    from pipeline.vision.images import UnusableImageError, stacked
 
-    contract = card["input"]
+    contract, names = card["input"], card["input"]["class_names"]
     cut = float(card["threshold"]) if threshold is None else threshold
     model = load_runtime(model_dir, runtime)
-    names, size = contract["class_names"], contract["image_size"]
     crop = FaceCrop.of(contract.get("crop"))  # the face crop the model was trained on, if any
-    batch: list[tuple[Path, np.ndarray]] = []
+    finder = crop or (FaceCrop(0.0, tuple(sorted(faces.model_dump().items()))) if faces else None)
+    batch: list[tuple[Path, Views]] = []
 
     def flush() -> Iterator[Prediction]:
-        probs = model(np.stack([p for _, p in batch]))
-        for (path, _), p in zip(batch, probs, strict=True):
+        probs = model(stacked([v for _, v in batch]))
+        for (path, views), p in zip(batch, probs, strict=True):
             if not np.isfinite(p):  # a broken model: say so, never print NaN (not JSON)
                 on_error(path, f"the model gives a non-finite probability ({p}); it is broken, "
                                "train it again")
                 continue
-            label = int(p >= cut)
-            yield Prediction(display_path(path), names[label], round(float(p if label else 1 - p), 6),
-                             {names[0]: round(float(1 - p), 6), names[1]: round(float(p), 6)})
+            yield _answer(path, float(p), bool(views.face_found), names, cut, require_face)
         batch.clear()
 
     for path in image_files(paths):
@@ -108,15 +148,14 @@ def predict(paths: list[Path], model_dir: Path, rules: CleanParams, batch_size: 
             on_error(path, f"cannot read ({err.strerror or err})")
             continue
         try:
-            open_rgb(data, rules)  # the clean stage's checks
-            pixels = square_rgb(data, size, contract["resize"], crop=crop)  # as tfrecords does
+            views = _views(data, rules, contract, crop, finder)
         except UnusableImageError as err:
             on_error(path, f"not a usable image ({err})")
             continue
         except (OSError, SyntaxError, ValueError, EOFError) as err:
             on_error(path, f"not a usable image (corrupt: {err})")
             continue
-        batch.append((path, pixels))
+        batch.append((path, views))
         if len(batch) == batch_size:
             yield from flush()
     if batch:
@@ -134,6 +173,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "(default: the model card's, evaluate.threshold when it was trained)")
     parser.add_argument("--runtime", choices=("auto", "litert", "keras"), default="auto",
                         help="auto: the LiteRT export when there, else Keras (default: %(default)s)")
+    parser.add_argument("--require-face", action="store_true",
+                        help="no label for an image where no face is found: label null, with "
+                             "the reason in `abstained`")
 
 
 def run(args: argparse.Namespace) -> None:
@@ -147,8 +189,9 @@ def run(args: argparse.Namespace) -> None:
     if args.threshold is not None and not 0.0 < args.threshold < 1.0:
         raise UserError(f"--threshold {args.threshold}: must be between 0 and 1")
     read_card(args.model_dir)  # a missing model is said at once, before params are validated
-    for prediction in predict(args.paths, args.model_dir, load_params(args.params).clean,
-                              args.batch_size, report, args.threshold, args.runtime):
+    params = load_params(args.params)
+    for prediction in predict(args.paths, args.model_dir, params.clean, args.batch_size, report,
+                              args.threshold, args.runtime, params.faces, args.require_face):
         sys.stdout.write(json.dumps(prediction.__dict__) + "\n")
         sys.stdout.flush()
         count += 1

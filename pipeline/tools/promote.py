@@ -45,8 +45,9 @@ def champion_scores(production: Path, raw: Path, test: dict[str, tuple[int, floa
     """The production model's probabilities on the ``test`` images (sha256 -> (true class,
     the challenger's probability)), each read from ``raw`` and prepared through the champion's
     own input contract, as ``predict`` would prepare it."""
+    from pipeline.contracts.features import face_size
     from pipeline.vision.faces import FaceCrop
-    from pipeline.vision.images import square_rgb
+    from pipeline.vision.images import model_views, stacked
 
     contract = read_card(production)["input"]
     if contract["class_names"] != class_names:
@@ -60,9 +61,10 @@ def champion_scores(production: Path, raw: Path, test: dict[str, tuple[int, floa
     crop = FaceCrop.of(contract.get("crop"))
     probabilities = []
     for first in range(0, len(shas), batch_size):
-        pixels = [square_rgb(files[sha].read_bytes(), contract["image_size"], contract["resize"],
-                             crop=crop) for sha in shas[first:first + batch_size]]
-        probabilities.append(model(np.stack(pixels)))
+        views = [model_views(files[sha].read_bytes(), contract["image_size"], contract["resize"],
+                             crop=crop, face_size=face_size(contract))
+                 for sha in shas[first:first + batch_size]]
+        probabilities.append(model(stacked(views)))
     probability = np.concatenate(probabilities)
     if not np.isfinite(probability).all():
         raise _IncomparableError("it gives non-finite probabilities: it is broken")

@@ -1,14 +1,20 @@
-"""Finding faces with the detectors that ship inside OpenCV (nothing is downloaded).
+"""Finding faces with detectors whose weights ship inside their packages (nothing is
+downloaded): OpenCV's Haar cascades, or MTCNN (the ``mtcnn`` package, on TensorFlow).
 
-OpenCV's Haar cascades, frontal then profile (and the profile one on the mirrored
-image, as it knows only one side), on a grey copy at most ``max_side`` px wide.
-A face is a rectangle at least ``min_face`` of the shorter side. It is a hint
-(cartoons, emoji and text have none; a face in deep shade can be missed), never a
-verdict: the suspects stage flags images without one for a person to look at.
+Haar: frontal, then profile (and the profile one on the mirrored image, as it knows only
+one side), on a grey copy at most ``max_side`` px wide. MTCNN: its three networks on an
+RGB copy of the same size, faces scored at least ``min_confidence``, with five landmarks
+(eyes, nose, mouth corners), whose eyes level the crop. A face is a rectangle at least
+``min_face`` of the shorter side. It is a hint (cartoons, emoji and text have none; a face
+in deep shade can be missed), never a verdict: the suspects stage flags images without one
+for a person to look at, and the fused model then trusts the whole picture alone.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
+import math
 from dataclasses import dataclass
 from functools import cache
 from typing import Any
@@ -26,6 +32,9 @@ class Face:
     y: int
     width: int
     height: int  # in the pixels of the image given
+    # MTCNN's eye centres (left, right as seen in the image), in the same pixels; None for Haar
+    eyes: tuple[tuple[float, float], tuple[float, float]] | None = None
+    confidence: float = 1.0
 
 
 @cache
@@ -42,31 +51,102 @@ def _cascades() -> tuple[Any, ...]:
     return tuple(found)
 
 
-def detect(rgb: np.ndarray, params: FacesParams) -> list[Face]:
-    """Faces in an RGB uint8 image, largest first."""
+@cache
+def _mtcnn() -> Any:
+    """The MTCNN networks, built once per process from the weights inside the package."""
+    from pipeline.runtime.log import load_tensorflow
+
+    load_tensorflow()
+    from mtcnn import MTCNN
+
+    return MTCNN(device="CPU:0")
+
+
+def _shrunk(rgb: np.ndarray, max_side: int) -> tuple[np.ndarray, float]:
     import cv2
 
     height, width = rgb.shape[:2]
-    scale = min(1.0, params.max_side / max(height, width))
-    grey = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
+    scale = min(1.0, max_side / max(height, width))
     if scale < 1.0:
-        grey = cv2.resize(grey, (round(width * scale), round(height * scale)),
-                          interpolation=cv2.INTER_AREA)
-    grey = cv2.equalizeHist(grey)
-    side = max(1, round(params.min_face * min(grey.shape)))
-    boxes: list[tuple[int, int, int, int]] = []
+        rgb = cv2.resize(rgb, (round(width * scale), round(height * scale)),
+                         interpolation=cv2.INTER_AREA)
+    return rgb, scale
+
+
+def detect(rgb: np.ndarray, params: FacesParams) -> list[Face]:
+    """Faces in an RGB uint8 image, largest first."""
+    small, scale = _shrunk(rgb, params.max_side)
+    side = max(1, round(params.min_face * min(small.shape[:2])))
+    found = _haar(small, side, params) if params.detector == "haar" else _mtcnn_faces(small, side, params)
+    faces = [Face(round(f.x / scale), round(f.y / scale), round(f.width / scale),
+                  round(f.height / scale),
+                  None if f.eyes is None else tuple((x / scale, y / scale) for x, y in f.eyes),
+                  f.confidence) for f in found]
+    return sorted(faces, key=lambda f: -f.width * f.height)
+
+
+def _haar(rgb: np.ndarray, side: int, params: FacesParams) -> list[Face]:
+    import cv2
+
+    grey = cv2.equalizeHist(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY))
+    boxes: list[Face] = []
     frontal, profile = _cascades()
     for cascade, image, mirrored in ((frontal, grey, False), (profile, grey, False),
                                      (profile, grey[:, ::-1], True)):
         found = cascade.detectMultiScale(np.ascontiguousarray(image), scaleFactor=params.scale_factor,
                                          minNeighbors=params.min_neighbors, minSize=(side, side))
         for x, y, w, h in (found if len(found) else []):
-            boxes.append((grey.shape[1] - x - w if mirrored else x, y, w, h))
+            boxes.append(Face(int(grey.shape[1] - x - w if mirrored else x), int(y), int(w), int(h)))
         if boxes:
             break  # frontal found one: the profile passes add nothing a flag needs
-    faces = [Face(round(x / scale), round(y / scale), round(w / scale), round(h / scale))
-             for x, y, w, h in boxes]
-    return sorted(faces, key=lambda f: -f.width * f.height)
+    return boxes
+
+
+def _mtcnn_faces(rgb: np.ndarray, side: int, params: FacesParams) -> list[Face]:
+    from pipeline.runtime.log import native_stderr_to_debug
+
+    detector = _mtcnn()
+    # it prints nothing useful to stdout, and TensorFlow's native code warns on stderr each
+    # time a stage has no candidate left ("Incompatible shapes: [0,24,24,3]"): debug log
+    with contextlib.redirect_stdout(io.StringIO()), native_stderr_to_debug("MTCNN"):
+        # its own min_face_size (default 20 px) is left alone: mtcnn 1.0.0 finds nothing with
+        # some other values (32 px on a 320 px portrait); smaller faces are dropped below
+        found = detector.detect_faces(np.ascontiguousarray(rgb))
+    faces = []
+    for hit in found or []:
+        x, y, w, h = (int(v) for v in hit["box"])
+        if hit["confidence"] < params.min_confidence or min(w, h) < side:
+            continue
+        points = hit.get("keypoints", {})
+        eyes = None
+        if "left_eye" in points and "right_eye" in points:
+            first, second = sorted((tuple(map(float, points["left_eye"])),
+                                    tuple(map(float, points["right_eye"]))))
+            eyes = (first, second)
+        faces.append(Face(x, y, w, h, eyes, float(hit["confidence"])))
+    return faces
+
+
+def aligned_crop(pixels: np.ndarray, face: Face, margin: float) -> np.ndarray:
+    """A square around ``face``, ``margin`` face sides added on each side, turned so that its
+    eyes are level when the detector gave them (the image's edge is repeated where the square
+    leaves it); with no eyes, the box with its margin, clamped to the image."""
+    import cv2
+
+    height, width = pixels.shape[:2]
+    if face.eyes is None:
+        dx, dy = round(face.width * margin), round(face.height * margin)
+        top, left = max(0, face.y - dy), max(0, face.x - dx)
+        return pixels[top:min(height, face.y + face.height + dy),
+                      left:min(width, face.x + face.width + dx)]
+    (lx, ly), (rx, ry) = face.eyes
+    angle = math.degrees(math.atan2(ry - ly, rx - lx))
+    side = max(2, round(max(face.width, face.height) * (1 + 2 * margin)))
+    cx, cy = face.x + face.width / 2, face.y + face.height / 2
+    turn = cv2.getRotationMatrix2D((cx, cy), angle, 1.0)
+    turn[:, 2] += (side / 2 - cx, side / 2 - cy)  # the face's centre to the square's centre
+    return cv2.warpAffine(pixels, turn, (side, side), flags=cv2.INTER_AREA,
+                          borderMode=cv2.BORDER_REPLICATE)
 
 
 @dataclass(frozen=True)
@@ -75,24 +155,18 @@ class FaceCrop:
     face sides added on each side; ``detector`` the faces section of params.yaml, as items."""
 
     margin: float
-    detector: tuple[tuple[str, float], ...]
+    detector: tuple[tuple[str, Any], ...]
 
     @classmethod
     def of(cls, contract: dict | None) -> FaceCrop | None:
         """From a model's or records' ``crop`` entry (None or kind none: no crop)."""
-        if not contract or contract.get("kind") != "face":
+        if not contract or contract.get("kind") not in ("face", "views"):
             return None
-        return cls(float(contract["margin"]), tuple(sorted(contract["faces"].items())))
+        # models trained before the detector was a choice used Haar
+        faces = {"detector": "haar", "min_confidence": 0.9, **contract["faces"]}
+        return cls(float(contract["margin"]), tuple(sorted(faces.items())))
 
     def __call__(self, pixels: np.ndarray) -> np.ndarray | None:
-        """The largest face with its margin, clamped to the image; None when there is none."""
+        """The largest face with its margin (eyes level with MTCNN); None when there is none."""
         found = detect(pixels, FacesParams(**dict(self.detector)))
-        if not found:
-            return None
-        face = found[0]
-        height, width = pixels.shape[:2]
-        dx, dy = round(face.width * self.margin), round(face.height * self.margin)
-        top, left = max(0, face.y - dy), max(0, face.x - dx)
-        bottom = min(height, face.y + face.height + dy)
-        right = min(width, face.x + face.width + dx)
-        return pixels[top:bottom, left:right]
+        return aligned_crop(pixels, found[0], self.margin) if found else None

@@ -122,16 +122,52 @@ def model_view(data: bytes, size: int, policy: str, threads: int | None = None,
 
     ``threads=1`` in worker processes, whose parallelism is the processes themselves.
     """
+    views = model_views(data, size, policy, threads, crop)
+    return views.pixels, views.face_found
+
+
+@dataclass(frozen=True)
+class Views:
+    """What a model sees of one image: ``pixels`` (size x size), ``face`` (a two-view model's
+    face view, black when none was found; else None) and ``face_found`` (None: no detector)."""
+
+    pixels: np.ndarray
+    face: np.ndarray | None
+    face_found: bool | None
+
+
+def stacked(views: list[Views]) -> np.ndarray | dict[str, np.ndarray]:
+    """A batch of views as the model takes it: the pixels, or a two-view model's inputs."""
+    from pipeline.contracts.features import FACE_FOUND_INPUT, FACE_INPUT, PIXELS_INPUT
+
+    pixels = np.stack([v.pixels for v in views])
+    if views[0].face is None:
+        return pixels
+    return {PIXELS_INPUT: pixels, FACE_INPUT: np.stack([v.face for v in views]),
+            FACE_FOUND_INPUT: np.array([[float(bool(v.face_found))] for v in views], np.float32)}
+
+
+def model_views(data: bytes, size: int, policy: str, threads: int | None = None,
+                crop: Crop | None = None, face_size: int = 0) -> Views:
+    """The model's views of an accepted image: with ``face_size`` (a two-view model) the whole
+    picture at ``size`` and the face ``crop`` finds at ``face_size``; without, the face (when
+    ``crop`` finds one) or the whole picture at ``size``. The one conversion tfrecords,
+    predict and promotion share."""
     if threads is not None:
         _cv2().setNumThreads(threads)
     if crop is None:
-        return resize_square(decode_rgb(data, (size, policy)), size, policy), None
+        return Views(resize_square(decode_rgb(data, (size, policy)), size, policy), None, None)
     # The face's size is not known yet: a JPEG is DCT-scaled only down to 4x the output on its
     # shorter side, so a face a quarter of it still has every pixel (and a 24 MP photo costs
     # a quarter of the memory)
-    pixels = np.asarray(decode_rgb(data, (4 * size, "crop")))
+    pixels = np.asarray(decode_rgb(data, (4 * max(size, face_size), "crop")))
     face = crop(pixels)
-    return resize_square(pixels if face is None else face, size, policy), face is not None
+    if not face_size:
+        return Views(resize_square(pixels if face is None else face, size, policy), None,
+                     face is not None)
+    face_view = (np.zeros((face_size, face_size, 3), np.uint8) if face is None
+                 else resize_square(face, face_size, policy))
+    return Views(resize_square(pixels, size, policy), face_view, face is not None)
 
 
 def square_rgb(data: bytes, size: int, policy: str, threads: int | None = None,
@@ -150,11 +186,12 @@ class SquareJob:
     encoding: str
     quality: int
     crop: Crop | None = None
+    face_size: int = 0  # a two-view model's face view; 0: none
 
 
-def encoded_square(job: SquareJob) -> tuple[bytes, bool | None]:
-    """The encoded square a TFRecord holds, from a file the clean stage accepted, and whether
-    a face was found (None: no crop asked).
+def encoded_square(job: SquareJob) -> tuple[bytes, bool | None, bytes | None]:
+    """The encoded square a TFRecord holds, from a file the clean stage accepted, whether a
+    face was found (None: no crop asked), and the encoded face view (None: not asked).
 
     Raises a one-line UserError naming the file. Runs in worker processes, which is
     why it lives here: unpickling it imports this light module, not a stage's.
@@ -165,10 +202,12 @@ def encoded_square(job: SquareJob) -> tuple[bytes, bool | None]:
         raise UserError(f"{job.path}: cannot read ({err.strerror or err}); restore data/raw "
                         "with `dvc checkout` or rerun the scrape stage") from None
     try:
-        square, face = model_view(data, job.size, job.policy, threads=1, crop=job.crop)
+        views = model_views(data, job.size, job.policy, threads=1, crop=job.crop,
+                            face_size=job.face_size)
     except (OSError, SyntaxError, ValueError) as err:
         raise UserError(f"{job.path}: no longer decodes ({err}); rerun the clean stage") from None
-    return encode(square, job.encoding, job.quality), face
+    face = None if views.face is None else encode(views.face, job.encoding, job.quality)
+    return encode(views.pixels, job.encoding, job.quality), views.face_found, face
 
 
 def encode(pixels: np.ndarray, encoding: str, jpeg_quality: int = 95) -> bytes:

@@ -92,11 +92,11 @@ def test_a_crash_leaves_no_shard_under_a_final_name(split_file: Path, tiny_raw: 
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     written = []
 
-    def failing(image: bytes, label: int, sha256: str) -> bytes:
+    def failing(image: bytes, label: int, sha256: str, *face: object) -> bytes:
         if len(written) == 7:
             raise KeyboardInterrupt  # as if the user pressed Ctrl-C mid-shard
         written.append(sha256)
-        return real(image, label, sha256)
+        return real(image, label, sha256, *face)
 
     real = features.to_example
     monkeypatch.setattr(features, "to_example", failing)

@@ -1,0 +1,189 @@
+"""Seeing the person: MTCNN with its bundled weights, the two-view records and model (whole
+picture + aligned face), its safe reload and LiteRT export, predict's face flag and
+``--require-face``, and evaluate's figures with and without a face.
+
+The one real photo is the portrait matplotlib ships (``grace_hopper.jpg``, a public-domain
+US Navy photo): a test needs a real face, and no file is fetched."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipeline.config.params import Params
+from pipeline.config.train import TrainParams
+from pipeline.runtime.errors import UserError
+from testing.project import REPO
+
+
+def portrait() -> np.ndarray:
+    import cv2
+    import matplotlib
+
+    path = Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"
+    return cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)
+
+
+def turned(rgb: np.ndarray, degrees: float) -> np.ndarray:
+    import cv2
+
+    height, width = rgb.shape[:2]
+    turn = cv2.getRotationMatrix2D((width / 2, height / 2), degrees, 1.0)
+    return cv2.warpAffine(rgb, turn, (width, height), borderMode=cv2.BORDER_REPLICATE)
+
+
+def eye_angle(face) -> float:
+    (lx, ly), (rx, ry) = face.eyes
+    return math.degrees(math.atan2(ry - ly, rx - lx))
+
+
+def test_mtcnn_finds_a_real_face_with_its_bundled_weights_and_the_crop_levels_its_eyes(
+        repo_params: Params) -> None:
+    from pipeline.vision.faces import aligned_crop, detect
+
+    mtcnn = repo_params.faces.model_copy(update={"detector": "mtcnn"})
+    tilted = turned(portrait(), 20)
+    found = detect(tilted, mtcnn)
+    assert len(found) == 1 and found[0].confidence >= mtcnn.min_confidence
+    assert abs(eye_angle(found[0])) > 15  # the eyes follow the turn
+    crop = aligned_crop(tilted, found[0], 0.4)
+    assert crop.shape[0] == crop.shape[1] > found[0].width  # a square with its margin
+    again = detect(crop, mtcnn.model_copy(update={"min_face": 0.3}))
+    assert again and abs(eye_angle(again[0])) < 4  # levelled
+    # no face: a flat picture and random noise; Haar still works as before
+    rng = np.random.default_rng(0)
+    assert not detect(np.full((200, 240, 3), 120, np.uint8), mtcnn)
+    assert not detect(rng.integers(0, 256, (200, 240, 3), np.uint8), mtcnn)
+    assert detect(portrait(), repo_params.faces.model_copy(update={"detector": "haar"}))
+
+
+def _raw_set(folder: Path) -> Path:
+    """Variants of the portrait (shifted, mirrored, darker: a face each) and faceless noise
+    pictures, alternately happy and sad, split 12/6/6; the split file."""
+    from pipeline.vision.images import encode
+
+    rng = np.random.default_rng(1)
+    face = portrait()
+    rows = []
+    for n in range(24):
+        if n % 2:
+            shade = rng.integers(0, 256, (1, 1, 3))
+            pixels = np.clip(rng.normal(shade, 40, (180, 220, 3)), 0, 255).astype(np.uint8)
+        else:
+            top, left = rng.integers(0, 60, 2)
+            pixels = face[top:top + 480, left:left + 420]
+            pixels = pixels[:, ::-1] if n % 4 else (pixels * 0.8).astype(np.uint8)
+        label = ("happy", "sad")[(n // 2) % 2]
+        data = encode(np.ascontiguousarray(pixels), "jpeg", 90)
+        sha = hashlib.sha256(data).hexdigest()
+        (folder / label).mkdir(parents=True, exist_ok=True)
+        (folder / label / f"{sha}.jpg").write_bytes(data)
+        rows.append({"file": f"{label}/{sha}.jpg", "label": label, "sha256": sha, "group": sha,
+                     "split": ("train", "train", "val", "test")[n % 4] if n >= 8 else
+                     ("train", "train", "train", "train", "val", "val", "test", "test")[n]})
+    split_file = folder.parent / "split.jsonl"
+    split_file.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return split_file
+
+
+@pytest.fixture(scope="module")
+def two_views(repo_params: Params, tiny_train_params: TrainParams,
+              tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """A tiny face network, the two-view records of the raw set, and the model trained on them."""
+    from pipeline.ml.fit import train
+    from pipeline.ml.model import build_model
+    from pipeline.runtime.log import load_tensorflow
+    from pipeline.stages.tfrecords import tfrecords
+
+    load_tensorflow()
+    work = tmp_path_factory.mktemp("two_views")
+    split_file = _raw_set(work / "raw")
+    build_model(tiny_train_params, 16, seed=1, augment=False).save(work / "face.keras")
+    faces = repo_params.faces.model_copy(update={"detector": "mtcnn"})
+    params = repo_params.tfrecords.model_copy(update={"image_size": 32, "crop": "views",
+                                                      "face_size": 16, "workers": 1,
+                                                      "encoding": "png"})
+    report = tfrecords(split_file, work / "raw", work / "records", params, faces)
+    trained = tiny_train_params.model_copy(update={"init_from": str(work / "face.keras")})
+    train(work / "records", work / "model", work / "reports", trained, seed=1)
+    return {"work": work, "faces": faces, "report": report, "split": split_file,
+            "train": trained}
+
+
+def test_two_view_records_hold_the_whole_picture_and_the_face_as_predict_makes_them(
+        two_views: dict) -> None:
+    from pipeline.contracts import features
+    from pipeline.vision.faces import FaceCrop
+    from pipeline.vision.images import model_views
+
+    work = two_views["work"]
+    meta = features.read_meta(work / "records")
+    assert meta["crop"]["kind"] == "views" and features.face_size(meta) == 16
+    assert meta["crop"]["faces"]["detector"] == "mtcnn"
+    assert sum(c["found"] for c in two_views["report"].faces.values()) == 12  # the portraits
+    assert sum(c["none"] for c in two_views["report"].faces.values()) == 12  # the noise
+    rows = {json.loads(line)["sha256"]: json.loads(line)
+            for line in two_views["split"].read_text().splitlines()}
+    crop = FaceCrop.of(meta["crop"])
+    for record in features.dataset(work / "records", "test", 32):
+        row = rows[record["sha256"].numpy().decode()]
+        views = model_views((work / "raw" / row["file"]).read_bytes(), 32, "pad", crop=crop,
+                            face_size=16)
+        assert bool(record["face_found"]) == views.face_found
+        assert np.array_equal(record["face"].numpy(), views.face)  # PNG: exactly predict's
+        assert np.array_equal(record["image"].numpy(), views.pixels)  # the whole picture
+        if not views.face_found:
+            assert not views.face.any()  # black: the model judges the whole picture alone
+
+
+def test_two_view_model_reloads_safely_ships_to_litert_and_predict_can_abstain(
+        two_views: dict, repo_params: Params) -> None:
+    from pipeline.ml.model import FACE_NETWORK, load
+    from pipeline.stages.evaluate import evaluate
+    from pipeline.stages.save import save
+    from pipeline.tools.predict import predict
+
+    work = two_views["work"]
+    model = load(work / "model" / "model.keras")  # safe_mode=True
+    assert [i.name for i in model.inputs] == ["pixels", "face", "face_found"]
+    assert model.get_layer(FACE_NETWORK).get_layer("block1_conv")  # the face network inside
+    metrics = evaluate(work / "model" / "model.keras", work / "records", work / "reports",
+                       work / "evaluate", repo_params.evaluate, 1)
+    parts = metrics["by_face"]
+    assert parts["detector"] == "mtcnn"
+    assert parts["with_face"]["images"] + parts["without_face"]["images"] == metrics["images"]
+    test = two_views["report"].faces["test"]
+    assert (parts["with_face"]["images"], parts["without_face"]["images"]) == (test["found"],
+                                                                               test["none"])
+    assert parts["without_face"]["share"] == round(test["none"] / metrics["images"], 6)
+    card = save(work / "model" / "model.keras", work / "records", work / "evaluate" / "details.json",
+                REPO / "params.yaml", work / "no.lock", work / "models")
+    assert card["litert_max_difference"] <= 1e-4
+    assert "## With and without a face" in (work / "models" / "model_card.md").read_text()
+    images = sorted((work / "raw").glob("*/*.jpg"))
+    answers = {runtime: list(predict(images, work / "models", repo_params.clean, runtime=runtime))
+               for runtime in ("litert", "keras")}
+    for lite, keras_answer in zip(answers["litert"], answers["keras"], strict=True):
+        assert abs(lite.probability - keras_answer.probability) <= 1e-4
+    assert sum(a.face_found for a in answers["litert"]) == 12
+    required = list(predict(images, work / "models", repo_params.clean, require_face=True))
+    abstained = [a for a in required if a.label is None]
+    assert len(abstained) == 12 and all(not a.face_found and a.abstained for a in abstained)
+    assert all(a.label in ("happy", "sad") and a.face_found for a in required if a.label)
+
+
+def test_a_face_view_without_a_face_network_is_one_line(two_views: dict) -> None:
+    from pipeline.ml.fit import train
+
+    work = two_views["work"]
+    params = two_views["train"].model_copy(update={"init_from": ""})
+    with pytest.raises(UserError, match="need a face network to see it; set train.init_from"):
+        train(work / "records", work / "m2", work / "r2", params, seed=1)
+    wrong = two_views["train"].model_copy(update={"init_from": str(work / "model" / "model.keras")})
+    with pytest.raises(UserError, match="is no face network"):
+        train(work / "records", work / "m3", work / "r3", wrong, seed=1)
