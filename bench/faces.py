@@ -35,6 +35,7 @@ SETTINGS = {  # faces-section changes, by name
     "haar": {"detector": "haar"},
     "mtcnn": {"detector": "mtcnn"},
     "mtcnn_640": {"detector": "mtcnn", "max_side": 640},
+    "mtcnn_then_haar": {"detector": "mtcnn_then_haar"},
     "mtcnn_640_small": {"detector": "mtcnn", "max_side": 640, "min_face": 0.05},
     "mtcnn_0.8": {"detector": "mtcnn", "min_confidence": 0.8, "max_side": 640},
 }

@@ -13,8 +13,13 @@ and ``average``, the mean of the whole-picture and face options' out-of-fold pro
 pooled accuracy among those no source finds worse than the default by more than the noise
 (its interval's half width).
 
-Run: ``uv run python -m bench.two_views --face-network PATH [--work DIR] [--options a,b]``;
-with ``--work``, finished options are kept in ``DIR/results.json`` and not run again.
+On your own data: ``--raw data/raw`` (as the scrape stage left it; its manifest's ``source``
+gives the per-source figures) and ``--params params.yaml`` (your clean, split and train
+settings) in place of the dev set.
+
+Run: ``uv run python -m bench.two_views --face-network PATH [--raw DIR] [--work DIR]
+[--options a,b]``; with ``--work``, finished options are kept in ``DIR/results.json`` and not
+run again.
 """
 
 from __future__ import annotations
@@ -36,19 +41,25 @@ from pipeline.config.params import Params, load_params
 
 def options(face_network: Path) -> dict[str, dict]:
     """Option name -> changes to params.yaml's sections."""
-    web = _merged(_preset("web-photos"), {"train": {"init_from": str(face_network)}})
+    web = _merged(_preset("faces"), {"tfrecords": {"image_size": 48}, "train": {
+        "init_from": str(face_network), "fine_tune": {"frozen_epochs": 2, "learning_rate": 0.0003}}})
+    views = {"tfrecords": {"crop": "views", "image_size": 128}, "faces": {"detector": "mtcnn"},
+             "train": {"init_from": str(face_network), "fine_tune": web["train"]["fine_tune"]}}
     return {
         "default": {},  # the whole picture at 256 px, the seed CNN from scratch
         "whole_128": {"tfrecords": {"image_size": 128}},
         "face_haar": _merged(web, {"tfrecords": {"crop": "face"}, "faces": {"detector": "haar"}}),
         "face_mtcnn": _merged(web, {"tfrecords": {"crop": "face"}, "faces": {"detector": "mtcnn"}}),
         # the whole picture at 128 px (the default network) and the aligned face (the face network)
-        "two_views": {"tfrecords": {"crop": "views", "image_size": 128}, "faces": {"detector": "mtcnn"},
-                      "train": {"init_from": str(face_network), "fine_tune": web["train"]["fine_tune"]}},
-        "two_views_160": {"tfrecords": {"crop": "views", "image_size": 160},
-                          "faces": {"detector": "mtcnn"},
-                          "train": {"init_from": str(face_network),
-                                    "fine_tune": web["train"]["fine_tune"]}},
+        "two_views": views,
+        "two_views_then_haar": _merged(views, {"faces": {"detector": "mtcnn_then_haar"}}),
+        "two_views_160": _merged(views, {"tfrecords": {"image_size": 160}}),
+        "two_views_96": _merged(views, {"tfrecords": {"image_size": 96}}),
+        "two_views_smoothed": _merged(views, {"train": {"label_smoothing": 0.1}}),
+        "two_views_256": _merged(views, {"tfrecords": {"image_size": 256}}),
+        "two_views_dropout": _merged(views, {"train": {"view_dropout": 0.5}}),
+        "two_views_256_dropout": _merged(views, {"tfrecords": {"image_size": 256},
+                                                 "train": {"view_dropout": 0.5}}),
     }
 
 
@@ -58,10 +69,31 @@ def _preset(name: str) -> dict:
     return read(REPO / "presets" / f"{name}.yaml")
 
 
-def _sources(work: Path) -> dict[str, str]:
-    """sha256 -> source (the first part of MANIFEST.csv's ``repo``)."""
+def _sources(work: Path, raw: Path | None) -> dict[str, str]:
+    """sha256 -> source: data/raw's manifest ``source``, or for the dev set the first part of
+    its MANIFEST.csv's ``repo``."""
+    if raw is not None:
+        return {r["sha256"]: r["source"]
+                for r in map(json.loads, (raw / "manifest.jsonl").read_text().splitlines())}
     with (work / "dev" / "MANIFEST.csv").open() as handle:
         return {row["sha256"]: row["repo"].split("/")[0] for row in csv.DictReader(handle)}
+
+
+def _prepared(work: Path, params: Params, raw: Path | None) -> Path:
+    """The raw folder to read: ``raw`` cleaned into ``work/clean``, or the dev set unpacked,
+    imported and cleaned there (bench.crossval's steps)."""
+    from pipeline.stages.clean import clean
+
+    if raw is None:
+        if not (work / "clean" / "report.json").exists():
+            _clean(DEV_TAR, work, params)
+        if not (work / "dev" / "MANIFEST.csv").exists():
+            with tarfile.open(DEV_TAR) as archive:
+                archive.extractall(work / "dev", filter="data")
+        return work / "raw"
+    if not (work / "clean" / "report.json").exists():
+        clean(raw, work / "clean", params.clean)
+    return raw
 
 
 def _faces_found(records: Path) -> dict[str, bool]:
@@ -77,14 +109,14 @@ def _faces_found(records: Path) -> dict[str, bool]:
     return found
 
 
-def _run(work: Path, params: Params, name: str, changes: dict, folds: int) -> dict:
+def _run(work: Path, raw: Path, params: Params, name: str, changes: dict, folds: int) -> dict:
     import keras
 
     from pipeline.ml.crossval import cross_validate
 
     varied = _varied(params, changes)
     split_file = _dev_split(work, params)
-    records = _records(work, varied, name, split_file, work / "raw")
+    records = _records(work, varied, name, split_file, raw)
     meta = json.loads((records / "meta.json").read_text())
     started = time.perf_counter()
     results, _ = cross_validate(records, split_file, work / "cv", varied, folds)
@@ -161,29 +193,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", type=Path, help="keep finished steps here (default: a temp folder)")
     parser.add_argument("--face-network", type=Path, required=True,
                         help="the pretrain stage's model.keras, trained on FER-2013")
+    parser.add_argument("--raw", type=Path, help="your data/raw (default: the dev web set)")
+    parser.add_argument("--params", type=Path, default=REPO / "params.yaml")
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--options", help="comma-separated (default: all)")
     args = parser.parse_args(argv)
-    if not DEV_TAR.exists():
+    if args.raw is None and not DEV_TAR.exists():
         print(f"bench.two_views: {DEV_TAR} not found; skipped")  # noqa: T201
         return 0
-    params = load_params(REPO / "params.yaml")
+    params = load_params(args.params)
     chosen = options(args.face_network.resolve())
     wanted = args.options.split(",") if args.options else list(chosen)
     with kept_results(args.work) as (work, store, results):
-        _step(results, store, "clean", lambda: _clean(DEV_TAR, work, params))
-        if not (work / "dev" / "MANIFEST.csv").exists():
-            with tarfile.open(DEV_TAR) as archive:
-                archive.extractall(work / "dev", filter="data")
+        raw = _prepared(work, params, args.raw)
         cv = {name: _step(results, store, name,
-                          lambda n=name: _run(work, params, n, chosen[n], args.folds))
+                          lambda n=name: _run(work, raw, params, n, chosen[n], args.folds))
               for name in wanted}
         if "default" in cv and "face_mtcnn" in cv:
             face = cv["face_mtcnn"]["oof"]
             cv["average"] = {"oof": {s: (a, (p + face[s][1]) / 2)
                                      for s, (a, p) in cv["default"]["oof"].items() if s in face}}
         found = next((cv[n]["faces_found"] for n in ("two_views", "face_mtcnn") if n in cv), {})
-        sources = _sources(work)
+        sources = _sources(work, args.raw)
         rows, table = _rows(cv, sources, found, params)
         print_table(f"dev web set, {args.folds}-fold grouped crossval (pooled out-of-fold accuracy, "
                     "95% interval); per source; face found or not (MTCNN)", rows)

@@ -11,8 +11,9 @@ from pipeline.config.loader import Section
 
 
 class FacesParams(Section):
-    # haar: OpenCV's bundled cascades; mtcnn: the mtcnn package's networks (weights inside it)
-    detector: Literal["haar", "mtcnn"]
+    # haar: OpenCV's bundled cascades; mtcnn: the mtcnn package's networks (weights inside it);
+    # mtcnn_then_haar: the cascades where MTCNN finds none
+    detector: Literal["haar", "mtcnn", "mtcnn_then_haar"]
     min_confidence: Annotated[float, Field(ge=0.0, le=1.0)]  # mtcnn: a face's least score
     max_side: Annotated[int, Field(ge=64, le=4096)]  # px of the copy searched
     min_face: Annotated[float, Field(gt=0.0, le=1.0)]  # of the shorter side

@@ -41,6 +41,7 @@ class TrainParams(Section):
     dropout: Annotated[float, Field(ge=0.0, lt=1.0)]
     l2: Annotated[float, Field(ge=0.0)]
     label_smoothing: Annotated[float, Field(ge=0.0, lt=0.5)]  # training targets 0/1 -> s/2, 1 - s/2
+    view_dropout: Annotated[float, Field(ge=0.0, lt=1.0)]  # two views: share of images trained face-blind
     augment: AugmentParams
     learning_rate: Annotated[float, Field(gt=0.0, le=1.0)]
     batch_size: Annotated[int, Field(gt=0, le=4096)]

@@ -119,6 +119,30 @@ class FusedBatchNormalization(layers.BatchNormalization):
         return tf.cast(y, self.compute_dtype)
 
 
+class ViewDropout(layers.Layer):
+    """Zeroes a two-view model's face-found flag for ``rate`` of the images, drawn anew each
+    step, while training only: the face view is then hidden from them, and the whole-picture
+    network must learn on its own (else the pretrained face network, which learns faster,
+    leaves it untrained). Never saved: the inference model has no such layer."""
+
+    def __init__(self, rate: float, seed: int | None = None, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.rate, self.seed = rate, seed
+        self.seed_generator = keras.random.SeedGenerator(seed)
+
+    def call(self, flags, training: bool = True):
+        if not training or not self.rate:
+            return flags
+        keep = keras.random.uniform(ops.shape(flags), seed=self.seed_generator) >= self.rate
+        return flags * ops.cast(keep, flags.dtype)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "rate": self.rate, "seed": self.seed}
+
+
 def augmentation(params: AugmentParams, seed: int) -> RandomAffine | None:
     """Random flips, rotations and zooms, active only while training; None if all are off."""
     if not (params.flip or params.rotation or params.zoom):
@@ -261,8 +285,10 @@ def _with_face(x: keras.KerasTensor, face: keras.Model, params: TrainParams, see
     if steps is not None:
         steps.name = "face_augment"
         y = steps(y)
-    y = layers.Multiply(name="face_gate")([face(y), found])
-    return layers.Concatenate(name="views")([x, y, found]), [face_in, found]
+    flag = ViewDropout(params.view_dropout, seed + 6, name="view_dropout")(found) \
+        if augment and params.view_dropout else found
+    y = layers.Multiply(name="face_gate")([face(y), flag])
+    return layers.Concatenate(name="views")([x, y, flag]), [face_in, found]
 
 
 def _seed_body(x: keras.KerasTensor, params: TrainParams, l2: regularizers.Regularizer | None,

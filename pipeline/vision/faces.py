@@ -4,7 +4,8 @@ downloaded): OpenCV's Haar cascades, or MTCNN (the ``mtcnn`` package, on TensorF
 Haar: frontal, then profile (and the profile one on the mirrored image, as it knows only
 one side), on a grey copy at most ``max_side`` px wide. MTCNN: its three networks on an
 RGB copy of the same size, faces scored at least ``min_confidence``, with five landmarks
-(eyes, nose, mouth corners), whose eyes level the crop. A face is a rectangle at least
+(eyes, nose, mouth corners), whose eyes level the crop. ``mtcnn_then_haar``: Haar's
+cascades on the images where MTCNN finds none. A face is a rectangle at least
 ``min_face`` of the shorter side. It is a hint (cartoons, emoji and text have none; a face
 in deep shade can be missed), never a verdict: the suspects stage flags images without one
 for a person to look at, and the fused model then trusts the whole picture alone.
@@ -78,6 +79,8 @@ def detect(rgb: np.ndarray, params: FacesParams) -> list[Face]:
     small, scale = _shrunk(rgb, params.max_side)
     side = max(1, round(params.min_face * min(small.shape[:2])))
     found = _haar(small, side, params) if params.detector == "haar" else _mtcnn_faces(small, side, params)
+    if not found and params.detector == "mtcnn_then_haar":
+        found = _haar(small, side, params)  # faces MTCNN misses: in grids, small, turned away
     faces = [Face(round(f.x / scale), round(f.y / scale), round(f.width / scale),
                   round(f.height / scale),
                   None if f.eyes is None else tuple((x / scale, y / scale) for x, y in f.eyes),
