@@ -57,6 +57,8 @@ def options(face_network: Path) -> dict[str, dict]:
         "two_views_96": _merged(views, {"tfrecords": {"image_size": 96}}),
         "two_views_smoothed": _merged(views, {"train": {"label_smoothing": 0.1}}),
         "two_views_256": _merged(views, {"tfrecords": {"image_size": 256}}),
+        "two_views_dropout_then_haar": _merged(views, {"train": {"view_dropout": 0.5},
+                                                       "faces": {"detector": "mtcnn_then_haar"}}),
         "two_views_dropout": _merged(views, {"train": {"view_dropout": 0.5}}),
         "two_views_256_dropout": _merged(views, {"tfrecords": {"image_size": 256},
                                                  "train": {"view_dropout": 0.5}}),

@@ -218,6 +218,7 @@ def test_predict_reports_a_corrupt_file_and_labels_the_rest(saved: Path, tiny_ra
         assert line["probabilities"]["sad"] == pytest.approx(p_sad, abs=1e-5)
         assert line["label"] == ("sad" if p_sad >= 0.5 else "happy")
         assert line["probability"] == pytest.approx(max(p_sad, 1 - p_sad), abs=1e-5)
+        assert isinstance(line["face_found"], bool) and line["abstained"] is None
 
 
 def test_predict_crops_the_face_when_the_model_was_trained_on_crops(

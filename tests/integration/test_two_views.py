@@ -10,6 +10,8 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -109,7 +111,8 @@ def two_views(repo_params: Params, tiny_train_params: TrainParams,
                                                       "face_size": 16, "workers": 1,
                                                       "encoding": "png"})
     report = tfrecords(split_file, work / "raw", work / "records", params, faces)
-    trained = tiny_train_params.model_copy(update={"init_from": str(work / "face.keras")})
+    trained = tiny_train_params.model_copy(update={"init_from": str(work / "face.keras"),
+                                                   "view_dropout": 0.5})
     train(work / "records", work / "model", work / "reports", trained, seed=1)
     return {"work": work, "faces": faces, "report": report, "split": split_file,
             "train": trained}
@@ -152,6 +155,7 @@ def test_two_view_model_reloads_safely_ships_to_litert_and_predict_can_abstain(
     model = load(work / "model" / "model.keras")  # safe_mode=True
     assert [i.name for i in model.inputs] == ["pixels", "face", "face_found"]
     assert model.get_layer(FACE_NETWORK).get_layer("block1_conv")  # the face network inside
+    assert "view_dropout" not in {layer.name for layer in model.layers}  # training only
     metrics = evaluate(work / "model" / "model.keras", work / "records", work / "reports",
                        work / "evaluate", repo_params.evaluate, 1)
     parts = metrics["by_face"]
@@ -175,6 +179,17 @@ def test_two_view_model_reloads_safely_ships_to_litert_and_predict_can_abstain(
     abstained = [a for a in required if a.label is None]
     assert len(abstained) == 12 and all(not a.face_found and a.abstained for a in abstained)
     assert all(a.label in ("happy", "sad") and a.face_found for a in required if a.label)
+    # the command a user runs: one JSON line each, null label and the reason, exit 0
+    noise = next(a.path for a in abstained)
+    face = next(a.path for a in required if a.label)
+    done = subprocess.run([sys.executable, "-m", "pipeline", "predict", "--require-face", noise,
+                           face, "--model-dir", str(work / "models")], cwd=REPO,
+                          capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr
+    lines = [json.loads(line) for line in done.stdout.splitlines()]
+    assert [(x["label"], x["face_found"]) for x in lines][0] == (None, False)
+    assert lines[0]["abstained"] == "no face found (--require-face)"
+    assert lines[1]["label"] in ("happy", "sad") and lines[1]["face_found"] is True
 
 
 def test_a_face_view_without_a_face_network_is_one_line(two_views: dict) -> None:
