@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import json
 import tarfile
 import time
@@ -59,6 +60,8 @@ def options(face_network: Path) -> dict[str, dict]:
         "two_views_256": _merged(views, {"tfrecords": {"image_size": 256}}),
         "two_views_dropout_then_haar": _merged(views, {"train": {"view_dropout": 0.5},
                                                        "faces": {"detector": "mtcnn_then_haar"}}),
+        "two_views_dropout70_then_haar": _merged(views, {"train": {"view_dropout": 0.7},
+                                                         "faces": {"detector": "mtcnn_then_haar"}}),
         "two_views_dropout": _merged(views, {"train": {"view_dropout": 0.5}}),
         "two_views_256_dropout": _merged(views, {"tfrecords": {"image_size": 256},
                                                  "train": {"view_dropout": 0.5}}),
@@ -118,7 +121,10 @@ def _run(work: Path, raw: Path, params: Params, name: str, changes: dict, folds:
 
     varied = _varied(params, changes)
     split_file = _dev_split(work, params)
-    records = _records(work, varied, name, split_file, raw)
+    # records are shared by the options that write the same ones
+    key = hashlib.sha256(json.dumps([varied.tfrecords.model_dump(), varied.faces.model_dump()],
+                                    sort_keys=True).encode()).hexdigest()[:12]
+    records = _records(work, varied, key, split_file, raw)
     meta = json.loads((records / "meta.json").read_text())
     started = time.perf_counter()
     results, _ = cross_validate(records, split_file, work / "cv", varied, folds)

@@ -108,10 +108,11 @@ def _haar(rgb: np.ndarray, side: int, params: FacesParams) -> list[Face]:
 def _mtcnn_faces(rgb: np.ndarray, side: int, params: FacesParams) -> list[Face]:
     from pipeline.runtime.log import native_stderr_to_debug
 
-    detector = _mtcnn()
-    # it prints nothing useful to stdout, and TensorFlow's native code warns on stderr each
-    # time a stage has no candidate left ("Incompatible shapes: [0,24,24,3]"): debug log
+    # it prints nothing useful to stdout, and TensorFlow's native code writes to stderr when
+    # it starts (in each worker process) and each time a stage has no candidate left
+    # ("Incompatible shapes: [0,24,24,3]"): all of it goes to the debug log
     with contextlib.redirect_stdout(io.StringIO()), native_stderr_to_debug("MTCNN"):
+        detector = _mtcnn()
         # its own min_face_size (default 20 px) is left alone: mtcnn 1.0.0 finds nothing with
         # some other values (32 px on a 320 px portrait); smaller faces are dropped below
         found = detector.detect_faces(np.ascontiguousarray(rgb))
