@@ -14,8 +14,9 @@ pooled accuracy among those no source finds worse than the default by more than 
 (its interval's half width).
 
 On your own data: ``--raw data/raw`` (as the scrape stage left it; its manifest's ``source``
-gives the per-source figures) and ``--params params.yaml`` (your clean, split and train
-settings) in place of the dev set.
+gives the per-source figures) and ``--params params.yaml`` (your clean, split and evaluate
+settings; each option is the repository's defaults with its own changes) in place of the
+dev set.
 
 Run: ``uv run python -m bench.two_views --face-network PATH [--raw DIR] [--work DIR]
 [--options a,b]``; with ``--work``, finished options are kept in ``DIR/results.json`` and not
@@ -209,7 +210,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.raw is None and not DEV_TAR.exists():
         print(f"bench.two_views: {DEV_TAR} not found; skipped")  # noqa: T201
         return 0
-    params = load_params(args.params)
+    # your clean, split and evaluate settings; each option is the repository's defaults with
+    # its own changes, whatever preset your params.yaml holds
+    yours = load_params(args.params)
+    params = load_params(REPO / "params.yaml").model_copy(update={
+        "seed": yours.seed, "clean": yours.clean, "split": yours.split, "evaluate": yours.evaluate})
     chosen = options(args.face_network.resolve())
     wanted = args.options.split(",") if args.options else list(chosen)
     with kept_results(args.work) as (work, store, results):

@@ -168,7 +168,8 @@ def test_two_view_model_reloads_safely_ships_to_litert_and_predict_can_abstain(
     card = save(work / "model" / "model.keras", work / "records", work / "evaluate" / "details.json",
                 REPO / "params.yaml", work / "no.lock", work / "models")
     assert card["litert_max_difference"] <= 1e-4
-    assert "## With and without a face" in (work / "models" / "model_card.md").read_text()
+    card_text = (work / "models" / "model_card.md").read_text()
+    assert "## With and without a face" in card_text and "Two views (inputs" in card_text
     images = sorted((work / "raw").glob("*/*.jpg"))
     answers = {runtime: list(predict(images, work / "models", repo_params.clean, runtime=runtime))
                for runtime in ("litert", "keras")}
