@@ -162,9 +162,10 @@ def run(args: argparse.Namespace) -> None:
                 metrics["images"], args.out)
     faces = metrics.get("by_face")
     if faces:
+        shown = {part: f"{faces[part]['accuracy']:.3f}" if "accuracy" in faces[part] else "-"
+                 for part in ("with_face", "without_face")}
         logger.info("evaluate: with a face found (%.0f%% of test images) accuracy %s; without %s",
-                    100 * faces["with_face"]["share"], faces["with_face"].get("accuracy", "-"),
-                    faces["without_face"].get("accuracy", "-"))
+                    100 * faces["with_face"]["share"], shown["with_face"], shown["without_face"])
 
 
 if __name__ == "__main__":  # as dvc.yaml runs it: under its own name, for its logger

@@ -185,7 +185,7 @@ def run(args: argparse.Namespace) -> None:
         errors.append(path)
         sys.stderr.write(f"happysad predict: {display_path(path)}: {why}; skipped\n")
 
-    count = 0
+    count = abstained = 0
     if args.threshold is not None and not 0.0 < args.threshold < 1.0:
         raise UserError(f"--threshold {args.threshold}: must be between 0 and 1")
     read_card(args.model_dir)  # a missing model is said at once, before params are validated
@@ -194,7 +194,9 @@ def run(args: argparse.Namespace) -> None:
                               args.threshold, args.runtime, params.faces, args.require_face):
         sys.stdout.write(json.dumps(prediction.__dict__) + "\n")
         sys.stdout.flush()
-        count += 1
-    logger.info("predict: %d images labelled, %d skipped", count, len(errors))
+        count += prediction.label is not None
+        abstained += prediction.label is None
+    logger.info("predict: %d images labelled, %d without a label (no face), %d skipped", count,
+                abstained, len(errors))
     if errors:
         raise SystemExit(1)
