@@ -144,6 +144,7 @@ def test_two_view_records_hold_the_whole_picture_and_the_face_as_predict_makes_t
             assert not views.face.any()  # black: the model judges the whole picture alone
 
 
+@pytest.mark.slow  # save's export and a predict subprocess: CI runs it, test-fast does not
 def test_two_view_model_reloads_safely_ships_to_litert_and_predict_can_abstain(
         two_views: dict, repo_params: Params) -> None:
     from pipeline.ml.model import FACE_NETWORK, load
