@@ -8,6 +8,7 @@ from bench import (
     crossval,
     data_stages,
     dedupe,
+    faces,
     faults,
     flow,
     model,
@@ -18,9 +19,10 @@ from bench import (
     speed,
     suspects,
     tune,
+    two_views,
 )
 
 BENCHMARKS = (crawl, data_stages, dedupe, bootstrap, crossval, suspects, faults, model, speed, flow,
-              predict, pretrain, real_photos, sources, tune)
+              predict, pretrain, real_photos, faces, two_views, sources, tune)
 
 sys.exit(next((code for code in (b.main([]) for b in BENCHMARKS) if code), 0))

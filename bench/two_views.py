@@ -200,13 +200,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.two_views",
                                      description=__doc__.splitlines()[0])
     parser.add_argument("--work", type=Path, help="keep finished steps here (default: a temp folder)")
-    parser.add_argument("--face-network", type=Path, required=True,
-                        help="the pretrain stage's model.keras, trained on FER-2013")
+    parser.add_argument("--face-network", type=Path, default=REPO / "models" / "pretrain" / "model.keras",
+                        help="the pretrain stage's model.keras, trained on FER-2013 (default: %(default)s)")
     parser.add_argument("--raw", type=Path, help="your data/raw (default: the dev web set)")
     parser.add_argument("--params", type=Path, default=REPO / "params.yaml")
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--options", help="comma-separated (default: all)")
     args = parser.parse_args(argv)
+    if not args.face_network.is_file():
+        print(f"bench.two_views: no face network at {args.face_network}; run the pretrain stage on "  # noqa: T201
+              "FER-2013 (or `python -m bench.pretrain --work DIR`) and pass --face-network; skipped")
+        return 0
     if args.raw is None and not DEV_TAR.exists():
         print(f"bench.two_views: {DEV_TAR} not found; skipped")  # noqa: T201
         return 0
