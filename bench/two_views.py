@@ -137,17 +137,14 @@ def _run(work: Path, raw: Path, params: Params, name: str, changes: dict, folds:
 
 
 def _accuracy(pairs: list[tuple[int, float]], params: Params) -> tuple[float, dict | None, int]:
-    from pipeline.ml.bootstrap import intervals
+    from pipeline.ml.scoring import accuracy_with_interval
 
     if not pairs:
         return float("nan"), None, 0
-    actual = np.array([a for a, _ in pairs])
-    probability = np.array([p for _, p in pairs])
     evaluate = params.evaluate
-    accuracy = float(((probability >= evaluate.threshold).astype(int) == actual).mean())
-    span = (intervals(actual, probability, evaluate.threshold, evaluate.bootstrap_resamples,
-                      evaluate.confidence, params.seed)["accuracy"]
-            if len(set(actual.tolist())) == 2 else None)
+    accuracy, span = accuracy_with_interval(
+        np.array([a for a, _ in pairs]), np.array([p for _, p in pairs]), evaluate.threshold,
+        evaluate.bootstrap_resamples, evaluate.confidence, params.seed)
     return accuracy, span, len(pairs)
 
 

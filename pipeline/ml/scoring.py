@@ -22,23 +22,32 @@ class Scores:
     face_found: np.ndarray | None = None  # bool per image, when the records say it
 
 
+def accuracy_with_interval(actual: np.ndarray, probability: np.ndarray, threshold: float,
+                           resamples: int, confidence: float, seed: int) -> tuple[float, dict | None]:
+    """Accuracy at ``threshold`` and its stratified bootstrap interval (None when the images
+    hold one class only: there is nothing to stratify)."""
+    from pipeline.ml.bootstrap import intervals
+
+    accuracy = float(((probability >= threshold).astype(int) == actual).mean())
+    if len(set(actual.tolist())) < 2:
+        return accuracy, None
+    return accuracy, intervals(actual, probability, threshold, resamples, confidence,
+                               seed)["accuracy"]
+
+
 def by_face(actual: np.ndarray, probability: np.ndarray, found: np.ndarray, threshold: float,
             resamples: int, confidence: float, seed: int) -> dict:
     """Accuracy with its bootstrap interval, and the share of the images, for the images with
     a face found and for those without: a model may be worth much less on one of them."""
-    from pipeline.ml.bootstrap import intervals
-
     parts = {}
     for name, members in (("with_face", found), ("without_face", ~found)):
         chosen = np.flatnonzero(members)
         part = {"images": int(len(chosen)), "share": round(len(chosen) / max(len(found), 1), 6)}
         if len(chosen):
-            hits = (probability[chosen] >= threshold).astype(int) == actual[chosen]
-            part["accuracy"] = round(float(hits.mean()), 6)
-            part["accuracy_interval"] = (
-                {k: round(v, 6) for k, v in intervals(actual[chosen], probability[chosen], threshold,
-                                                       resamples, confidence, seed)["accuracy"].items()}
-                if len(set(actual[chosen].tolist())) == 2 and len(chosen) > 1 else None)
+            accuracy, span = accuracy_with_interval(actual[chosen], probability[chosen], threshold,
+                                                    resamples, confidence, seed)
+            part["accuracy"] = round(accuracy, 6)
+            part["accuracy_interval"] = {k: round(v, 6) for k, v in span.items()} if span else None
         parts[name] = part
     return parts
 

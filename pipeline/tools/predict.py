@@ -82,10 +82,10 @@ def _skip(path: Path, why: str) -> None:
 
 
 def _views(data: bytes, rules: CleanParams, contract: dict, crop: FaceCrop | None,
-           finder: FaceCrop | None) -> Views:
+           faces: FacesParams | None) -> Views:
     """An image's views as the model's input contract wants them (as tfrecords makes them),
-    after the clean stage's checks; ``finder`` says whether a face is found when the model
-    cuts none."""
+    after the clean stage's checks; the ``faces`` detector says whether a face is found when
+    the model cuts none."""
     import numpy as np
 
     from pipeline.contracts.features import face_size
@@ -95,7 +95,9 @@ def _views(data: bytes, rules: CleanParams, contract: dict, crop: FaceCrop | Non
     views = model_views(data, contract["image_size"], contract["resize"], crop=crop,
                         face_size=face_size(contract))
     if views.face_found is None:  # the model cuts no faces: ask the detector
-        return Views(views.pixels, None, bool(finder and finder(np.asarray(rgb)) is not None))
+        from pipeline.vision.faces import detect
+
+        return Views(views.pixels, None, bool(faces and detect(np.asarray(rgb), faces)))
     return views
 
 
@@ -128,7 +130,6 @@ def predict(paths: list[Path], model_dir: Path, rules: CleanParams, batch_size: 
     cut = float(card["threshold"]) if threshold is None else threshold
     model = load_runtime(model_dir, runtime)
     crop = FaceCrop.of(contract.get("crop"))  # the face crop the model was trained on, if any
-    finder = crop or (FaceCrop(0.0, tuple(sorted(faces.model_dump().items()))) if faces else None)
     batch: list[tuple[Path, Views]] = []
 
     def flush() -> Iterator[Prediction]:
@@ -148,7 +149,7 @@ def predict(paths: list[Path], model_dir: Path, rules: CleanParams, batch_size: 
             on_error(path, f"cannot read ({err.strerror or err})")
             continue
         try:
-            views = _views(data, rules, contract, crop, finder)
+            views = _views(data, rules, contract, crop, faces)
         except UnusableImageError as err:
             on_error(path, f"not a usable image ({err})")
             continue
