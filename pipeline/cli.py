@@ -27,6 +27,7 @@ COMMANDS = {
     "evaluate": "stages.evaluate", "save": "stages.save", "suspects": "stages.suspects",
     "predict": "tools.predict", "promote": "tools.promote", "tune": "tools.tune",
     "preset": "tools.preset", "review": "review.server", "labelstudio": "review.labelstudio",
+    "serve-model": "tools.serve_model",
 }
 
 
@@ -45,7 +46,7 @@ def summary(name: str) -> str:
     so `happysad --help` starts no TensorFlow)."""
     doc = ast.get_docstring(ast.parse(module_path(name).read_text())) or ""
     line = re.sub(r"``([^`]*)``", r"\1", doc.splitlines()[0] if doc else "")
-    return re.sub(r"^(?:The \w+ stage|happysad \w+(?: [^:]*)?): ", "", line).rstrip(".")
+    return re.sub(r"^(?:The \w+ stage|happysad [\w-]+(?: [^:]*)?): ", "", line).rstrip(".")
 
 
 def build_parser(stage: str | None = None) -> argparse.ArgumentParser:

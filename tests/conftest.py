@@ -9,6 +9,7 @@ import pytest
 from demo.site import generate_site
 from pipeline.config.clean import CleanParams
 from pipeline.config.params import Params, load_params
+from pipeline.config.train import TrainParams
 from testing.project import REPO, TINY_SITE, demo_site  # noqa: F401 - for the tests
 
 
@@ -96,3 +97,28 @@ def review_server(tiny_raw: Path, tiny_clean_params: CleanParams, tmp_path: Path
     yield f"http://127.0.0.1:{server.server_address[1]}", store
     server.shutdown()
     server.server_close()
+
+
+@pytest.fixture(scope="session")
+def trained(tiny_records: Path, tiny_train_params: TrainParams, tmp_path_factory) -> Path:
+    """The tiny CNN trained two epochs on the tiny records (models/train, reports/train)."""
+    from pipeline.ml.fit import train
+
+    work = tmp_path_factory.mktemp("trained")
+    train(tiny_records, work / "models" / "train", work / "reports" / "train", tiny_train_params, seed=5)
+    return work
+
+
+@pytest.fixture(scope="session")
+def saved(trained: Path, tiny_records: Path, repo_params: Params) -> Path:
+    """``trained``'s model evaluated and saved: the shipped files under its models/."""
+    from pipeline.stages.evaluate import evaluate
+    from pipeline.stages.save import save
+
+    if not (trained / "reports" / "evaluate" / "metrics.json").exists():
+        evaluate(trained / "models" / "train" / "model.keras", tiny_records,
+                 trained / "reports" / "train", trained / "reports" / "evaluate", repo_params.evaluate)
+    save(trained / "models" / "train" / "model.keras", tiny_records,
+         trained / "reports" / "evaluate" / "details.json", REPO / "params.yaml",
+         trained / "dvc.lock", trained / "models")
+    return trained / "models"

@@ -17,6 +17,7 @@ from pipeline.config.loader import DEFAULT_PARAMS, Section, read_yaml, validate
 from pipeline.config.pretrain import PretrainParams
 from pipeline.config.promote import PromoteParams
 from pipeline.config.scrape import DemoSiteParams, ScrapeParams
+from pipeline.config.serve import ServeParams
 from pipeline.config.split import SplitParams
 from pipeline.config.suspects import SuspectsParams
 from pipeline.config.tfrecords import TfrecordsParams
@@ -38,6 +39,7 @@ class Params(Section):
     suspects: SuspectsParams
     evaluate: EvaluateParams
     promote: PromoteParams
+    serve: ServeParams
     flow: FlowParams
     tune: TuneParams
 

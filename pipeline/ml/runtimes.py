@@ -39,11 +39,14 @@ class LiteRuntime(Runtime):
 
     name = "litert"
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path | None = None, content: bytes | None = None) -> None:
+        """From the file at ``path``, or its bytes (``content``: a snapshot read once, which
+        a file replaced meanwhile cannot change)."""
         from ai_edge_litert.interpreter import Interpreter
 
         with native_stderr_to_debug("LiteRT"):  # its "Created XNNPACK delegate" notice
-            self.interpreter = Interpreter(model_path=str(path))
+            self.interpreter = (Interpreter(model_content=content) if content is not None
+                                else Interpreter(model_path=str(path)))
         self.inputs = {_input_name(d): d for d in self.interpreter.get_input_details()}
         self.output = self.interpreter.get_output_details()[0]
         self.shapes: tuple[tuple[int, ...], ...] = ()

@@ -29,7 +29,6 @@ from typing import TYPE_CHECKING
 
 from pipeline.config.params import load_params
 from pipeline.contracts.export import read_card
-from pipeline.ml.runtimes import load_runtime
 from pipeline.runtime.errors import UserError
 from pipeline.runtime.files import display_path, read_regular
 
@@ -37,7 +36,6 @@ if TYPE_CHECKING:  # numpy and the image code load only once there is an image t
     # so a missing model is said before they are imported
     from pipeline.config.clean import CleanParams
     from pipeline.config.faces import FacesParams
-    from pipeline.vision.faces import FaceCrop
     from pipeline.vision.images import Views
 
 logger = logging.getLogger(__name__)
@@ -67,49 +65,8 @@ def image_files(paths: list[Path]) -> Iterator[Path]:
             yield path  # named explicitly: tried whatever its suffix, so mistakes are reported
 
 
-
-
-
-
-
-
-
-
-
-
 def _skip(path: Path, why: str) -> None:
     logger.warning("%s: %s; skipped", display_path(path), why)
-
-
-def _views(data: bytes, rules: CleanParams, contract: dict, crop: FaceCrop | None,
-           faces: FacesParams | None) -> Views:
-    """An image's views as the model's input contract wants them (as tfrecords makes them),
-    after the clean stage's checks; the ``faces`` detector says whether a face is found when
-    the model cuts none."""
-    import numpy as np
-
-    from pipeline.contracts.features import face_size
-    from pipeline.vision.images import Views, model_views, open_rgb
-
-    rgb = open_rgb(data, rules)
-    views = model_views(data, contract["image_size"], contract["resize"], crop=crop,
-                        face_size=face_size(contract))
-    if views.face_found is None:  # the model cuts no faces: ask the detector
-        from pipeline.vision.faces import detect
-
-        return Views(views.pixels, None, bool(faces and detect(np.asarray(rgb), faces)))
-    return views
-
-
-def _answer(path: Path, p: float, found: bool, names: list[str], cut: float,
-            require_face: bool) -> Prediction:
-    """One image's line: its label at ``cut``, or none when a face is required and missing."""
-    if require_face and not found:
-        return Prediction(display_path(path), None, None, None, False,
-                          "no face found (--require-face)")
-    label = int(p >= cut)
-    return Prediction(display_path(path), names[label], round(p if label else 1 - p, 6),
-                      {names[0]: round(1 - p, 6), names[1]: round(p, 6)}, found)
 
 
 def predict(paths: list[Path], model_dir: Path, rules: CleanParams, batch_size: int = 32,
@@ -120,26 +77,24 @@ def predict(paths: list[Path], model_dir: Path, rules: CleanParams, batch_size: 
     The label is the model card's class at the card's threshold unless ``threshold`` is given.
     ``faces``: the detector that says ``face_found`` when the model cuts no faces itself;
     ``require_face``: no label for an image with no face."""
-    card = read_card(model_dir)
+    read_card(model_dir)
     import numpy as np
 
-    from pipeline.vision.faces import FaceCrop
-    from pipeline.vision.images import UnusableImageError, stacked
+    from pipeline.ml.labeller import Labeller
+    from pipeline.vision.images import UnusableImageError
 
-    contract, names = card["input"], card["input"]["class_names"]
-    cut = float(card["threshold"]) if threshold is None else threshold
-    model = load_runtime(model_dir, runtime)
-    crop = FaceCrop.of(contract.get("crop"))  # the face crop the model was trained on, if any
+    labeller = Labeller.load(model_dir, rules, faces, threshold, runtime, require_face)
     batch: list[tuple[Path, Views]] = []
 
     def flush() -> Iterator[Prediction]:
-        probs = model(stacked([v for _, v in batch]))
+        probs = labeller.probabilities([v for _, v in batch])
         for (path, views), p in zip(batch, probs, strict=True):
             if not np.isfinite(p):  # a broken model: say so, never print NaN (not JSON)
                 on_error(path, f"the model gives a non-finite probability ({p}); it is broken, "
                                "train it again")
                 continue
-            yield _answer(path, float(p), bool(views.face_found), names, cut, require_face)
+            answer = labeller.answer(float(p), bool(views.face_found))
+            yield Prediction(display_path(path), **answer.__dict__)
         batch.clear()
 
     for path in image_files(paths):
@@ -149,12 +104,9 @@ def predict(paths: list[Path], model_dir: Path, rules: CleanParams, batch_size: 
             on_error(path, f"cannot read ({err.strerror or err})")
             continue
         try:
-            views = _views(data, rules, contract, crop, faces)
+            views = labeller.views(data)
         except UnusableImageError as err:
             on_error(path, f"not a usable image ({err})")
-            continue
-        except (OSError, SyntaxError, ValueError, EOFError) as err:
-            on_error(path, f"not a usable image (corrupt: {err})")
             continue
         batch.append((path, views))
         if len(batch) == batch_size:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import io
 import math
+import threading
 from dataclasses import dataclass
 from functools import cache
 from typing import Any
@@ -38,8 +39,19 @@ class Face:
     confidence: float = 1.0
 
 
-@cache
+_per_thread = threading.local()
+
+
 def _cascades() -> tuple[Any, ...]:
+    """OpenCV's cascades, loaded once per thread: a CascadeClassifier shared by threads fails
+    (``getScaleData`` assertions) when two detect at once, as serve-model's threads do."""
+    cascades = getattr(_per_thread, "cascades", None)
+    if cascades is None:
+        cascades = _per_thread.cascades = _load_cascades()
+    return cascades
+
+
+def _load_cascades() -> tuple[Any, ...]:
     import cv2
 
     found = []

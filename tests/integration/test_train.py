@@ -48,15 +48,6 @@ def test_model_has_the_shapes_params_ask_for(tiny_train_params: TrainParams) -> 
     assert np.array_equal(model(pixels, training=False), model(pixels, training=False))
 
 
-@pytest.fixture(scope="module")
-def trained(tiny_records: Path, tiny_train_params: TrainParams, tmp_path_factory) -> Path:
-    from pipeline.ml.fit import train
-
-    work = tmp_path_factory.mktemp("trained")
-    train(tiny_records, work / "models" / "train", work / "reports" / "train", tiny_train_params, seed=5)
-    return work
-
-
 def test_training_writes_model_history_and_metrics(trained: Path) -> None:
     assert (trained / "models" / "train" / "model.keras").stat().st_size > 0
     contract = json.loads((trained / "models" / "train" / "input.json").read_text())
@@ -135,20 +126,6 @@ def test_metrics_match_a_hand_count() -> None:
     assert m["recall"] == pytest.approx(2 / 3) and m["roc_auc"] == pytest.approx(5 / 6)
     fpr, tpr, _ = roc_curve(np.array([1, 0, 1]), np.array([0.5, 0.5, 0.2]))  # a tie counts once
     assert fpr.tolist() == [0.0, 1.0, 1.0] and tpr.tolist() == [0.0, 0.5, 1.0]
-
-
-@pytest.fixture(scope="module")
-def saved(trained: Path, tiny_records: Path, repo_params: Params) -> Path:
-    from pipeline.stages.evaluate import evaluate
-    from pipeline.stages.save import save
-
-    if not (trained / "reports" / "evaluate" / "metrics.json").exists():
-        evaluate(trained / "models" / "train" / "model.keras", tiny_records,
-                 trained / "reports" / "train", trained / "reports" / "evaluate", repo_params.evaluate)
-    save(trained / "models" / "train" / "model.keras", tiny_records,
-         trained / "reports" / "evaluate" / "details.json", REPO / "params.yaml",
-         trained / "dvc.lock", trained / "models")
-    return trained / "models"
 
 
 def test_saved_model_and_export_predict_what_the_trained_one_does(saved: Path, trained: Path,

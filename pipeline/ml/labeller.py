@@ -1,0 +1,97 @@
+"""A shipped model and everything it takes to label one image with it: the card's class names,
+threshold and input contract, the clean stage's checks and the tfrecords stage's views.
+``happysad predict`` and ``happysad serve-model`` both label through a :class:`Labeller`, so a
+file and an upload of its bytes get the same answer."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from pipeline.contracts.export import read_card
+from pipeline.ml.runtimes import Runtime, load_runtime
+from pipeline.vision.faces import FaceCrop
+from pipeline.vision.images import UnusableImageError, Views, model_views, open_rgb, stacked
+
+if TYPE_CHECKING:
+    from pipeline.config.clean import CleanParams
+    from pipeline.config.faces import FacesParams
+
+NO_FACE = "no face found (--require-face)"
+
+
+@dataclass(frozen=True)
+class Answer:
+    """One image's label at the threshold, or none (``abstained`` says why)."""
+
+    label: str | None
+    probability: float | None  # of ``label``
+    probabilities: dict[str, float] | None  # by class name
+    face_found: bool
+    abstained: str | None = None
+
+
+class Labeller:
+    """Bytes of an image in, an :class:`Answer` out, as the model card says.
+
+    ``faces``: the detector that says ``face_found`` when the model cuts no faces itself (its
+    contract has no crop); ``require_face``: no label for an image with no face.
+    """
+
+    def __init__(self, card: dict, model: Runtime, rules: CleanParams,
+                 faces: FacesParams | None = None, threshold: float | None = None,
+                 require_face: bool = False) -> None:
+        self.card = card
+        self.model = model
+        self.rules = rules
+        self.faces = faces
+        self.require_face = require_face
+        self.contract = card["input"]
+        self.class_names: list[str] = list(self.contract["class_names"])
+        self.threshold = float(card["threshold"]) if threshold is None else threshold
+        self.crop = FaceCrop.of(self.contract.get("crop"))  # the model's own face crop, if any
+
+    @classmethod
+    def load(cls, model_dir: Path, rules: CleanParams, faces: FacesParams | None = None,
+             threshold: float | None = None, runtime: str = "auto",
+             require_face: bool = False) -> Labeller:
+        """The model in ``model_dir`` (its card, then its LiteRT export or Keras model)."""
+        card = read_card(model_dir)
+        return cls(card, load_runtime(model_dir, runtime), rules, faces, threshold, require_face)
+
+    def views(self, data: bytes) -> Views:
+        """An image's views as the model's input contract wants them (as tfrecords makes
+        them), after the clean stage's checks; raises :class:`UnusableImageError`."""
+        from pipeline.contracts.features import face_size
+
+        try:
+            rgb = open_rgb(data, self.rules)
+            views = model_views(data, self.contract["image_size"], self.contract["resize"],
+                                crop=self.crop, face_size=face_size(self.contract))
+        except UnusableImageError:
+            raise
+        except (OSError, SyntaxError, ValueError, EOFError) as err:
+            raise UnusableImageError("corrupt", str(err) or type(err).__name__) from None
+        if views.face_found is None:  # the model cuts no faces: ask the detector
+            from pipeline.vision.faces import detect
+
+            found = bool(self.faces and detect(np.asarray(rgb), self.faces))
+            return Views(views.pixels, None, found)
+        return views
+
+    def probabilities(self, views: list[Views]) -> np.ndarray:
+        """The probability of class 1 for each image's views, in one model call."""
+        return self.model(stacked(views))
+
+    def answer(self, p: float, face_found: bool) -> Answer:
+        """The label at the threshold for class-1 probability ``p``, or none when a face is
+        required and missing."""
+        if self.require_face and not face_found:
+            return Answer(None, None, None, False, NO_FACE)
+        label = int(p >= self.threshold)
+        names = self.class_names
+        return Answer(names[label], round(p if label else 1 - p, 6),
+                      {names[0]: round(1 - p, 6), names[1]: round(p, 6)}, face_found)

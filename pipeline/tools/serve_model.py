@@ -1,0 +1,91 @@
+"""happysad serve-model: the production model behind HTTP, TF Serving's REST API included.
+
+``happysad serve-model [--port 8501] [--model-dir models/production]`` answers on 127.0.0.1
+(``--host 0.0.0.0`` to expose it):
+
+- ``POST /v1/models/happysad:predict`` with ``{"instances": [{"b64": "<image file, base64>"}]}``
+  (TF Serving's row format; columnar ``{"inputs": ...}`` too) -> ``{"predictions": [{"label",
+  "probability", "scores", "face_found"}]}``; ``GET /v1/models/happysad`` and ``.../metadata``
+  are TF Serving's model status and metadata;
+- ``POST /predict`` with image files as a multipart form (``curl -F image=@photo.jpg``) ->
+  ``happysad predict``'s JSON lines as a list;
+- ``GET /health``, ``GET /metrics`` (Prometheus text).
+
+It runs the LiteRT export (no TensorFlow), labels as ``happysad predict`` does (the model
+card's threshold, class names and face crop; the clean stage's checks), groups concurrent
+images into one model call (params.yaml's ``serve`` section), and picks up a new model in the
+folder (a promotion, a ``dvc pull``) by itself, without dropping a request. Every answer's
+``X-Model-Version`` header says which model made it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import socket
+import time
+from functools import partial
+from pathlib import Path
+
+from pipeline.config.params import load_params
+from pipeline.runtime.errors import UserError
+
+logger = logging.getLogger(__name__)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model-dir", type=Path, default=Path("models/production"),
+                        help="the model to serve, watched for a new one (default: %(default)s)")
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="address to listen on (default: %(default)s; 0.0.0.0 exposes it)")
+    parser.add_argument("--port", type=int, default=8501,
+                        help="port (default: %(default)s, TF Serving's REST port; 0: any free one)")
+    parser.add_argument("--require-face", action="store_true",
+                        help="no label for an image where no face is found (label null, with "
+                             "the reason in `abstained`)")
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """A listening socket, or a one-line error (a port in use, an address not of this host)."""
+    try:
+        info = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        sock = socket.socket(info[0], socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(info[4])
+        sock.listen(2048)
+    except OSError as err:
+        raise UserError(f"{host}:{port}: cannot listen ({err.strerror or err}); pass another "
+                        "--port, or 0 for any free one") from None
+    sock.setblocking(False)
+    return sock
+
+
+def run(args: argparse.Namespace) -> None:
+    started = time.perf_counter()
+    if not 0 <= args.port <= 65535:
+        raise UserError(f"--port {args.port}: must be between 0 and 65535")
+    params = load_params(args.params)
+    from pipeline.serving.models import load_model
+
+    load = partial(load_model, args.model_dir, params.clean, params.faces, args.require_face)
+    first = load()
+    sock = listen(args.host, args.port)
+
+    import uvicorn
+
+    from pipeline.serving.app import MODEL_NAME, build_app
+
+    app = build_app(args.model_dir, params.serve, first, load)
+    host, port = sock.getsockname()[:2]
+    url = f"http://{f'[{host}]' if ':' in host else host}:{port}"
+    logger.info("serve-model: version %d of %s on %s/v1/models/%s:predict and %s/predict "
+                "(ready in %.1f s; Ctrl-C stops)", first.version, args.model_dir, url,
+                MODEL_NAME, url, time.perf_counter() - started)
+    server = uvicorn.Server(uvicorn.Config(app, log_config=None, access_log=False,
+                                           lifespan="on", timeout_graceful_shutdown=10))
+    # uvicorn answers Ctrl-C or SIGTERM (no new requests; those in flight finish), then raises
+    # the signal again: Ctrl-C ends here, as the normal way to stop a server
+    with contextlib.suppress(KeyboardInterrupt):
+        server.run(sockets=[sock])
+    logger.info("serve-model: stopped after %d requests", app.state.service.metrics.total())
