@@ -11,7 +11,7 @@ every module):
 - ``config/``: params.yaml, typed. ``loader`` (safe YAML, one-line errors, ``load_sections``),
   one schema module per section (``scrape`` with ``demo_site``, ``clean``, ``split``,
   ``tfrecords``, ``faces``, ``pretrain``, ``train``, ``crossval``, ``evaluate``, ``suspects``, ``promote``,
-  ``flow``, ``tune``) and ``params``, the whole file for the flow and the tools.
+  ``serve``, ``flow``, ``tune``) and ``params``, the whole file for the flow and the tools.
 - ``contracts/``: the files stages hand each other, each with its one reader and writer.
   ``raw`` (data/raw and its manifest), ``crawl`` (what the scrape stage and its crawler
   agree on), ``decisions`` (review decisions), ``split`` (the split names), ``features``
@@ -21,16 +21,21 @@ every module):
   and crops).
 - ``ml/``: ``model`` (the network), ``fit`` (phases, resume), ``callbacks`` (what Keras runs
   each epoch), ``scoring`` (a model on a split), ``runtimes`` (LiteRT or Keras on uint8
-  pixels), ``crossval`` (grouped folds), ``bootstrap`` (intervals), ``curves``, ``plots``.
+  pixels), ``labeller`` (image bytes to an answer, as a model card says: predict's and the
+  service's), ``crossval`` (grouped folds), ``bootstrap`` (intervals), ``curves``, ``plots``.
 - ``scrape/``: the scrape stage's parts. ``config`` (the crawl's config), ``process`` (child
   processes), ``job`` (a paused crawl), ``report``, ``folder`` (the folder source).
 - ``review/``: a person in the loop. ``server`` (``happysad review``) with ``page.html``,
   ``labelstudio`` (Label Studio tasks out, decisions in).
+- ``serving/``: the prediction service (``happysad serve-model``). ``app`` (the routes: TF
+  Serving's REST API, ``/predict``, ``/health``, ``/metrics``), ``requests`` (what a request
+  may hold), ``models`` (the served model, its snapshot and hot swap), ``batching`` (images of
+  concurrent requests in one model call), ``metrics`` (Prometheus text).
 - ``stages/``: one module per ``dvc.yaml`` stage, in DAG order ``scrape``, ``clean``,
   ``split``, ``tfrecords``, ``pretrain``, ``train``, ``crossval``, ``evaluate``, ``save``,
   ``suspects``;
   each is run as ``python -m pipeline.stages.<stage>``, and none imports another.
 - ``tools/``: commands that are not stages. ``predict``, ``promote`` (run by the flow),
-  ``preset``, ``tune`` (one trial of the tune flow).
+  ``preset``, ``tune`` (one trial of the tune flow), ``serve_model`` (the service's command).
 - ``cli``: ``happysad <command>``, dispatching to the stages and tools by its ``COMMANDS``.
 """

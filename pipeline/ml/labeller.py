@@ -30,7 +30,7 @@ class Answer:
     label: str | None
     probability: float | None  # of ``label``
     probabilities: dict[str, float] | None  # by class name
-    face_found: bool
+    face_found: bool | None  # None: not looked for (no detector given)
     abstained: str | None = None
 
 
@@ -38,7 +38,8 @@ class Labeller:
     """Bytes of an image in, an :class:`Answer` out, as the model card says.
 
     ``faces``: the detector that says ``face_found`` when the model cuts no faces itself (its
-    contract has no crop); ``require_face``: no label for an image with no face.
+    contract has no crop; without one, ``face_found`` is None: not looked for);
+    ``require_face``: no label for an image with no face.
     """
 
     def __init__(self, card: dict, model: Runtime, rules: CleanParams,
@@ -78,19 +79,20 @@ class Labeller:
         if views.face_found is None:  # the model cuts no faces: ask the detector
             from pipeline.vision.faces import detect
 
-            found = bool(self.faces and detect(np.asarray(rgb), self.faces))
-            return Views(views.pixels, None, found)
+            if self.faces is None:
+                return views
+            return Views(views.pixels, None, bool(detect(np.asarray(rgb), self.faces)))
         return views
 
     def probabilities(self, views: list[Views]) -> np.ndarray:
         """The probability of class 1 for each image's views, in one model call."""
         return self.model(stacked(views))
 
-    def answer(self, p: float, face_found: bool) -> Answer:
+    def answer(self, p: float, face_found: bool | None) -> Answer:
         """The label at the threshold for class-1 probability ``p``, or none when a face is
         required and missing."""
         if self.require_face and not face_found:
-            return Answer(None, None, None, False, NO_FACE)
+            return Answer(None, None, None, face_found, NO_FACE)
         label = int(p >= self.threshold)
         names = self.class_names
         return Answer(names[label], round(p if label else 1 - p, 6),

@@ -104,7 +104,7 @@ async def _label(service: Service, model: ServedModel, uploads: list[Upload]
     for upload, view, p in zip(uploads, prepared, probabilities, strict=True):
         if not np.isfinite(p):
             raise RequestError(500, f"{upload.name}: the model gives a non-finite probability ({p})")
-        answers.append((labeller.answer(p, bool(view.face_found)), p))
+        answers.append((labeller.answer(p, view.face_found), p))
     return answers
 
 

@@ -34,7 +34,7 @@ class Service:
     """``happysad serve-model`` in a subprocess with an empty working folder and TMPDIR (so
     the test sees anything it writes), stopped with Ctrl-C's signal."""
 
-    def __init__(self, model_dir: Path, work: Path, serve: dict) -> None:
+    def __init__(self, model_dir: Path, work: Path, serve: dict, *flags: str) -> None:
         params = yaml.safe_load((REPO / "params.yaml").read_text())
         params["clean"].update({"min_side": 32, "workers": 1})  # the tiny site's faces
         params["serve"].update(serve)
@@ -45,7 +45,7 @@ class Service:
         env = {**tool_env(), "TMPDIR": str(self.tmp), "PYTHONPATH": str(REPO)}
         self.process = subprocess.Popen(
             [sys.executable, "-m", "pipeline", "serve-model", "--params", str(work / "params.yaml"),
-             "--model-dir", str(model_dir), "--port", "0"],
+             "--model-dir", str(model_dir), "--port", "0", *flags],
             cwd=self.cwd, env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
         self.log: list[str] = []
         port = threading.Event()
@@ -146,7 +146,7 @@ def test_tf_serving_clients_and_plain_uploads_get_predicts_answers(
     expected = {p.path: p for p in predict(files, production, tiny_clean_params,
                                            faces=repo_params.faces)}
     version = _version(production)
-    service = Service(production, tmp_path / "serve", {"max_instances": 8})
+    service = Service(production, tmp_path / "serve", {"max_instances": 8}, "--face-found")
     try:
         client = service.client
         # model status and metadata, as TF Serving writes them

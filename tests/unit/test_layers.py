@@ -33,7 +33,8 @@ ROOMS = {
     "scrape": {"runtime", "config", "contracts"},
     "review": {"runtime", "config", "contracts"},
     "stages": {"runtime", "config", "contracts", "vision", "ml", "scrape"},
-    "tools": {"runtime", "config", "contracts", "vision", "ml"},
+    "serving": {"runtime", "config", "contracts", "vision", "ml"},
+    "tools": {"runtime", "config", "contracts", "vision", "ml", "serving"},
     "cli": {"runtime"},
     "__main__": {"cli"},
 }
