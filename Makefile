@@ -12,7 +12,7 @@ export PYTHONUNBUFFERED := 1
 export PREFECT_HOME ?= $(CURDIR)/.prefect
 PREFECT_PORT ?= 4200
 
-.PHONY: setup run serve serve-every retrain-now tune push pull test test-fast lint bench clean browser engines
+.PHONY: setup run serve serve-model serve-every retrain-now tune push pull test test-fast lint bench clean browser engines
 
 setup: .venv/.synced
 
@@ -33,6 +33,7 @@ run: setup
 	@echo "Production model (promoted only if it beat the last one): models/production/; decision: reports/promote/decision.json"
 	@echo "Suspect labels, ranked: reports/suspects/suspects.jsonl; look and decide: uv run happysad review"
 	@echo "Label your own images: uv run happysad predict PATH...  (uses models/production/)"
+	@echo "Serve the production model over HTTP (TF Serving REST API, /predict): make serve-model"
 	@echo "See every run in the Prefect UI: make serve, then open http://127.0.0.1:$(PREFECT_PORT)"
 	@echo "The demo site that was crawled: data/demo_site/ (ground_truth.json lists its planted faults)"
 	@echo "Share with a second machine: commit dvc.lock and models/production.dvc, then make push (README)"
@@ -40,6 +41,11 @@ run: setup
 # The Prefect server and UI on 127.0.0.1, serving the retrain flow on its cron schedule.
 serve: setup
 	$(UV) run python -m flows.serve --port $(PREFECT_PORT)
+
+# The production model behind HTTP on 127.0.0.1:8501: TF Serving's REST API, /predict, /metrics
+# (docs/serving.md); it picks up a newly promoted model by itself.
+serve-model: setup
+	$(UV) run happysad serve-model
 
 # The same deployment on a short interval instead of the cron, to watch the schedule fire:
 # `make serve-every EVERY=120` (seconds; a run due while one is going waits for it).

@@ -83,6 +83,9 @@ def run(args: argparse.Namespace) -> None:
 
     import uvicorn
 
+    if not args.verbose:  # its start-up and shutdown notices: the one line below says it all
+        logging.getLogger("uvicorn.error").setLevel(logging.WARNING)
+
     from pipeline.serving.app import MODEL_NAME, build_app
 
     app = build_app(args.model_dir, params.serve, first, load)
@@ -97,4 +100,4 @@ def run(args: argparse.Namespace) -> None:
     # the signal again: Ctrl-C ends here, as the normal way to stop a server
     with contextlib.suppress(KeyboardInterrupt):
         server.run(sockets=[sock])
-    logger.info("serve-model: stopped after %d requests", app.state.service.metrics.total())
+    logger.info("serve-model: stopped (%d requests answered)", app.state.service.metrics.total())
