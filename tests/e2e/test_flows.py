@@ -319,25 +319,24 @@ def _ok(command: list[str], cwd: Path, env: dict[str, str] | None = None) -> str
     return result.stdout + result.stderr
 
 
-def test_a_second_clone_pulls_the_results_and_predicts_without_retraining(
-        retrained, tmp_path: Path) -> None:
-    """The README's sharing steps: a local-folder DVC remote, push, then a fresh clone pulls,
-    finds every stage up to date and answers with the same production model."""
+def _share_and_pull(project: Path, clone: Path, remote: list[list[str]], env: dict[str, str]) -> None:
+    """The README's sharing steps with a remote set up by ``remote`` (dvc arguments): push
+    from ``project``, then a fresh ``clone`` pulls, finds every stage up to date and answers
+    with the same production model."""
     from testing.project import GIT
 
-    project = _own_copy(retrained, tmp_path)
     dvc = [sys.executable, "-m", "dvc"]
-    _ok(dvc + ["remote", "add", "-d", "-f", "shared", str(tmp_path / "remote")], project)
+    for arguments in remote:
+        _ok(dvc + arguments, project, env)
     _ok(GIT + ["add", "-A"], project)
     _ok(GIT + ["commit", "-qm", "a retrained model and its data"], project)
     assert "models/production.dvc" in _ok(["git", "ls-files", "models"], project)
-    _ok(dvc + ["push"], project)
+    _ok(dvc + ["push"], project, env)
 
-    clone = tmp_path / "clone"
-    _ok(["git", "clone", "-q", str(project), str(clone)], tmp_path)
-    _ok(dvc + ["pull"], clone)
-    assert "up to date" in _ok(dvc + ["status"], clone)
-    dry = _ok(dvc + ["repro", "--dry"], clone)
+    _ok(["git", "clone", "-q", str(project), str(clone)], clone.parent)
+    _ok(dvc + ["pull"], clone, env)
+    assert "up to date" in _ok(dvc + ["status"], clone, env)
+    dry = _ok(dvc + ["repro", "--dry"], clone, env)
     assert "Running stage" not in dry and "didn't change, skipping" in dry
     images = sorted(str(p) for p in (project / "data" / "raw" / "happy").iterdir())[:3]
     images += sorted(str(p) for p in (project / "data" / "raw" / "sad").iterdir())[:3]
@@ -346,6 +345,29 @@ def test_a_second_clone_pulls_the_results_and_predicts_without_retraining(
     lines = [json.loads(line) for line in there.splitlines() if line.startswith("{")]
     assert len(lines) == len(images)
     assert [json.loads(line) for line in here.splitlines() if line.startswith("{")] == lines
+
+
+def test_a_second_clone_pulls_the_results_and_predicts_without_retraining(
+        retrained, tmp_path: Path) -> None:
+    """Sharing through a local-folder DVC remote."""
+    project = _own_copy(retrained, tmp_path)
+    _share_and_pull(project, tmp_path / "clone",
+                    [["remote", "add", "-d", "-f", "shared", str(tmp_path / "remote")]], tool_env())
+
+
+def test_a_second_clone_pulls_from_an_s3_bucket(retrained, tmp_path: Path) -> None:
+    """Sharing through an S3 bucket (a real S3-API server on loopback: moto), the endpoint in
+    .dvc/config and the keys in the environment only, as docs/operations.md says."""
+    from testing.s3 import CREDENTIALS, s3_server
+
+    project = _own_copy(retrained, tmp_path)
+    env = {**tool_env(), **CREDENTIALS}
+    with s3_server("happysad-cache", tmp_path / "moto.log") as endpoint:
+        _share_and_pull(project, tmp_path / "clone", [
+            ["remote", "add", "-d", "-f", "shared", "s3://happysad-cache/dvc"],
+            ["remote", "modify", "shared", "endpointurl", endpoint]], env)
+    config = (project / ".dvc" / "config").read_text()
+    assert endpoint in config and "secret_access_key" not in config and "access_key_id" not in config
 
 
 @pytest.mark.slow
