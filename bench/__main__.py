@@ -15,6 +15,7 @@ from bench import (
     predict,
     pretrain,
     real_photos,
+    remote,
     serve,
     sources,
     speed,
@@ -24,6 +25,6 @@ from bench import (
 )
 
 BENCHMARKS = (crawl, data_stages, dedupe, bootstrap, crossval, suspects, faults, model, speed, flow,
-              predict, serve, pretrain, real_photos, faces, two_views, sources, tune)
+              predict, serve, remote, pretrain, real_photos, faces, two_views, sources, tune)
 
 sys.exit(next((code for code in (b.main([]) for b in BENCHMARKS) if code), 0))
