@@ -12,7 +12,7 @@ export PYTHONUNBUFFERED := 1
 export PREFECT_HOME ?= $(CURDIR)/.prefect
 PREFECT_PORT ?= 4200
 
-.PHONY: setup run serve serve-model serve-every retrain-now tune push pull test test-fast lint bench clean browser engines
+.PHONY: setup run serve serve-model serve-every deploy worker retrain-now tune push pull test test-fast lint bench clean browser engines
 
 setup: .venv/.synced
 
@@ -52,6 +52,17 @@ serve-model: setup
 EVERY ?= 300
 serve-every: setup
 	$(UV) run python -m flows.serve --port $(PREFECT_PORT) --every $(EVERY)
+
+# Training on another machine (a GPU box): `make deploy POOL=gpu` once, against the team's
+# server (PREFECT_API_URL), then `make worker POOL=gpu` in a checkout on each training machine:
+# a run of retrain/gpu goes to one of them and trains in its checkout (docs/operations.md).
+POOL ?= gpu
+deploy: setup
+	$(UV) run python -m flows.deploy --pool $(POOL) --port $(PREFECT_PORT)
+
+worker: setup
+	HAPPYSAD_CHECKOUT=$(CURDIR) PREFECT_API_URL=$${PREFECT_API_URL:-http://127.0.0.1:$(PREFECT_PORT)/api} \
+	  $(UV) run prefect worker start --pool $(POOL) --type process --limit 1
 
 # Run the scheduled deployment now (needs `make serve` running).
 retrain-now: setup

@@ -370,6 +370,46 @@ def test_a_second_clone_pulls_from_an_s3_bucket(retrained, tmp_path: Path) -> No
     assert endpoint in config and "secret_access_key" not in config and "access_key_id" not in config
 
 
+def test_a_worker_of_a_work_pool_runs_the_deployment_in_its_own_checkout(
+        server: str, retrained, tmp_path: Path) -> None:
+    """`make deploy` then `make worker` on another machine: the deployment of a process work
+    pool, a real `prefect worker start` in a separate process and checkout, `prefect deployment
+    run`; the run completes with a task per stage and its outputs land in the worker's
+    checkout (here everything is cached but the evaluation and the production model)."""
+    import re
+    import time
+
+    checkout = _own_copy(retrained, tmp_path)  # the training machine's clone
+    shutil.rmtree(checkout / "models" / "production")
+    (checkout / "reports" / "evaluate" / "metrics.json").unlink()
+    env = {**tool_env(), "PREFECT_API_URL": server}
+    _ok([sys.executable, "-m", "flows.deploy", "--pool", "test-gpu", "--no-schedule"], REPO, env)
+    prefect = str(Path(sys.executable).with_name("prefect"))
+    log = tmp_path / "worker.log"
+    with log.open("wb") as out:
+        worker = subprocess.Popen(
+            [prefect, "worker", "start", "--pool", "test-gpu", "--type", "process", "--limit", "1"],
+            cwd=checkout, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+            env={**env, "HAPPYSAD_CHECKOUT": str(checkout), "PREFECT_WORKER_QUERY_SECONDS": "1"})
+    try:
+        started = _ok([prefect, "deployment", "run", "retrain/test-gpu", "--param", "force_scrape=false"],
+                      REPO, env)
+        run_id = re.search(r"UUID: ([0-9a-f-]{36})", started)[1]
+        deadline, state = time.monotonic() + 900, None  # generous: a loaded CI machine is slow
+        while time.monotonic() < deadline:
+            assert worker.poll() is None, log.read_text()[-3000:]
+            state = _filter(server, "flow_runs", {"flow_runs": {"id": {"any_": [run_id]}}})[0]["state"]
+            if state["type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
+                break
+            time.sleep(2)
+        assert state and state["type"] == "COMPLETED", (state, log.read_text()[-3000:])
+    finally:
+        stop_process_group(worker, grace_s=30.0)
+    assert set(_task_runs(server, run_id)) == set(stage_order(checkout)) | {"promote", "record-experiment"}
+    assert (checkout / "models" / "production" / "model.tflite").exists()
+    assert (checkout / "reports" / "evaluate" / "metrics.json").exists()
+
+
 @pytest.mark.slow
 def test_the_schedule_fires_and_the_served_flow_runs_it(server: str, retrained, tmp_path: Path) -> None:
     """`flows.serve` on an interval: the server's scheduler creates runs, the serving process
