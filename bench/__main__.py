@@ -6,6 +6,7 @@ from bench import (
     bootstrap,
     crawl,
     crossval,
+    dask_stages,
     data_stages,
     dedupe,
     faces,
@@ -24,7 +25,7 @@ from bench import (
     two_views,
 )
 
-BENCHMARKS = (crawl, data_stages, dedupe, bootstrap, crossval, suspects, faults, model, speed, flow,
-              predict, serve, remote, pretrain, real_photos, faces, two_views, sources, tune)
+BENCHMARKS = (crawl, data_stages, dask_stages, dedupe, bootstrap, crossval, suspects, faults, model,
+              speed, flow, predict, serve, remote, pretrain, real_photos, faces, two_views, sources, tune)
 
 sys.exit(next((code for code in (b.main([]) for b in BENCHMARKS) if code), 0))
