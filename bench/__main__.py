@@ -12,6 +12,7 @@ from bench import (
     faces,
     faults,
     flow,
+    manifest_scale,
     model,
     predict,
     pretrain,
@@ -25,7 +26,8 @@ from bench import (
     two_views,
 )
 
-BENCHMARKS = (crawl, data_stages, dask_stages, dedupe, bootstrap, crossval, suspects, faults, model,
-              speed, flow, predict, serve, remote, pretrain, real_photos, faces, two_views, sources, tune)
+BENCHMARKS = (crawl, data_stages, dask_stages, manifest_scale, dedupe, bootstrap, crossval, suspects,
+              faults, model, speed, flow, predict, serve, remote, pretrain, real_photos, faces,
+              two_views, sources, tune)
 
 sys.exit(next((code for code in (b.main([]) for b in BENCHMARKS) if code), 0))
