@@ -27,11 +27,9 @@ import asyncio
 import base64
 import datetime
 import json
-import re
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -39,10 +37,10 @@ import numpy as np
 
 from bench import print_table
 from bench.predict import _model_dir
+from testing.serving import ServeModel
 
 Row = tuple[str, str, str]
 REPO = Path(__file__).resolve().parents[1]
-READY = re.compile(r"on http://127\.0\.0\.1:(\d+)/v1/models/happysad:predict")
 PATH = "/v1/models/happysad:predict"
 
 
@@ -85,37 +83,6 @@ def _predict_cli(model_dir: Path, images: list[Path]) -> float:
                            *map(str, images)], cwd=REPO, capture_output=True, text=True, check=True)
     assert done.stdout.count("\n") == len(images), done.stderr
     return len(images) / (time.perf_counter() - started)
-
-
-class Server:
-    """`serve-model` in a subprocess; ``started`` is when it was launched."""
-
-    def __init__(self, model_dir: Path, *flags: str) -> None:
-        self.started = time.perf_counter()
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "pipeline", "serve-model", "--model-dir", str(model_dir), "--port", "0",
-             *flags],
-            cwd=REPO, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
-        self.port: int | None = None
-        ready = threading.Event()
-
-        def read() -> None:
-            assert self.process.stderr is not None
-            for line in self.process.stderr:
-                match = READY.search(line)
-                if match and self.port is None:
-                    self.port = int(match[1])
-                    ready.set()
-            ready.set()
-
-        threading.Thread(target=read, daemon=True).start()
-        ready.wait(120)
-        if self.port is None:
-            raise RuntimeError("serve-model did not start")
-
-    def stop(self) -> None:
-        self.process.terminate()
-        self.process.wait(60)
 
 
 def _request(body: bytes) -> bytes:
@@ -164,7 +131,7 @@ async def _version_answering(port: int, request: bytes) -> str:
         writer.close()
 
 
-def _first_answer_s(server: Server, request: bytes) -> float:
+def _first_answer_s(server: ServeModel, request: bytes) -> float:
     """Seconds from the server's launch to its first answer to a predict request."""
     while True:
         try:
@@ -175,7 +142,7 @@ def _first_answer_s(server: Server, request: bytes) -> float:
         time.sleep(0.01)
 
 
-def _swap_s(server: Server, production: Path, challenger: Path, request: bytes) -> float:
+def _swap_s(server: ServeModel, production: Path, challenger: Path, request: bytes) -> float:
     """Seconds from the promote tool's swap to the first answer from the new model."""
     from pipeline.tools.promote import _swap_in
 
@@ -190,7 +157,7 @@ def _swap_s(server: Server, production: Path, challenger: Path, request: bytes) 
 def _served(production: Path, challenger: Path, requests: list[bytes], total: int):
     """serve-model's start to first answer, its load at 1, 8 and 32 clients, promotion to
     first answer from the new model, and the load at 8 clients with --face-found."""
-    server = Server(production)
+    server = ServeModel(["--model-dir", str(production)], REPO)
     try:
         first = _first_answer_s(server, requests[0])
         asyncio.run(_load(server.port or 0, requests, 2, 20))  # warm: not counted
@@ -198,7 +165,7 @@ def _served(production: Path, challenger: Path, requests: list[bytes], total: in
         swap = _swap_s(server, production, challenger, requests[0])
     finally:
         server.stop()
-    server = Server(production, "--face-found")
+    server = ServeModel(["--model-dir", str(production), "--face-found"], REPO)
     try:
         asyncio.run(_load(server.port or 0, requests, 2, 10))
         faces = asyncio.run(_load(server.port or 0, requests, 8, 200))

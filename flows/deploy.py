@@ -20,7 +20,8 @@ import os
 import sys
 from pathlib import Path
 
-from flows.server import api_url, is_up, quiet_or_verbose
+from flows.server import api_url, cli_logging, is_up
+from pipeline.config.flow import FlowParams
 from pipeline.config.params import load_params
 from pipeline.runtime.errors import UserError
 
@@ -81,34 +82,29 @@ async def deploy(pool: str, schedule: object | None, parameters: dict) -> str:
     return str(deployment)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s",
-                        datefmt="%H:%M:%S")
-    quiet_or_verbose(args.verbose)
-    try:
-        settings = load_params(args.params).flow
-    except UserError as err:
-        sys.stderr.write(f"deploy: error: {err}\n")
-        return 2
-    url = os.environ.get("PREFECT_API_URL") or api_url(args.port)
-    if not is_up(url):
-        sys.stderr.write(f"deploy: error: no Prefect server answers at {url}; start one (make serve) "
-                         "or set PREFECT_API_URL\n")
-        return 2
-    os.environ["PREFECT_API_URL"] = url  # before Prefect is imported: its settings read it once
+def _schedule(args: argparse.Namespace, settings: FlowParams) -> tuple[object | None, str]:
+    """The deployment's schedule and how to say it."""
     from prefect.client.schemas.schedules import CronSchedule, IntervalSchedule
 
     if args.no_schedule:
-        schedule, when = None, "no schedule"
-    elif args.every:
-        schedule = IntervalSchedule(interval=datetime.timedelta(seconds=args.every),
-                                    timezone=settings.timezone)
-        when = f"every {args.every:g} s"
-    else:
-        schedule = CronSchedule(cron=settings.schedule, timezone=settings.timezone)
-        when = f"cron '{settings.schedule}'"
+        return None, "no schedule"
+    if args.every:
+        return (IntervalSchedule(interval=datetime.timedelta(seconds=args.every), timezone=settings.timezone),
+                f"every {args.every:g} s")
+    return CronSchedule(cron=settings.schedule, timezone=settings.timezone), f"cron '{settings.schedule}'"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    cli_logging(args.verbose)
+    url = os.environ.get("PREFECT_API_URL") or api_url(args.port)
     try:
+        settings = load_params(args.params).flow
+        if not is_up(url):
+            raise UserError(f"no Prefect server answers at {url}; start one (make serve) or set "
+                            "PREFECT_API_URL")
+        os.environ["PREFECT_API_URL"] = url  # before Prefect is imported: its settings read it once
+        schedule, when = _schedule(args, settings)
         asyncio.run(deploy(args.pool, schedule, {"force_scrape": settings.force_scrape}))
     except UserError as err:
         sys.stderr.write(f"deploy: error: {err}\n")
@@ -117,7 +113,6 @@ def main(argv: list[str] | None = None) -> int:
                 "make worker POOL=%s; run one now: prefect deployment run retrain/%s",
                 args.pool, when, url.removesuffix("/api"), args.pool, args.pool)
     return 0
-
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -19,7 +19,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from flows.server import api_url, is_up, own_server, quiet_or_verbose, start_server, stop_server
+from flows.server import api_url, cli_logging, is_up, own_server, start_server, stop_server
 from pipeline.config.flow import FlowParams
 from pipeline.config.params import load_params
 from pipeline.runtime.errors import UserError
@@ -93,9 +93,7 @@ def _as_ctrl_c(signum: int, frame: object) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s",
-                        datefmt="%H:%M:%S")
-    quiet_or_verbose(args.verbose)
+    cli_logging(args.verbose)
     try:
         settings = load_params(args.params).flow
         url, server = _server_for(args.port)

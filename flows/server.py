@@ -20,6 +20,15 @@ from flows.stages import stop_process_group
 HOST = "127.0.0.1"
 
 
+def cli_logging(verbose: bool) -> None:
+    """A flow command's log lines on stderr (time, level, message), quiet or verbose."""
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s",
+                        datefmt="%H:%M:%S")
+    quiet_or_verbose(verbose)
+
+
 def quiet_or_verbose(verbose: bool) -> None:
     """Quiet logs by default: no line per API call (httpx logs each of the runner's polls, one
     every few seconds); ``verbose`` brings them back with Prefect's and the stages' debug lines."""

@@ -4,19 +4,12 @@ worker`` processes (one thread each) started in the repository's folder, stopped
 from __future__ import annotations
 
 import contextlib
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-from testing.project import REPO
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+from testing.project import REPO, free_port
 
 
 def _stop(processes: list[subprocess.Popen]) -> None:
@@ -37,7 +30,7 @@ def dask_cluster(workers: int, logs: Path) -> Iterator[str]:
     from distributed import Client
 
     dask = str(Path(sys.executable).with_name("dask"))
-    address = f"tcp://127.0.0.1:{_free_port()}"
+    address = f"tcp://127.0.0.1:{free_port()}"
     logs.mkdir(parents=True, exist_ok=True)
     processes: list[subprocess.Popen] = []
 

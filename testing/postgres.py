@@ -8,11 +8,12 @@ import contextlib
 import glob
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+
+from testing.project import free_port
 
 
 def binaries() -> Path | None:
@@ -38,9 +39,7 @@ def postgres(user: str = "prefect", database: str = "prefect") -> Iterator[str]:
     bin_dir = binaries()
     if bin_dir is None:
         raise RuntimeError("PostgreSQL is not installed")
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     folder = Path(tempfile.mkdtemp(prefix="happysad-postgres-"))
     if os.geteuid() == 0:
         shutil.chown(folder, "postgres", "postgres")

@@ -69,3 +69,13 @@ def tiny_params(site: DemoSiteParams, text: str | None = None) -> str:
 def tool_env() -> dict[str, str]:
     """The environment with this interpreter's bin folder first, so `dvc` and `python` are ours."""
     return {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now (for a server that cannot
+    say which port it took when given 0)."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]

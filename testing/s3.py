@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -13,6 +12,8 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+
+from testing.project import free_port
 
 # moto accepts any keys; they come from the environment, as a team's real ones would
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
@@ -22,9 +23,7 @@ CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing
 @contextlib.contextmanager
 def s3_server(bucket: str, log: Path) -> Iterator[str]:
     """A moto S3 server on 127.0.0.1 holding an empty ``bucket``; yields its endpoint URL."""
-    with socket.socket() as probe:  # a free port (moto cannot say which it took for 0)
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()  # moto cannot say which port it took for 0
     endpoint = f"http://127.0.0.1:{port}"
     moto = Path(sys.executable).with_name("moto_server")
     with log.open("wb") as out:

@@ -49,12 +49,16 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+def _check_count(count: int, limit: int) -> None:
+    if count > limit:
+        raise RequestError(413, f"{count} images in one request, over serve.max_instances "
+                                f"({limit}); split them into several requests")
+
+
 def _counted(uploads: list[Upload], limit: int) -> list[Upload]:
     if not uploads:
         raise RequestError(400, "no image in the request")
-    if len(uploads) > limit:
-        raise RequestError(413, f"{len(uploads)} images in one request, over serve.max_instances "
-                              f"({limit}); split them into several requests")
+    _check_count(len(uploads), limit)
     return uploads
 
 
@@ -98,8 +102,7 @@ def tf_serving_instances(body: bytes, limit: int) -> tuple[list[Upload], bool]:
     if not isinstance(values, list):
         raise RequestError(400, f'{"inputs" if columnar else "instances"} must be a list')
     key = "inputs" if columnar else "instances"
-    if len(values) > limit:
-        _counted([Upload("", b"")] * len(values), limit)
+    _check_count(len(values), limit)  # before decoding any of them
     uploads = [Upload(f"{key}[{i}]", _b64(v, f"{key}[{i}]")) for i, v in enumerate(values)]
     return _counted(uploads, limit), columnar
 
@@ -127,6 +130,5 @@ def form_images(body: bytes, content_type: str, limit: int) -> list[Upload]:
                                   "(curl -F image=@photo.jpg)")
         data = part.get_payload(decode=True)
         uploads.append(Upload(filename, data if isinstance(data, bytes) else b""))
-        if len(uploads) > limit:
-            _counted(uploads, limit)
+        _check_count(len(uploads), limit)
     return _counted(uploads, limit)

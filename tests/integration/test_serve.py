@@ -7,12 +7,8 @@ import base64
 import datetime
 import json
 import os
-import re
 import shutil
-import signal
 import struct
-import subprocess
-import sys
 import threading
 import time
 import zlib
@@ -26,13 +22,12 @@ from pipeline.config.clean import CleanParams
 from pipeline.config.params import Params
 from pipeline.contracts.export import CARD_FILE, LITE_FILE, SHIPPED
 from testing.project import REPO, tool_env
+from testing.serving import ServeModel
 
-READY = re.compile(r"on http://127\.0\.0\.1:(\d+)/v1/models/happysad:predict")
 
-
-class Service:
-    """``happysad serve-model`` in a subprocess with an empty working folder and TMPDIR (so
-    the test sees anything it writes), stopped with Ctrl-C's signal."""
+class Service(ServeModel):
+    """``happysad serve-model`` with an empty working folder and TMPDIR (so the test sees
+    anything it writes) and params.yaml's ``serve`` section changed by ``serve``."""
 
     def __init__(self, model_dir: Path, work: Path, serve: dict, *flags: str) -> None:
         params = yaml.safe_load((REPO / "params.yaml").read_text())
@@ -43,40 +38,13 @@ class Service:
         self.tmp.mkdir()
         (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
         env = {**tool_env(), "TMPDIR": str(self.tmp), "PYTHONPATH": str(REPO)}
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "pipeline", "serve-model", "--params", str(work / "params.yaml"),
-             "--model-dir", str(model_dir), "--port", "0", *flags],
-            cwd=self.cwd, env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
-        self.log: list[str] = []
-        port = threading.Event()
-        found: list[int] = []
-
-        def read() -> None:
-            assert self.process.stderr is not None
-            for line in self.process.stderr:
-                self.log.append(line)
-                match = READY.search(line)
-                if match and not found:
-                    found.append(int(match[1]))
-                    port.set()
-            port.set()
-
-        threading.Thread(target=read, daemon=True).start()
-        deadline = time.monotonic() + 120
-        while not port.wait(0.5) and time.monotonic() < deadline:
-            pass
-        assert found, f"serve-model did not start:\n{''.join(self.log)}"
-        self.url = f"http://127.0.0.1:{found[0]}"
+        super().__init__(["--params", str(work / "params.yaml"), "--model-dir", str(model_dir), *flags],
+                         self.cwd, env)
         self.client = httpx.Client(base_url=self.url, timeout=60)
 
     def stop(self) -> int:
         self.client.close()
-        self.process.send_signal(signal.SIGINT)
-        try:
-            return self.process.wait(timeout=60)
-        finally:
-            if self.process.poll() is None:
-                self.process.kill()
+        return super().stop()
 
 
 def _b64(data: bytes) -> dict[str, str]:
