@@ -111,6 +111,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         pass
     finally:
+        # a terminal's Ctrl-C reaches this process twice (from the terminal, and forwarded by
+        # `uv run`): the second must not cut the server's shutdown short with a traceback
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         if server is not None:
             stop_server(server)
     return 0
