@@ -12,7 +12,7 @@ export PYTHONUNBUFFERED := 1
 export PREFECT_HOME ?= $(CURDIR)/.prefect
 PREFECT_PORT ?= 4200
 
-.PHONY: setup run serve serve-model serve-every deploy worker retrain-now tune push pull test test-fast lint bench clean browser engines
+.PHONY: setup run serve serve-model serve-every deploy worker crawl-worker retrain-now tune push pull test test-fast lint bench clean browser engines
 
 setup: .venv/.synced
 
@@ -63,6 +63,13 @@ deploy: setup
 worker: setup
 	HAPPYSAD_CHECKOUT=$(CURDIR) PREFECT_API_URL=$${PREFECT_API_URL:-http://127.0.0.1:$(PREFECT_PORT)/api} \
 	  $(UV) run prefect worker start --pool $(POOL) --type process --limit 1
+
+# One more crawler process for a crawl that a scrape stage shares through Redis (its
+# HAPPYSAD_CRAWL_REDIS): `make crawl-worker REDIS=redis://HOST:6379/0`, on any machine that
+# can reach that server and the sites; the stage stores what it fetches (docs/scale.md).
+crawl-worker: setup
+	@test -n "$(REDIS)" || { echo "make crawl-worker: give the stage's Redis server: make crawl-worker REDIS=redis://HOST:6379/0" >&2; exit 2; }
+	$(UV) run python -m scraper.crawl --shared $(REDIS)
 
 # Run the scheduled deployment now (needs `make serve` running).
 retrain-now: setup

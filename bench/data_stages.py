@@ -11,7 +11,8 @@
    keras.utils.image_dataset_from_directory over the same images, on both sets.
 6. peak memory (RSS) of the clean and tfrecords stages at two dataset sizes.
 
-Run: ``uv run python -m bench.data_stages [--quick]``.
+Run: ``uv run python -m bench.data_stages [--quick]``; the search alone at several radii:
+``uv run python -m bench.data_stages --search-only --bits 10 12 16 --sizes 100000 1000000``.
 """
 
 from __future__ import annotations
@@ -72,14 +73,19 @@ def planted_hashes(n: int, rng: np.random.Generator) -> np.ndarray:
 
 
 def search_rows(sizes: list[int], max_bits: int) -> list[Row]:
+    import tracemalloc
+
     rng = np.random.default_rng(0)
     rows: list[Row] = []
     previous = None
     for n in sizes:
         hashes = planted_hashes(n, rng)
+        tracemalloc.start()  # numpy reports its arrays to tracemalloc
         seconds, pairs = timed(near_duplicate_pairs, hashes, max_bits)
+        peak_mb = tracemalloc.get_traced_memory()[1] / 2**20
+        tracemalloc.stop()
         growth = f", x{seconds / previous[1]:.1f} for x{n // previous[0]} hashes" if previous else ""
-        note = f"{len(pairs)} pairs{growth}"
+        note = f"at <= {max_bits} bits: {len(pairs)} pairs, peak {peak_mb:.0f} MB{growth}"
         if n <= 30_000:
             brute_s, brute_n = timed(brute_force_pairs, hashes, max_bits)
             note += f"; brute force {brute_s:.2f} s, same {brute_n} pairs"
@@ -305,9 +311,23 @@ def memory_rows(base_raw: Path, work: Path, sizes: list[int], params_file: Path)
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smaller sizes, no 1M or 50k runs")
+    parser.add_argument("--search-only", action="store_true",
+                        help="only the near-duplicate search and recall, at each of --bits")
+    parser.add_argument("--bits", type=int, nargs="+", default=None,
+                        help="search radii for --search-only (default: params.yaml's)")
+    parser.add_argument("--sizes", type=int, nargs="+", default=None,
+                        help="numbers of hashes for --search-only (default: 10k 100k 1M)")
     args = parser.parse_args(argv)
     params: Params = load_params(Path("params.yaml"))
     search_sizes = [10_000, 100_000] if args.quick else [10_000, 100_000, 1_000_000]
+    if args.search_only:
+        rows = []
+        for bits in args.bits or [params.clean.near_duplicate_bits]:
+            rows += search_rows(args.sizes or search_sizes, bits)
+            rows += [(f"{name} at {bits} bits", value, note)
+                     for name, value, note in recall_rows(300, bits)]
+        print_table("happysad near-duplicate search", rows)
+        return 0
     memory_sizes = [2_000, 10_000] if args.quick else [10_000, 50_000]
     rows: list[Row] = []
     with tempfile.TemporaryDirectory(prefix="happysad-bench-") as tmp:

@@ -24,7 +24,8 @@ every module):
   pixels), ``labeller`` (image bytes to an answer, as a model card says: predict's and the
   service's), ``crossval`` (grouped folds), ``bootstrap`` (intervals), ``curves``, ``plots``.
 - ``scrape/``: the scrape stage's parts. ``config`` (the crawl's config), ``process`` (child
-  processes), ``job`` (a paused crawl), ``report``, ``folder`` (the folder source).
+  processes), ``job`` (a paused crawl), ``shared`` (a crawl shared through Redis: the stage
+  stores what its workers fetch), ``report``, ``folder`` (the folder source).
 - ``review/``: a person in the loop. ``server`` (``happysad review``) with ``page.html``,
   ``labelstudio`` (Label Studio tasks out, decisions in).
 - ``serving/``: the prediction service (``happysad serve-model``). ``app`` (the routes: TF

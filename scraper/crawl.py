@@ -1,4 +1,6 @@
-"""``python -m scraper.crawl CONFIG.json``: one crawl in its own process.
+"""``python -m scraper.crawl CONFIG.json``: one crawl in its own process; ``python -m
+scraper.crawl --shared REDIS_URL``: one more worker of a crawl shared through Redis
+(:mod:`scraper.shared`), on this machine or another.
 
 The scrape stage writes the config (classes, enabled sources with resolved URLs,
 crawl politeness, output paths) and runs this module in a subprocess, because
@@ -11,14 +13,18 @@ there for the next run), 1 otherwise.
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
+import os
 import resource
+import socket
 import sys
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import redis
 from scrapy.crawler import CrawlerProcess
 from scrapy.settings import Settings
 
@@ -60,6 +66,11 @@ def crawl_settings(config: dict[str, Any]) -> Settings:
     }, priority="cmdline")
     if config.get("job_dir"):
         settings.set("JOBDIR", config["job_dir"], priority="cmdline")
+    if config.get("shared"):
+        from scraper.shared import shared_settings
+
+        settings.setdict(shared_settings(config["shared"]["redis_url"], config["shared"]["worker"],
+                                         crawl.shared_idle_close_s), priority="cmdline")
     return settings
 
 
@@ -92,12 +103,50 @@ def run_crawl(config: dict[str, Any]) -> dict[str, Any]:
     return stats
 
 
+def shared_config(redis_url: str, worker: str) -> dict[str, Any]:
+    """The config of the crawl shared through ``redis_url``, as its scrape stage wrote it, for
+    one more worker."""
+    from scraper import shared
+
+    try:
+        text = shared.connect(redis_url).get(stat.CONFIG_KEY)
+    except (redis.RedisError, ValueError) as err:
+        raise SystemExit(f"crawl: error: no Redis server answers at {redis_url} ({err}); "
+                         f"give the URL the scrape stage has in {stat.REDIS_ENV}") from None
+    if text is None:
+        raise SystemExit(f"crawl: error: no shared crawl is running on {redis_url}; start the "
+                         f"scrape stage with {stat.REDIS_ENV}={redis_url} first")
+    config = json.loads(text)
+    config.update(shared={"redis_url": redis_url, "worker": worker}, raw_dir=None,
+                  errors_path=None, stats_path=None, job_dir=None)
+    return config
+
+
+def run_shared_worker(redis_url: str, worker: str) -> dict[str, Any]:
+    """One worker of a shared crawl: run to its end, then hand the stage this worker's stats."""
+    from scraper import shared
+
+    stats = run_crawl(shared_config(redis_url, worker))
+    shared.connect(redis_url).rpush(stat.STATS_KEY, json.dumps({"worker": worker, "stats": stats}))
+    return stats
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = sys.argv[1:] if argv is None else argv
-    if len(args) != 1:
-        sys.stderr.write("usage: python -m scraper.crawl CONFIG.json\n")
-        return 2
-    reason = run_crawl(json.loads(Path(args[0]).read_text())).get("finish_reason")
+    parser = argparse.ArgumentParser(prog="python -m scraper.crawl",
+                                     description="Run one crawl, or join a shared one.")
+    parser.add_argument("config", nargs="?", type=Path, help="the crawl's config (JSON)")
+    parser.add_argument("--shared", metavar="REDIS_URL",
+                        help="join the crawl the scrape stage shares through this Redis server")
+    parser.add_argument("--worker", default=f"{socket.gethostname()}-{os.getpid()}",
+                        help="this worker's name in the shared crawl (default: host-pid)")
+    args = parser.parse_args(argv)
+    if (args.config is None) == (args.shared is None):
+        parser.error("give either CONFIG.json or --shared REDIS_URL")
+    if args.shared:
+        stats = run_shared_worker(args.shared, args.worker)
+    else:
+        stats = run_crawl(json.loads(args.config.read_text()))
+    reason = stats.get("finish_reason")
     return {"finished": stat.FINISHED_EXIT, "shutdown": stat.PAUSED_EXIT}.get(str(reason), 1)
 
 

@@ -38,10 +38,15 @@ class CrawlProgress:
     def line(self) -> str:
         value = self.stats.get_value
         pages = sum(v for k, v in self.stats.get_stats().items() if k.startswith(stat.PAGES))
-        stored = value(stat.IMAGES_STORED, 0)
         elapsed = max(time.monotonic() - self.started, 1e-9)
-        return (f"pages {pages}, images stored {stored} ({value(stat.FILES_NEW, 0)} new "
-                f"files, {stored / elapsed:.1f}/s), already had {value(stat.IMAGES_KNOWN, 0)}, "
+        handed = value(stat.IMAGES_HANDED_OFF, 0)
+        if handed:  # a shared crawl's worker: the stage stores what it fetches
+            images = f"images sent to the stage {handed} ({handed / elapsed:.1f}/s)"
+        else:
+            stored = value(stat.IMAGES_STORED, 0)
+            images = (f"images stored {stored} ({value(stat.FILES_NEW, 0)} new files, "
+                      f"{stored / elapsed:.1f}/s)")
+        return (f"pages {pages}, {images}, already had {value(stat.IMAGES_KNOWN, 0)}, "
                 f"blocked {value(stat.BLOCKED, 0)}, errors {value(stat.ERRORS, 0)}")
 
     def spider_opened(self) -> None:

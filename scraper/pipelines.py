@@ -1,23 +1,33 @@
-"""Item pipeline that stores each fetched image in data/raw with a manifest record.
+"""Item pipelines: where a fetched image goes.
 
 The spider fetched the image as an ordinary request (robots.txt, throttling,
-retries, redirects, size limits, the address guard and opt-outs all applied);
-this hands the bytes to :class:`pipeline.contracts.raw.RawStore`, which owns the on-disk
-format.
+retries, redirects, size limits, the address guard and opt-outs all applied).
+:class:`RawImagePipeline` hands the bytes to :class:`pipeline.contracts.raw.RawStore`,
+which owns the on-disk format; in a crawl shared by several processes,
+:class:`scraper.shared.HandOff` sends them to the scrape stage instead, which stores
+them the same way.
 """
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from scrapy.crawler import Crawler
 from scrapy.exceptions import NotConfigured
 
 from pipeline.contracts import crawl as stat
-from pipeline.contracts.raw import RawRecord, RawStore
+from pipeline.contracts.raw import RawStore
 from scraper.items import ImageItem
 from scraper.policy import canonical
+
+
+def item_fields(item: ImageItem, url_aliases: dict[str, str]) -> dict[str, Any]:
+    """The item's fields as the manifest records them (``stat.ITEM_FIELDS``), URLs canonical."""
+    fields = {name: getattr(item, name) for name in stat.ITEM_FIELDS}
+    for name in ("url", "final_url", "page_url"):
+        fields[name] = canonical(fields[name], url_aliases)
+    return fields
 
 
 class RawImagePipeline:
@@ -38,18 +48,7 @@ class RawImagePipeline:
 
     def process_item(self, item: ImageItem) -> ImageItem:
         stats = self.crawler.stats
-        path, sniffed, is_new = self.store.store(item.label, item.body)
-        record = RawRecord(
-            url=canonical(item.url, self.url_aliases),
-            final_url=canonical(item.final_url, self.url_aliases),
-            page_url=canonical(item.page_url, self.url_aliases), source=item.source,
-            query=item.query, label=item.label, sha256=Path(path).stem, path=path,
-            bytes=len(item.body), content_type=item.content_type, format=sniffed.format,
-            width=sniffed.width, height=sniffed.height, licence=item.licence,
-            licence_url=item.licence_url, creator=item.creator, attribution=item.attribution,
-            fetched_at=datetime.now(UTC).isoformat(timespec="seconds"),
-        )
-        self.store.append(record)
+        is_new = self.store.add(item.body, **item_fields(item, self.url_aliases))
         item.body = b""  # the bytes are on disk; do not keep them in Scrapy's item memory
         stats.inc_value(stat.IMAGES_STORED)
         stats.inc_value(stat.IMAGES_STORED_BY_SOURCE + item.source)

@@ -160,6 +160,10 @@ class CrawlParams(Section):
     allow_private_hosts: list[str] = []
     job_dir: str | None = None
     progress_every_s: Annotated[float, Field(gt=0.0)]
+    # A crawl shared through Redis (HAPPYSAD_CRAWL_REDIS): crawler processes the stage starts,
+    # and how long the queue must stay empty, every worker idle, before a worker leaves.
+    shared_workers: Positive = 2
+    shared_idle_close_s: Annotated[float, Field(ge=0.0)] = 2.0
 
     @field_validator("allow_private_hosts")
     @classmethod

@@ -32,3 +32,26 @@ def suffixed(stats: dict[str, object], prefix: str) -> dict[str, int]:
     """The counts under one prefix, by suffix, sorted: ``{"happy": 12, "sad": 9}``."""
     return {k.removeprefix(prefix): int(v) for k, v in sorted(stats.items())  # type: ignore[call-overload]
             if k.startswith(prefix)}
+IMAGES_HANDED_OFF = "happysad/images_handed_off"  # a shared crawl's worker: sent to the stage
+
+# A crawl shared by several crawler processes (scrapy-redis): the Redis server named by this
+# environment variable holds the queue, the seen-requests filter, the limits' counters and the
+# fetched images on their way to the scrape stage, the one writer of data/raw.
+REDIS_ENV = "HAPPYSAD_CRAWL_REDIS"
+REDIS_PREFIX = "happysad:crawl:"  # every key of a shared crawl starts with this
+CONFIG_KEY = REDIS_PREFIX + "config"  # the crawl's config (JSON), as the stage wrote it
+OWNER_KEY = REDIS_PREFIX + "owner"  # the stage that runs the crawl; expires if it dies
+QUEUE_KEY = REDIS_PREFIX + "queue"  # scrapy-redis's priority queue of requests
+SEEN_KEY = REDIS_PREFIX + "seen"  # scrapy-redis's filter: the fingerprints of scheduled requests
+COUNTS_KEY = REDIS_PREFIX + "counts"  # pages and images per (source, class), for the limits
+KNOWN_KEY = REDIS_PREFIX + "known"  # "class<TAB>url" of every image data/raw already has
+SEEDED_KEY = REDIS_PREFIX + "seeded"  # set by the worker that asked for the start pages
+BUSY_KEY = REDIS_PREFIX + "busy"  # worker -> 1 while it has requests of its own in hand
+ITEMS_KEY = REDIS_PREFIX + "items"  # fetched images (JSON), from the workers to the stage
+ERRORS_KEY = REDIS_PREFIX + "errors"  # error lines (JSON), from the workers to the stage
+STATS_KEY = REDIS_PREFIX + "stats"  # each worker's final stats (JSON), as it closes
+SHARED_KEYS = (CONFIG_KEY, QUEUE_KEY, SEEN_KEY, COUNTS_KEY, KNOWN_KEY, SEEDED_KEY, BUSY_KEY,
+               ITEMS_KEY, ERRORS_KEY, STATS_KEY)
+# The fields of a fetched image as a worker hands it to the stage ("body" in base64).
+ITEM_FIELDS = ("url", "final_url", "page_url", "source", "query", "label", "content_type",
+               "licence", "licence_url", "creator", "attribution")

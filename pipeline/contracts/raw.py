@@ -17,6 +17,7 @@ import tempfile
 import warnings
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, fields
+from datetime import UTC, datetime
 from pathlib import Path
 
 from PIL import Image
@@ -135,6 +136,21 @@ class RawStore:
             Path(tmp).unlink(missing_ok=True)
             raise
         return relative, sniffed, True
+
+    def add(self, body: bytes, *, url: str, final_url: str, page_url: str, source: str,
+            query: str, label: str, content_type: str, licence: str | None,
+            licence_url: str | None, creator: str | None, attribution: str | None) -> bool:
+        """Store one fetched image (its URLs already canonical) and append its record;
+        whether its bytes were new to the folder."""
+        path, sniffed, is_new = self.store(label, body)
+        self.append(RawRecord(
+            url=url, final_url=final_url, page_url=page_url, source=source, query=query,
+            label=label, sha256=Path(path).stem, path=path, bytes=len(body),
+            content_type=content_type, format=sniffed.format, width=sniffed.width,
+            height=sniffed.height, licence=licence, licence_url=licence_url, creator=creator,
+            attribution=attribution,
+            fetched_at=datetime.now(UTC).isoformat(timespec="seconds")))
+        return is_new
 
     def append(self, record: RawRecord) -> None:
         """Append one record as one write, so a crash leaves whole lines behind."""

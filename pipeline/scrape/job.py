@@ -13,10 +13,11 @@ from typing import Any
 from pipeline.config.scrape import DEMO_PLACEHOLDER, ScrapeParams
 from pipeline.scrape.config import crawl_config
 from pipeline.scrape.process import CrawlPausedError, run_crawl_subprocess
+from pipeline.scrape.shared import run_shared_crawl, shared_redis_url
 
 logger = logging.getLogger(__name__)
 
-QUEUE_FORMAT = 2  # the requests' callbacks and arguments; a queue of another format is cleared
+QUEUE_FORMAT = 3  # the requests' callbacks and arguments; a queue of another format is cleared
 
 
 class JobFolder:
@@ -73,6 +74,9 @@ def crawl(params: ScrapeParams, raw_dir: Path, work: Path, demo_url: str | None,
           job_root: Path | None) -> dict[str, Any]:
     """One crawl of the web sources, resuming a paused one in ``job_root``; its stats."""
     config = crawl_config(params, raw_dir, work, demo_url)
+    shared = shared_redis_url()
+    if shared is not None:  # the queue is in Redis, not in a job folder
+        return run_shared_crawl(config, work, shared, params.crawl.shared_workers)
     if job_root is None:
         return run_crawl_subprocess(config, work)
     job = JobFolder(job_root, config)

@@ -32,7 +32,7 @@ class CrawlPausedError(UserError):
 
 
 @contextlib.contextmanager
-def _signals_to_child() -> Iterator[None]:
+def signals_to_child() -> Iterator[None]:
     """While the crawl runs, Ctrl-C and SIGTERM are the crawl's to handle (the terminal and
     the Prefect flow signal the whole process group): it pauses, and we wait for it."""
     previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
@@ -48,11 +48,11 @@ def run_crawl_subprocess(config: dict[str, Any], work: Path) -> dict[str, Any]:
     work.mkdir(parents=True, exist_ok=True)
     config_path = work / "crawl.json"
     config_path.write_text(json.dumps(config, indent=1))
-    with _signals_to_child():
+    with signals_to_child():
         result = subprocess.run([sys.executable, "-m", "scraper.crawl", str(config_path)],
                                 check=False,
                                 # SIGTERM pauses the crawl, as Ctrl-C does; the stage ignores
-                                # both while it waits (_signals_to_child), the crawl must not
+                                # both while it waits (signals_to_child), the crawl must not
                                 preexec_fn=parent_death_signal(
                                     signal.SIGTERM, reset=(signal.SIGINT, signal.SIGTERM)))
     stats_path = Path(config["stats_path"])

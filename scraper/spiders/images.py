@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import logging
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Container, Hashable, Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -56,11 +56,20 @@ class _Progress:
 
     @property
     def pages(self) -> int:
-        return self._spider.pages_requested[self._key]
+        return self._spider.pages_requested.get(self._key, 0)
 
     @property
     def images(self) -> int:
-        return self._spider.images_found[self._key]
+        return self._spider.images_found.get(self._key, 0)
+
+
+class Counts(Counter):
+    """Pages or images per (source, class); :class:`scraper.shared.SharedCounts` is the same
+    in Redis, for a crawl shared by several processes."""
+
+    def add(self, key: Hashable) -> int:
+        self[key] += 1
+        return self[key]
 
 
 class ImagesSpider(scrapy.Spider):
@@ -81,11 +90,24 @@ class ImagesSpider(scrapy.Spider):
         self.aliases: dict[str, str] = config.get("url_aliases", {})
         self.opt_out = crawl.opt_out
         self.errors_path = Path(config["errors_path"]) if config.get("errors_path") else None
-        self.known = {(r.label, r.url) for r in read_manifest(Path(config["raw_dir"]))}
         self.image_domains = sorted({d for s in self.sources.values() for d in s.image_domains()})
-        self.pages_requested: Counter[tuple[str, str]] = Counter()
-        self.images_found: Counter[tuple[str, str]] = Counter()
         self._yielded: set[tuple[str, str]] = set()
+        self.shared = config.get("shared")
+        if self.shared:  # one of several workers of a crawl shared through Redis
+            from scraper import shared
+
+            server = shared.connect(self.shared["redis_url"])
+            self.known: Container[tuple[str, str]] = shared.SharedKnown(server)
+            self.pages_requested: Any = shared.SharedCounts(server, "pages")
+            self.images_found: Any = shared.SharedCounts(server, "images")
+            self._seeder = lambda: bool(server.set(stat.SEEDED_KEY, self.shared["worker"],
+                                                   nx=True))
+            self._write_error = lambda line: server.rpush(stat.ERRORS_KEY, line)
+        else:
+            self.known = {(r.label, r.url) for r in read_manifest(Path(config["raw_dir"]))}
+            self.pages_requested, self.images_found = Counts(), Counts()
+            self._seeder = lambda: True
+            self._write_error = self._append_error
 
     def _keep_on_site(self, found: FoundImage) -> bool:
         """Whether an image is on a source's domain (or a subdomain): like Scrapy's offsite
@@ -107,11 +129,15 @@ class ImagesSpider(scrapy.Spider):
         state = getattr(self, "state", None)
         if state is None:
             self.state = state = {}
-        self.pages_requested = state.setdefault("pages_requested", self.pages_requested)
-        self.images_found = state.setdefault("images_found", self.images_found)
+        if not self.shared:
+            self.pages_requested = state.setdefault("pages_requested", self.pages_requested)
+            self.images_found = state.setdefault("images_found", self.images_found)
         self._yielded = state.setdefault("yielded", self._yielded)
         if state.get("started"):
             logger.info("resuming a paused crawl from its job folder")
+            return
+        if not self._seeder():  # another worker asked for the start pages
+            state["started"] = True
             return
         for name, source in self.sources.items():
             for label, cls in self.classes.items():
@@ -123,7 +149,7 @@ class ImagesSpider(scrapy.Spider):
     def _step_request(self, source: str, label: str, step: Step,
                       response: Response | None = None) -> scrapy.Request:
         if step.page:
-            self.pages_requested[(source, label)] += 1
+            self.pages_requested.add((source, label))
         kwargs: dict[str, Any] = {"callback": self.parse_step, "errback": self.page_failed,
                                   "cb_kwargs": {"source": source, "label": label,
                                                 "state": step.state, "page": step.page}}
@@ -181,11 +207,10 @@ class ImagesSpider(scrapy.Spider):
             return None
         if (label, url) in self._yielded:
             return None
-        if self.images_found[(source, label)] >= self.sources[source].params.max_images:
+        if self.images_found.add((source, label)) > self.sources[source].params.max_images:
             stats.inc_value(stat.OVER_IMAGE_LIMIT + label)
             return None
         self._yielded.add((label, url))
-        self.images_found[(source, label)] += 1
         meta: dict[str, Any] = {LABEL_META: label}
         if allow_offsite:
             meta["allow_offsite"] = True
@@ -254,7 +279,10 @@ class ImagesSpider(scrapy.Spider):
         stats.inc_value(stat.ERRORS)
         stats.inc_value(stat.ERRORS_BY_KIND + kind)
         logger.warning("not stored (%s): %s (%s)", kind, url, detail)
+        self._write_error(json.dumps(
+            {"url": canonical(url, self.aliases), "page_url": canonical(page_url, self.aliases),
+             "label": label, "error": kind, "detail": detail}, sort_keys=True))
+
+    def _append_error(self, line: str) -> None:
         if self.errors_path is not None:
-            append_lines(self.errors_path, [json.dumps(
-                {"url": canonical(url, self.aliases), "page_url": canonical(page_url, self.aliases),
-                 "label": label, "error": kind, "detail": detail}, sort_keys=True)], sync=False)
+            append_lines(self.errors_path, [line], sync=False)
