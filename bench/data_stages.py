@@ -308,6 +308,14 @@ def memory_rows(base_raw: Path, work: Path, sizes: list[int], params_file: Path)
     return rows
 
 
+def search_only_rows(radii: list[int], sizes: list[int]) -> list[Row]:
+    rows: list[Row] = []
+    for bits in radii:
+        rows += search_rows(sizes, bits)
+        rows += [(f"{name} at {bits} bits", value, note) for name, value, note in recall_rows(300, bits)]
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smaller sizes, no 1M or 50k runs")
@@ -321,12 +329,8 @@ def main(argv: list[str] | None = None) -> int:
     params: Params = load_params(Path("params.yaml"))
     search_sizes = [10_000, 100_000] if args.quick else [10_000, 100_000, 1_000_000]
     if args.search_only:
-        rows = []
-        for bits in args.bits or [params.clean.near_duplicate_bits]:
-            rows += search_rows(args.sizes or search_sizes, bits)
-            rows += [(f"{name} at {bits} bits", value, note)
-                     for name, value, note in recall_rows(300, bits)]
-        print_table("happysad near-duplicate search", rows)
+        print_table("happysad near-duplicate search", search_only_rows(
+            args.bits or [params.clean.near_duplicate_bits], args.sizes or search_sizes))
         return 0
     memory_sizes = [2_000, 10_000] if args.quick else [10_000, 50_000]
     rows: list[Row] = []

@@ -64,6 +64,10 @@ def options(face_network: Path) -> dict[str, dict]:
         "two_views_dropout70_then_haar": _merged(views, {"train": {"view_dropout": 0.7},
                                                          "faces": {"detector": "mtcnn_then_haar"}}),
         "two_views_dropout": _merged(views, {"train": {"view_dropout": 0.5}}),
+        # the preset, and a copy of the face network scanning the whole picture at 64 and 128 px
+        "two_views_dropout_then_haar_scan": _merged(views, {
+            "train": {"view_dropout": 0.5, "face_scan": [0.5, 1.0]},
+            "faces": {"detector": "mtcnn_then_haar"}}),
         "two_views_256_dropout": _merged(views, {"tfrecords": {"image_size": 256},
                                                  "train": {"view_dropout": 0.5}}),
     }
@@ -132,8 +136,11 @@ def _run(work: Path, raw: Path, params: Params, name: str, changes: dict, folds:
     keras.backend.clear_session()
     oof = {sha: (a, p) for r in results
            for sha, a, p in zip(r["sha256"], r["actual"], r["probability"], strict=True)}
+    # the same fold models, each image's probability averaged with its mirror image's
+    oof_mirror = {sha: (a, (p + m) / 2) for r in results for sha, a, p, m in zip(
+        r["sha256"], r["actual"], r["probability"], r["probability_mirrored"], strict=True)}
     return {**cv_summary(results, meta["class_names"], varied, started), "oof": oof,
-            "faces_found": _faces_found(records)}
+            "oof_mirror_average": oof_mirror, "faces_found": _faces_found(records)}
 
 
 def _accuracy(pairs: list[tuple[int, float]], params: Params) -> tuple[float, dict | None, int]:
@@ -223,6 +230,9 @@ def main(argv: list[str] | None = None) -> int:
         cv = {name: _step(results, store, name,
                           lambda n=name: _run(work, raw, params, n, chosen[n], args.folds))
               for name in wanted}
+        for name in wanted:  # paired: the same fold models, scored with the mirror average
+            if "oof_mirror_average" in cv[name]:
+                cv[f"{name}+mirror"] = {"oof": cv[name]["oof_mirror_average"]}
         if "default" in cv and "face_mtcnn" in cv:
             face = cv["face_mtcnn"]["oof"]
             cv["average"] = {"oof": {s: (a, (p + face[s][1]) / 2)

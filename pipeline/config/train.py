@@ -42,6 +42,8 @@ class TrainParams(Section):
     l2: Annotated[float, Field(ge=0.0)]
     label_smoothing: Annotated[float, Field(ge=0.0, lt=0.5)]  # training targets 0/1 -> s/2, 1 - s/2
     view_dropout: Annotated[float, Field(ge=0.0, lt=1.0)]  # two views: share of images trained face-blind
+    # two views: scales (of image_size) at which a copy of the face network scans the picture
+    face_scan: list[Literal[0.25, 0.5, 1.0, 2.0, 3.0]] = []
     augment: AugmentParams
     learning_rate: Annotated[float, Field(gt=0.0, le=1.0)]
     batch_size: Annotated[int, Field(gt=0, le=4096)]

@@ -158,6 +158,7 @@ APPLICATIONS = {
 }
 BODY = "backbone"  # the application's layer in the model; the seed CNN's body is its blocks
 FACE_NETWORK = "face_network"  # a two-view model's face view: the pretrained face network
+SCAN_PREFIX = "scan_"  # its copy's layers, scanning the whole picture (train.face_scan)
 
 
 def _keras_cache() -> Path:
@@ -249,6 +250,7 @@ def build_model(params: TrainParams, image_size: int, seed: int, augment: bool =
     steps = augmentation(params.augment, seed) if augment else None
     if steps is not None:
         x = steps(x)
+    whole = x  # the (augmented) whole picture, for a face scan
     if params.backbone == "seed_cnn":
         x = _seed_body(x, params, l2, FusedBatchNormalization if augment else
                        layers.BatchNormalization)
@@ -258,7 +260,7 @@ def build_model(params: TrainParams, image_size: int, seed: int, augment: bool =
          else layers.Flatten(name="flatten"))(x)
     all_inputs = [inputs]
     if face is not None:
-        x, face_inputs = _with_face(x, face, params, seed, augment)
+        x, face_inputs = _with_face(x, face, params, seed, augment, whole)
         all_inputs += face_inputs
     if params.dense_units:
         x = layers.Dropout(params.dropout, seed=seed + 3, name="hidden_dropout")(x)
@@ -274,9 +276,11 @@ def build_model(params: TrainParams, image_size: int, seed: int, augment: bool =
 
 
 def _with_face(x: keras.KerasTensor, face: keras.Model, params: TrainParams, seed: int,
-               augment: bool) -> tuple[keras.KerasTensor, list[keras.KerasTensor]]:
+               augment: bool, whole: keras.KerasTensor
+               ) -> tuple[keras.KerasTensor, list[keras.KerasTensor]]:
     """The whole picture's pooled features ``x`` joined by the face view's, gated by the
-    face-found flag; and the two inputs this adds."""
+    face-found flag, and by the face scan's of the ``whole`` picture (``train.face_scan``);
+    and the two inputs this adds."""
     side = face.inputs[0].shape[1]
     face_in = keras.Input((side, side, 3), dtype="uint8", name="face")
     found = keras.Input((1,), dtype="float32", name="face_found")
@@ -288,7 +292,39 @@ def _with_face(x: keras.KerasTensor, face: keras.Model, params: TrainParams, see
     flag = ViewDropout(params.view_dropout, seed + 6, name="view_dropout")(found) \
         if augment and params.view_dropout else found
     y = layers.Multiply(name="face_gate")([face(y), flag])
-    return layers.Concatenate(name="views")([x, y, flag]), [face_in, found]
+    joined = layers.Concatenate(name="views")([x, y, flag])
+    if params.face_scan:
+        joined = layers.Concatenate(name="views_and_scan")([joined, _face_scan(whole, face, params)])
+    return joined, [face_in, found]
+
+
+def _face_scan(whole: keras.KerasTensor, face: keras.Model, params: TrainParams) -> keras.KerasTensor:
+    """A copy of the face network (its layers named ``scan_...``, their weights starting from
+    its) over the whole picture scaled by each ``face_scan`` factor, pooled and joined: it sees
+    faces the detector missed, at a scale it knows them. Its layers are the outer model's own,
+    not a nested model: one set of weights called at every size."""
+    copies = []
+    for layer in face.layers[1:]:
+        config = {**layer.get_config(), "name": f"{SCAN_PREFIX}{layer.name}"}
+        copies.append((layer.__class__.from_config(config), layer))
+    if params.backbone == "seed_cnn":  # the whole picture is in [0, 1]; the face network scales
+        whole = layers.Rescaling(255.0, name="scan_to_float")(whole)
+    pooled = []
+    for factor in params.face_scan:
+        # Keras' Resizing layer is not used: its call defaults to training=True, which a model
+        # called without `training` passes on to the BatchNorm layers after it
+        x, name = whole, f"{factor:g}".replace(".", "_")
+        if factor < 1:
+            x = layers.AveragePooling2D(round(1 / factor), name=f"scan_at_{name}")(x)
+        elif factor > 1:
+            x = layers.UpSampling2D(round(factor), interpolation="bilinear",
+                                    name=f"scan_at_{name}")(x)
+        for copy, _ in copies:
+            x = copy(x)
+        pooled.append(x)
+    for copy, layer in copies:
+        copy.set_weights(layer.get_weights())
+    return pooled[0] if len(pooled) == 1 else layers.Concatenate(name="scan")(pooled)
 
 
 def _seed_body(x: keras.KerasTensor, params: TrainParams, l2: regularizers.Regularizer | None,
@@ -311,7 +347,9 @@ def body_layers(model: keras.Model) -> list[keras.layers.Layer]:
     application's own layers, or the seed CNN's blocks (every layer between the augmentation
     and the pooling head)."""
     with contextlib.suppress(ValueError):
-        return list(model.get_layer(FACE_NETWORK).layers)
+        return [*model.get_layer(FACE_NETWORK).layers,
+                *(layer for layer in model.layers if layer.name.startswith(SCAN_PREFIX)
+                  and layer.weights)]
     try:
         return list(model.get_layer(BODY).layers)
     except ValueError:

@@ -38,6 +38,7 @@ from pipeline.runtime.workers import parallel_map
 from pipeline.vision.images import UnusableImageError, open_rgb
 from pipeline.vision.near_duplicates import (
     CROPS,
+    chance_pairs,
     group_by_representative,
     near_duplicate_pairs,
     pair_similarity,
@@ -46,6 +47,8 @@ from pipeline.vision.near_duplicates import (
 )
 
 logger = logging.getLogger(__name__)
+
+CHANCE_PAIRS_WARNING = 2e5  # expected chance pairs: 100k images at 16 bits (~1 min of search)
 
 
 @dataclass(frozen=True)
@@ -145,6 +148,12 @@ def _groups(valid: list[tuple[RawRecord, Inspection]], params: CleanParams) -> _
     """Near-duplicate groups around representatives (see pipeline.vision.near_duplicates); the same
     bytes under two classes always pair up."""
     hashes = np.array([i.phash for _, i in valid], dtype=np.uint64)
+    expected = chance_pairs(len(hashes), params.near_duplicate_bits)
+    if expected > CHANCE_PAIRS_WARNING:
+        logger.warning("%d images at clean.near_duplicate_bits %d: about %.1f million pairs match "
+                       "by chance and each is checked; at this size 10-12 bits is far faster "
+                       "(docs/scale.md, the scale plan)", len(hashes),
+                       params.near_duplicate_bits, expected / 1e6)
     pairs = near_duplicate_pairs(hashes, params.near_duplicate_bits)
     thumbs = np.stack([np.frombuffer(i.thumbnails, np.uint8).reshape(len(CROPS), -1)
                        for _, i in valid]) if valid else np.empty((0, len(CROPS), 1), np.uint8)

@@ -96,6 +96,14 @@ def _flip_masks(width: int, radius: int) -> np.ndarray:
     return np.array(masks, dtype=np.uint64)
 
 
+def chance_pairs(n: int, max_bits: int) -> float:
+    """How many of n unrelated images' pairs are expected within ``max_bits`` by chance
+    (uniform hashes; photos' hashes are less uniform, so more): the candidates to confirm
+    grow as n squared, and past a few million they, not the copies, cost the time."""
+    within = sum(math.comb(HASH_BITS, k) for k in range(max_bits + 1)) / 2.0 ** HASH_BITS
+    return n * (n - 1) / 2 * within
+
+
 def near_duplicate_pairs(hashes: np.ndarray, max_bits: int) -> np.ndarray:
     """All index pairs (i < j) whose hashes differ in at most ``max_bits`` bits, shape (k, 2)."""
     hashes = np.asarray(hashes, dtype=np.uint64)

@@ -16,7 +16,7 @@ from demo.faces import draw_face
 from pipeline.config.clean import CleanParams
 from pipeline.runtime.errors import UserError
 from pipeline.stages.clean import clean
-from pipeline.vision.near_duplicates import hamming, near_duplicate_pairs, phash
+from pipeline.vision.near_duplicates import chance_pairs, hamming, near_duplicate_pairs, phash
 from testing.project import TINY_SITE
 
 VALIDATION_REASONS = {"empty", "not_an_image", "corrupt", "too_small", "too_many_pixels",
@@ -168,6 +168,13 @@ def test_near_duplicate_search_equals_brute_force() -> None:
         close = dist[i, j] <= max_bits
         expected = np.stack([i[close], j[close]], axis=1)
         assert np.array_equal(near_duplicate_pairs(hashes, max_bits), expected)
+
+
+def test_chance_pairs_predict_what_the_search_finds_among_unrelated_hashes() -> None:
+    rng = np.random.default_rng(1)
+    hashes = rng.integers(0, 2**64 - 1, size=12_000, dtype=np.uint64, endpoint=True)
+    found = len(near_duplicate_pairs(hashes, 16))
+    assert found == pytest.approx(chance_pairs(len(hashes), 16), rel=0.05)  # ~2800, sd ~53
 
 
 def bits(a: int, b: int) -> int:

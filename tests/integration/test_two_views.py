@@ -204,3 +204,45 @@ def test_a_face_view_without_a_face_network_is_one_line(two_views: dict) -> None
     wrong = two_views["train"].model_copy(update={"init_from": str(work / "model" / "model.keras")})
     with pytest.raises(UserError, match="is no face network"):
         train(work / "records", work / "m3", work / "r3", wrong, seed=1)
+
+
+def test_a_face_scan_copies_the_face_network_and_ships_as_it_trained(
+        tiny_train_params: TrainParams, tmp_path: Path) -> None:
+    import keras
+
+    from pipeline.ml.model import (
+        body_layers,
+        build_model,
+        compile_model,
+        face_branch,
+        load,
+        set_trainable,
+        without_augmentation,
+    )
+    from pipeline.runtime.log import load_tensorflow
+    from pipeline.stages.save import export_lite, random_inputs
+
+    load_tensorflow()
+    params = tiny_train_params.model_copy(update={"face_scan": [0.5, 1.0]})
+    build_model(tiny_train_params, 16, seed=1, augment=False).save(tmp_path / "face.keras")
+    face = face_branch(load(tmp_path / "face.keras"))
+    model = build_model(params, 32, seed=1, face=face)
+    scan = [layer for layer in model.layers if layer.name.startswith("scan_") and layer.weights]
+    assert [w.shape for w in scan[0].weights] == [w.shape for w in face.get_layer("block1_conv").weights]
+    set_trainable(model, None)  # the frozen phase freezes the scan with the face network
+    assert all(not layer.trainable for layer in scan) and set(scan) <= set(body_layers(model))
+    set_trainable(model, "")
+    compile_model(model, 1e-3)
+    inputs = random_inputs(model, 8)
+    model.fit(inputs, np.array([0, 1] * 4, "float32"), epochs=1, verbose=0)
+    inference = without_augmentation(model, params, 32)
+    expected = np.asarray(model(inputs, training=False))
+    # called as predict and the export call it (no `training`): no BatchNorm may train
+    for _ in range(2):
+        assert np.abs(np.asarray(inference(inputs)) - expected).max() == 0
+    inference.save(tmp_path / "model.keras")
+    reloaded = load(tmp_path / "model.keras")  # safe_mode=True
+    assert np.abs(np.asarray(reloaded(inputs)) - expected).max() == 0
+    reloaded.export(str(tmp_path / "serving"), format="tf_saved_model", verbose=False)
+    assert export_lite(reloaded, tmp_path / "serving", tmp_path / "model.tflite") <= 1e-4
+    keras.backend.clear_session()
