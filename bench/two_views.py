@@ -136,11 +136,8 @@ def _run(work: Path, raw: Path, params: Params, name: str, changes: dict, folds:
     keras.backend.clear_session()
     oof = {sha: (a, p) for r in results
            for sha, a, p in zip(r["sha256"], r["actual"], r["probability"], strict=True)}
-    # the same fold models, each image's probability averaged with its mirror image's
-    oof_mirror = {sha: (a, (p + m) / 2) for r in results for sha, a, p, m in zip(
-        r["sha256"], r["actual"], r["probability"], r["probability_mirrored"], strict=True)}
     return {**cv_summary(results, meta["class_names"], varied, started), "oof": oof,
-            "oof_mirror_average": oof_mirror, "faces_found": _faces_found(records)}
+            "faces_found": _faces_found(records)}
 
 
 def _accuracy(pairs: list[tuple[int, float]], params: Params) -> tuple[float, dict | None, int]:
@@ -230,9 +227,6 @@ def main(argv: list[str] | None = None) -> int:
         cv = {name: _step(results, store, name,
                           lambda n=name: _run(work, raw, params, n, chosen[n], args.folds))
               for name in wanted}
-        for name in wanted:  # paired: the same fold models, scored with the mirror average
-            if "oof_mirror_average" in cv[name]:
-                cv[f"{name}+mirror"] = {"oof": cv[name]["oof_mirror_average"]}
         if "default" in cv and "face_mtcnn" in cv:
             face = cv["face_mtcnn"]["oof"]
             cv["average"] = {"oof": {s: (a, (p + face[s][1]) / 2)

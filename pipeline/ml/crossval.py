@@ -160,15 +160,11 @@ def _run_fold(records: Path, meta: dict, fold: Fold, work: Path, params: Setting
         return json.loads(done.read_text())
     _write_fold_records(records, meta, fold, work / "records")
     report = train(work / "records", work / "model", work / "reports", params.train, params.seed)
-    model = load(work / "model" / "model.keras")
-    scores = predict_test(model, work / "records", meta["image_size"], params.evaluate.batch_size)
-    # the same model on the same images mirrored: what averaging the two would give, paired
-    mirrored = predict_test(model, work / "records", meta["image_size"],
-                            params.evaluate.batch_size, mirrored=True)
+    scores = predict_test(load(work / "model" / "model.keras"), work / "records",
+                          meta["image_size"], params.evaluate.batch_size)
     keras.backend.clear_session()
     result = {"sha256": scores.sha256, "actual": scores.actual.tolist(),
-              "probability": scores.probability.tolist(),
-              "probability_mirrored": mirrored.probability.tolist(), "best_epoch": report.best_epoch,
+              "probability": scores.probability.tolist(), "best_epoch": report.best_epoch,
               "epochs_run": report.epochs_run, "train": report.train, "val": report.val,
               "gap": report.gap, "images": json.loads((work / "records" / "meta.json")
                                                       .read_text())["counts"]}

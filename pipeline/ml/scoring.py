@@ -79,27 +79,13 @@ def summary(scores: Scores, class_names: list[str], threshold: float) -> dict:
     }
 
 
-def mirrored_inputs(inputs):
-    """The model's inputs with every image (a batch of them: N, H, W, C) mirrored left-right."""
-    import tensorflow as tf
-
-    def mirror(x):
-        return tf.reverse(x, axis=[2]) if len(x.shape) == 4 else x
-
-    return {k: mirror(v) for k, v in inputs.items()} if isinstance(inputs, dict) else mirror(inputs)
-
-
-def predict_test(model, records: Path, image_size: int, batch_size: int,
-                 mirrored: bool = False) -> Scores:
-    """The test split's scores; with ``mirrored``, of its images mirrored left-right."""
+def predict_test(model, records: Path, image_size: int, batch_size: int) -> Scores:
     from pipeline.contracts import features
 
     shas, actual, probs, found = [], [], [], []
     for batch in features.dataset(records, "test", image_size).batch(batch_size):
-        inputs = features.model_inputs(batch)
-        if mirrored:
-            inputs = mirrored_inputs(inputs)
-        probs.append(np.asarray(model(inputs, training=False), dtype=np.float64)[:, 0])
+        probs.append(np.asarray(model(features.model_inputs(batch), training=False),
+                                dtype=np.float64)[:, 0])
         actual.append(batch["label"].numpy())
         shas += [s.decode() for s in batch["sha256"].numpy()]
         if "face_found" in batch:
