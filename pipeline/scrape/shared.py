@@ -46,13 +46,22 @@ def shared_redis_url() -> str | None:
     return os.environ.get(stat.REDIS_ENV, "").strip() or None
 
 
+def check_shared_redis() -> None:
+    """One line, before anything else runs, when ``HAPPYSAD_CRAWL_REDIS`` names a server that
+    does not answer."""
+    url = shared_redis_url()
+    if url is not None:
+        _connect(url).close()
+
+
 def _connect(url: str) -> redis.Redis:
     try:
         server = redis.Redis.from_url(url, socket_connect_timeout=10)
         server.ping()
     except (redis.RedisError, ValueError) as err:
-        raise UserError(f"no Redis server answers at {url} ({stat.REDIS_ENV}): {err}; start "
-                        f"one, or unset {stat.REDIS_ENV} to crawl in one process") from None
+        raise UserError(f"no Redis server answers at {url} ({stat.REDIS_ENV}): "
+                        f"{str(err).rstrip('.')}; start one, or unset {stat.REDIS_ENV} to crawl "
+                        "in one process") from None
     return server
 
 

@@ -37,6 +37,7 @@ from pipeline.scrape.folder import FolderImport, import_folder
 from pipeline.scrape.job import crawl, paused_demo_port
 from pipeline.scrape.process import WORK_PREFIX, demo_site_served, remove_orphaned_work_dirs
 from pipeline.scrape.report import ScrapeReport, build_report
+from pipeline.scrape.shared import check_shared_redis
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +56,7 @@ def crawl_web_sources(params: ScrapeParams, demo: DemoSiteParams, raw_dir: Path,
     """The crawl's stats (none when no web source is on), the demo site served if asked."""
     if not web_sources(params):
         return {}
+    check_shared_redis()  # before the demo site is made and served
     if not params.demo_site:
         return crawl(params, raw_dir, work, None, job_root)
     port = paused_demo_port(job_root)

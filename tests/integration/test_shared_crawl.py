@@ -92,9 +92,15 @@ def test_the_stage_stores_only_well_formed_records_of_its_own_classes() -> None:
 
 def test_no_redis_server_and_no_shared_crawl_are_one_line(
         fast_params: Params, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pipeline.stages.scrape import scrape
+
     monkeypatch.setenv(stat.REDIS_ENV, "redis://127.0.0.1:9/0")
     with pytest.raises(UserError, match="no Redis server answers at redis://127.0.0.1:9/0"):
         crawl(fast_params.scrape, tmp_path / "raw", tmp_path / "work", "http://127.0.0.1:1", None)
+    with pytest.raises(UserError, match="no Redis server answers"):  # before the demo site is made
+        scrape(fast_params.scrape, fast_params.demo_site, tmp_path / "raw", tmp_path / "reports",
+               tmp_path / "site")
+    assert not (tmp_path / "site").exists()
     with redis_server(tmp_path / "redis") as url:
         joined = subprocess.run([sys.executable, "-m", "scraper.crawl", "--shared", url],
                                 cwd=REPO, capture_output=True, text=True, timeout=120)
