@@ -4,11 +4,13 @@
 from __future__ import annotations
 
 import contextlib
+import signal
 import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from pipeline.runtime.lifeline import parent_death_signal
 from testing.project import free_port
 
 
@@ -36,7 +38,8 @@ def redis_server(folder: Path) -> Iterator[str]:
         server = subprocess.Popen(
             [str(binary), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
              "--appendonly", "no", "--dir", str(folder), "--protected-mode", "yes"],
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            preexec_fn=parent_death_signal(signal.SIGTERM))  # gone with its test, even killed
     url = f"redis://127.0.0.1:{port}/0"
     try:
         client = redis.Redis.from_url(url)
