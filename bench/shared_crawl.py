@@ -54,8 +54,8 @@ def _run(site: Path, params: Params, out: Path,
         stats = crawl(params.scrape, out / "raw", out / "work", server.base_url, None)
         elapsed = time.perf_counter() - started
         served = Counter(server.requests)
-    return stored / elapsed if (stored := int(stats.get(stat.IMAGES_STORED, 0))) else 0.0, \
-        stored, served
+    stored = int(stats.get(stat.IMAGES_STORED, 0))
+    return stored / elapsed, stored, served
 
 
 def main(argv: list[str] | None = None) -> int:

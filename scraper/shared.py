@@ -19,7 +19,6 @@ import base64
 import json
 import logging
 import time
-from collections.abc import Hashable
 from typing import Any
 
 import redis
@@ -192,13 +191,13 @@ class SharedCounts:
     def __init__(self, server: redis.Redis, kind: str) -> None:
         self.server, self.kind = server, kind
 
-    def _field(self, key: Hashable) -> str:
-        return "|".join((self.kind, *map(str, key))) if isinstance(key, tuple) else f"{self.kind}|{key}"
+    def _field(self, key: tuple[str, str]) -> str:
+        return "|".join((self.kind, *key))
 
-    def get(self, key: Hashable, default: int = 0) -> int:
+    def get(self, key: tuple[str, str], default: int = 0) -> int:
         return int(self.server.hget(stat.COUNTS_KEY, self._field(key)) or default)
 
-    def add(self, key: Hashable) -> int:
+    def add(self, key: tuple[str, str]) -> int:
         return int(self.server.hincrby(stat.COUNTS_KEY, self._field(key), 1))
 
 

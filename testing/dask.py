@@ -9,18 +9,14 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-from testing.project import REPO, free_port
+from testing.project import REPO, free_port, stop_process
 
 
 def _stop(processes: list[subprocess.Popen]) -> None:
-    for process in processes:
+    for process in processes:  # all asked at once, then each waited for
         process.terminate()
     for process in processes:
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process)
 
 
 @contextlib.contextmanager

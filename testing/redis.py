@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from pipeline.runtime.lifeline import parent_death_signal
-from testing.project import free_port
+from testing.project import free_port, stop_process
 
 
 def redis_server_binary() -> Path | None:
@@ -54,9 +54,4 @@ def redis_server(folder: Path) -> Iterator[str]:
                 time.sleep(0.05)
         yield url
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
+        stop_process(server)

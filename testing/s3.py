@@ -13,7 +13,7 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
-from testing.project import free_port
+from testing.project import free_port, stop_process
 
 # moto accepts any keys; they come from the environment, as a team's real ones would
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
@@ -48,9 +48,4 @@ def s3_server(bucket: str, log: Path) -> Iterator[str]:
                      ).create_bucket(Bucket=bucket)
         yield endpoint
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process, timeout=15)

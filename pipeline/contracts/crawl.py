@@ -55,3 +55,4 @@ SHARED_KEYS = (CONFIG_KEY, QUEUE_KEY, SEEN_KEY, COUNTS_KEY, KNOWN_KEY, SEEDED_KE
 # The fields of a fetched image as a worker hands it to the stage ("body" in base64).
 ITEM_FIELDS = ("url", "final_url", "page_url", "source", "query", "label", "content_type",
                "licence", "licence_url", "creator", "attribution")
+ITEM_OPTIONAL_FIELDS = ("licence", "licence_url", "creator", "attribution")  # text or null

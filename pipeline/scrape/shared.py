@@ -73,9 +73,8 @@ def checked_item(raw: bytes, labels: set[str], max_bytes: int) -> tuple[bytes, d
     if data["label"] not in labels:
         raise ValueError(f"class {data['label']!r} is not one of this crawl's")
     for name in stat.ITEM_FIELDS:
-        required = name in ("url", "final_url", "page_url", "source", "query", "label",
-                            "content_type")
-        if not isinstance(data[name], str) and (required or data[name] is not None):
+        optional = name in stat.ITEM_OPTIONAL_FIELDS
+        if not isinstance(data[name], str) and not (optional and data[name] is None):
             raise ValueError(f"its {name} is not text")
     try:
         body = base64.b64decode(data.pop("body"), validate=True)
