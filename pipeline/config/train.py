@@ -44,6 +44,8 @@ class TrainParams(Section):
     view_dropout: Annotated[float, Field(ge=0.0, lt=1.0)]  # two views: share of images trained face-blind
     # two views: scales (of image_size) at which a copy of the face network scans the picture
     face_scan: list[Literal[0.25, 0.5, 1.0, 2.0, 3.0]] = []
+    # networks trained from seeds seed, seed + 1...; the saved model averages their probabilities
+    members: Annotated[int, Field(ge=1, le=10)] = 1
     augment: AugmentParams
     learning_rate: Annotated[float, Field(gt=0.0, le=1.0)]
     batch_size: Annotated[int, Field(gt=0, le=4096)]

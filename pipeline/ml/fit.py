@@ -338,35 +338,82 @@ def _started_model(params: TrainParams, meta: dict, records: Path, seed: int):
     return model
 
 
+@dataclass(frozen=True)
+class _Member:
+    """One network of ``train.members``, at its best epoch, in inference form."""
+
+    model: object  # keras.Model
+    rows: list[dict]  # its epochs.json
+    best_epoch: int  # 1-based
+    epochs_run: int  # by this process (0 for a member a resumed run found finished)
+    seconds: float
+    backup: Path
+
+
+def _fit_member(records: Path, meta: dict, model_dir: Path, reports_dir: Path,
+                params: TrainParams, seed: int, number: int, strategy, device: str) -> _Member:
+    """Fit member ``number`` (seed ``seed + number``; member 0 is the one network a run with
+    ``members: 1`` trains), resuming it if it was cut short; a finished member of several is
+    kept in its backup folder, so a crash in a later one does not fit it again."""
+    import keras
+
+    from pipeline.ml.model import load, without_augmentation
+
+    own_seed = seed + number
+    backup = _backup_dir(model_dir, records, params, own_seed)
+    backup.mkdir(parents=True, exist_ok=True)
+    finished = backup / "member.keras"
+    if finished.exists():
+        rows = json.loads((backup / "epochs.json").read_text())
+        return _Member(load(finished), rows, _best(rows, params)["epoch"], 0, 0.0, backup)
+    if number:
+        keras.utils.set_random_seed(own_seed)  # its own starting weights and draws
+        logger.info("train: member %d of %d (seed %d)", number + 1, params.members, own_seed)
+    with strategy.scope():
+        model = _started_model(params, meta, records, own_seed)
+    if not number:
+        logger.info("training %s parameters (%s) on %s: %s", f"{model.count_params():,}",
+                    params.backbone, device, meta["counts"]["train"])
+    epochs_run, seconds = 0, 0.0
+    tensorboard = reports_dir if not number else reports_dir / "members" / str(number)
+    for phase in phases(params):
+        ran, took = _fit_phase(model, phase, records, meta, params, own_seed, backup,
+                               tensorboard, strategy)
+        epochs_run, seconds = epochs_run + ran, seconds + took
+    rows = json.loads((backup / "epochs.json").read_text())
+    with warnings.catch_warnings():  # the file holds the optimizer of the phase that saved it,
+        # which a later phase's need not match, and which is not wanted back: weights only
+        warnings.filterwarnings("ignore", "Skipping variable loading for optimizer")
+        model.load_weights(backup / "best.weights.h5")  # the best epoch, also when run to the end
+    inference = without_augmentation(model, params, meta["image_size"])
+    if params.members > 1:
+        inference.save(finished)
+    return _Member(inference, rows, _best(rows, params)["epoch"], epochs_run, seconds, backup)
+
+
+def _best(rows: list[dict], params: TrainParams) -> dict:
+    return min(rows, key=lambda r: (r[monitored(params)], r["epoch"]))
+
+
 def train(records: Path, model_dir: Path, reports_dir: Path, params: TrainParams,
           seed: int) -> TrainReport:
-    """Fit, keep the best epoch by val_loss, and write the model, history and metrics."""
+    """Fit ``train.members`` networks (seeds ``seed``, ``seed + 1``...), each kept at its best
+    epoch by val_loss, and write the model (their probabilities averaged, when there are
+    several), the first member's history, and the saved model's metrics."""
     from pipeline.contracts import features
-    from pipeline.ml.model import compile_model, without_augmentation
+    from pipeline.ml.model import compile_model, ensemble
 
     meta = features.read_meta(records)
     device = configure_runtime(seed)
     strategy = _strategy(params)
     if strategy.num_replicas_in_sync > 1:
         device += f", mirrored over {strategy.num_replicas_in_sync} replicas"
-    backup = _backup_dir(model_dir, records, params, seed)
-    backup.mkdir(parents=True, exist_ok=True)
-    with strategy.scope():
-        model = _started_model(params, meta, records, seed)
-    logger.info("training %s parameters (%s) on %s: %s", f"{model.count_params():,}",
-                params.backbone, device, meta["counts"]["train"])
-    epochs_run, seconds = 0, 0.0
-    for phase in phases(params):
-        ran, took = _fit_phase(model, phase, records, meta, params, seed, backup, reports_dir,
-                               strategy)
-        epochs_run, seconds = epochs_run + ran, seconds + took
-    rows = json.loads((backup / "epochs.json").read_text())
-    best = min(rows, key=lambda r: (r[monitored(params)], r["epoch"]))
-    with warnings.catch_warnings():  # the file holds the optimizer of the phase that saved it,
-        # which a later phase's need not match, and which is not wanted back: weights only
-        warnings.filterwarnings("ignore", "Skipping variable loading for optimizer")
-        model.load_weights(backup / "best.weights.h5")  # the best epoch, also when run to the end
-    inference = without_augmentation(model, params, meta["image_size"])
+    members = [_fit_member(records, meta, model_dir, reports_dir, params, seed, number, strategy,
+                           device) for number in range(params.members)]
+    if len(members) > 1:
+        logger.info("train: %d members, best epochs %s; the saved model averages them",
+                    len(members), [m.best_epoch for m in members])
+    inference = ensemble([m.model for m in members])
     # saved uncompiled: no optimizer in the file, so loading it never warns "Skipping variable
     # loading for optimizer" (every reader loads with compile=False and needs none)
     _save(inference, meta, model_dir)
@@ -377,12 +424,15 @@ def train(records: Path, model_dir: Path, reports_dir: Path, params: TrainParams
            "loss": round(figures["val"]["loss"] - figures["train"]["loss"], 6),
            "auc": round(figures["train"]["auc"] - figures["val"]["auc"], 6)}
     train_count = sum(meta["counts"]["train"].values())
-    report = TrainReport(best_epoch=best["epoch"], epochs_run=len(rows), train=figures["train"],
-                         val=figures["val"], gap=gap,
+    epochs_run, seconds = sum(m.epochs_run for m in members), sum(m.seconds for m in members)
+    first = members[0]
+    report = TrainReport(best_epoch=first.best_epoch, epochs_run=len(first.rows),
+                         train=figures["train"], val=figures["val"], gap=gap,
                          images_per_second=train_count * epochs_run / max(seconds, 1e-9),
                          device=device)
-    _write_reports(report, rows, reports_dir)
-    shutil.rmtree(backup, ignore_errors=True)  # finished: nothing left to resume
+    _write_reports(report, first.rows, reports_dir)
+    for member in members:
+        shutil.rmtree(member.backup, ignore_errors=True)  # finished: nothing left to resume
     return report
 
 

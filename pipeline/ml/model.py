@@ -159,6 +159,7 @@ APPLICATIONS = {
 BODY = "backbone"  # the application's layer in the model; the seed CNN's body is its blocks
 FACE_NETWORK = "face_network"  # a two-view model's face view: the pretrained face network
 SCAN_PREFIX = "scan_"  # its copy's layers, scanning the whole picture (train.face_scan)
+MEMBER_PREFIX = "member_"  # the networks of an ensemble (train.members), member_0 first
 
 
 def _keras_cache() -> Path:
@@ -206,10 +207,35 @@ def _application(params: TrainParams, image_size: int, pretrained: bool) -> kera
     return application
 
 
+def ensemble(members: list[keras.Model]) -> keras.Model:
+    """One model that averages the probabilities of ``members`` (the same inputs, each trained
+    from its own seed); one member is returned as it is. The inputs keep their names, so
+    predict, evaluate, serving and the LiteRT export feed it as they feed one network."""
+    if len(members) == 1:
+        return members[0]
+    first = members[0]
+    inputs = [keras.Input(t.shape[1:], dtype=t.dtype, name=t.name) for t in first.inputs]
+    fed = inputs[0] if len(inputs) == 1 else inputs
+    outputs = [keras.Model(m.inputs, m.output, name=f"{MEMBER_PREFIX}{number}")(fed)
+               for number, m in enumerate(members)]
+    return keras.Model(inputs if len(inputs) > 1 else inputs[0],
+                       layers.Average(dtype="float32", name="probability")(outputs),
+                       name=f"{first.name}_x{len(members)}")
+
+
+def first_member(model: keras.Model) -> keras.Model:
+    """An ensemble's first network (the one a warm start or a face view copies); else the model."""
+    try:
+        return model.get_layer(f"{MEMBER_PREFIX}0")
+    except ValueError:
+        return model
+
+
 def face_branch(face_model: keras.Model, path: Path | str = "") -> keras.Model:
     """A saved face network (the pretrain stage's) as a two-view model's face view: its own
     layers, from after its uint8 input to its global pooling, as one nested model that takes
     float pixels 0-255 (so augmentation can come first). ``path`` names it in errors."""
+    face_model = first_member(face_model)
     names = [layer.name for layer in face_model.layers]
     if "pool" not in names or len(face_model.inputs) != 1:
         raise UserError(f"train.init_from: {path or face_model.name} is no face network of this "
@@ -388,7 +414,7 @@ def warm_start(model: keras.Model, path: Path) -> int:
     """Copy into ``model`` the weights of every layer of the saved model at ``path`` with the
     same name and weight shapes; returns how many layers took them (a ``UserError`` if no
     layer of the body did: a head alone is no warm start)."""
-    earlier = load(path)
+    earlier = first_member(load(path))
     body = {layer.name for layer in body_layers(model)} | {BODY}
     taken = []
     for layer in model.layers:

@@ -246,3 +246,43 @@ def test_a_face_scan_copies_the_face_network_and_ships_as_it_trained(
     reloaded.export(str(tmp_path / "serving"), format="tf_saved_model", verbose=False)
     assert export_lite(reloaded, tmp_path / "serving", tmp_path / "model.tflite") <= 1e-4
     keras.backend.clear_session()
+
+
+def test_members_average_in_one_file_and_a_crash_keeps_the_finished_ones(
+        two_views: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    import keras
+
+    from pipeline.ml import fit
+    from pipeline.ml.model import load
+    from pipeline.stages.save import export_lite, random_inputs
+
+    work, calls = two_views["work"], []
+    params = two_views["train"].model_copy(update={"members": 2})
+    real_phase = fit._fit_phase
+
+    def crashing(model, phase, records, meta, params, seed, *rest):
+        calls.append(seed)
+        if calls.count(2) == 1:  # the second member's first phase, in the first run
+            raise KeyboardInterrupt
+        return real_phase(model, phase, records, meta, params, seed, *rest)
+
+    monkeypatch.setattr(fit, "_fit_phase", crashing)
+    with pytest.raises(KeyboardInterrupt):
+        fit.train(work / "records", work / "m_members", work / "r_members", params, seed=1)
+    report = fit.train(work / "records", work / "m_members", work / "r_members", params, seed=1)
+    # the first member was kept from the crashed run: only the second trained again
+    phases = len(fit.phases(params))
+    assert calls == [1] * phases + [2] + [2] * phases
+    assert report.epochs_run >= 1 and 0 <= report.val["accuracy"] <= 1
+    model = load(work / "m_members" / "model.keras")  # safe_mode=True
+    assert [i.name for i in model.inputs] == ["pixels", "face", "face_found"]
+    inputs = random_inputs(model, 6)
+    first, second = (np.asarray(model.get_layer(f"member_{n}")(inputs)) for n in (0, 1))
+    assert np.abs(first - second).max() > 1e-4  # two seeds, two networks
+    assert np.abs(np.asarray(model(inputs)) - (first + second) / 2).max() <= 1e-6
+    # member 0 is the network a one-member run of the same seed trains
+    single = load(work / "model" / "model.keras")
+    assert np.abs(np.asarray(single(inputs)) - first).max() <= 1e-6
+    model.export(str(work / "m_members" / "serving"), format="tf_saved_model", verbose=False)
+    assert export_lite(model, work / "m_members" / "serving", work / "m_members" / "m.tflite") <= 1e-4
+    keras.backend.clear_session()
