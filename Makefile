@@ -18,7 +18,10 @@ setup: .venv/.synced
 
 .venv/.synced: pyproject.toml uv.lock
 	@$(UV) --version 2>/dev/null | grep -q "$(UV_VERSION)" || python3 -m pip install --quiet "uv==$(UV_VERSION)"
-	$(UV) sync
+	# bytecode compiled once here: where PYTHONDONTWRITEBYTECODE is set (CI images often do),
+	# every process would otherwise compile TensorFlow's, DVC's and Prefect's sources again
+	# (10 s for each stage that imports TensorFlow)
+	$(UV) sync --compile-bytecode
 	@touch $@
 
 run: setup
