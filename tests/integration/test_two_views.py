@@ -248,6 +248,7 @@ def test_a_face_scan_copies_the_face_network_and_ships_as_it_trained(
     keras.backend.clear_session()
 
 
+@pytest.mark.slow  # three tiny trainings and a LiteRT export (~40 s): CI runs it
 def test_members_average_in_one_file_and_a_crash_keeps_the_finished_ones(
         two_views: dict, monkeypatch: pytest.MonkeyPatch) -> None:
     import keras
