@@ -250,12 +250,14 @@ def test_a_face_scan_copies_the_face_network_and_ships_as_it_trained(
 
 @pytest.mark.slow  # three tiny trainings and a LiteRT export (~40 s): CI runs it
 def test_members_average_in_one_file_and_a_crash_keeps_the_finished_ones(
-        two_views: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+        two_views: dict, repo_params: Params, monkeypatch: pytest.MonkeyPatch) -> None:
     import keras
 
     from pipeline.ml import fit
     from pipeline.ml.model import load
-    from pipeline.stages.save import export_lite, random_inputs
+    from pipeline.stages.evaluate import evaluate
+    from pipeline.stages.save import random_inputs, save
+    from pipeline.tools.predict import predict
 
     work, calls = two_views["work"], []
     params = two_views["train"].model_copy(update={"members": 2})
@@ -284,6 +286,16 @@ def test_members_average_in_one_file_and_a_crash_keeps_the_finished_ones(
     # member 0 is the network a one-member run of the same seed trains
     single = load(work / "model" / "model.keras")
     assert np.abs(np.asarray(single(inputs)) - first).max() <= 1e-6
-    model.export(str(work / "m_members" / "serving"), format="tf_saved_model", verbose=False)
-    assert export_lite(model, work / "m_members" / "serving", work / "m_members" / "m.tflite") <= 1e-4
+    # as a user gets it: evaluated, saved with its card and LiteRT file, and predict's answers
+    evaluate(work / "m_members" / "model.keras", work / "records", work / "r_members",
+             work / "e_members", repo_params.evaluate, 1)
+    card = save(work / "m_members" / "model.keras", work / "records",
+                work / "e_members" / "details.json", REPO / "params.yaml", work / "no.lock",
+                work / "shipped_members")
+    assert card["litert_max_difference"] <= 1e-4
+    images = sorted((work / "raw").glob("*/*.jpg"))
+    lite, full = (list(predict(images, work / "shipped_members", repo_params.clean, runtime=r))
+                  for r in ("litert", "keras"))
+    assert max(abs(a.probability - b.probability) for a, b in zip(lite, full, strict=True)) <= 1e-4
+    assert sum(a.face_found for a in full) == 12
     keras.backend.clear_session()
