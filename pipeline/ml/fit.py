@@ -368,7 +368,6 @@ def _fit_member(records: Path, meta: dict, model_dir: Path, reports_dir: Path,
         return _Member(load(finished), rows, _best(rows, params)["epoch"], 0, 0.0, backup)
     if number:
         keras.utils.set_random_seed(own_seed)  # its own starting weights and draws
-        logger.info("train: member %d of %d (seed %d)", number + 1, params.members, own_seed)
     with strategy.scope():
         model = _started_model(params, meta, records, own_seed)
     if not number:
@@ -391,6 +390,28 @@ def _fit_member(records: Path, meta: dict, model_dir: Path, reports_dir: Path,
     return _Member(inference, rows, _best(rows, params)["epoch"], epochs_run, seconds, backup)
 
 
+def _fit_members(records: Path, meta: dict, model_dir: Path, reports_dir: Path,
+                 params: TrainParams, seed: int, strategy, device: str) -> list[_Member]:
+    """Every member in turn; before each after the first, a line with the time left for
+    it and the rest (the epoch lines' ETA is the member's own)."""
+    from pipeline.runtime.log import clock
+
+    members: list[_Member] = []
+    took: list[float] = []  # of the members this process trained (one found finished takes none)
+    for number in range(params.members):
+        if number:
+            left = (f", about {clock(sum(took) / len(took) * (params.members - number))} left "
+                    "for it and the rest" if took else "")
+            logger.info("train: member %d of %d (seed %d)%s", number + 1, params.members,
+                        seed + number, left)
+        started = time.perf_counter()
+        members.append(_fit_member(records, meta, model_dir, reports_dir, params, seed, number,
+                                   strategy, device))
+        if members[-1].epochs_run:
+            took.append(time.perf_counter() - started)
+    return members
+
+
 def _best(rows: list[dict], params: TrainParams) -> dict:
     return min(rows, key=lambda r: (r[monitored(params)], r["epoch"]))
 
@@ -408,8 +429,7 @@ def train(records: Path, model_dir: Path, reports_dir: Path, params: TrainParams
     strategy = _strategy(params)
     if strategy.num_replicas_in_sync > 1:
         device += f", mirrored over {strategy.num_replicas_in_sync} replicas"
-    members = [_fit_member(records, meta, model_dir, reports_dir, params, seed, number, strategy,
-                           device) for number in range(params.members)]
+    members = _fit_members(records, meta, model_dir, reports_dir, params, seed, strategy, device)
     if len(members) > 1:
         logger.info("train: %d members, best epochs %s; the saved model averages them",
                     len(members), [m.best_epoch for m in members])

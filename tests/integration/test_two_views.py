@@ -250,7 +250,10 @@ def test_a_face_scan_copies_the_face_network_and_ships_as_it_trained(
 
 @pytest.mark.slow  # three tiny trainings and a LiteRT export (~40 s): CI runs it
 def test_members_average_in_one_file_and_a_crash_keeps_the_finished_ones(
-        two_views: dict, repo_params: Params, monkeypatch: pytest.MonkeyPatch) -> None:
+        two_views: dict, repo_params: Params, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
     import keras
 
     from pipeline.ml import fit
@@ -272,7 +275,9 @@ def test_members_average_in_one_file_and_a_crash_keeps_the_finished_ones(
     monkeypatch.setattr(fit, "_fit_phase", crashing)
     with pytest.raises(KeyboardInterrupt):
         fit.train(work / "records", work / "m_members", work / "r_members", params, seed=1)
-    report = fit.train(work / "records", work / "m_members", work / "r_members", params, seed=1)
+    with caplog.at_level(logging.INFO, logger="pipeline.ml.fit"):
+        report = fit.train(work / "records", work / "m_members", work / "r_members", params, seed=1)
+    assert "member 2 of 2 (seed 2)" in caplog.text  # the first was found finished: no ETA yet
     # the first member was kept from the crashed run: only the second trained again
     phases = len(fit.phases(params))
     assert calls == [1] * phases + [2] + [2] * phases
@@ -299,3 +304,20 @@ def test_members_average_in_one_file_and_a_crash_keeps_the_finished_ones(
     assert max(abs(a.probability - b.probability) for a, b in zip(lite, full, strict=True)) <= 1e-4
     assert sum(a.face_found for a in full) == 12
     keras.backend.clear_session()
+
+
+def test_a_warm_start_or_face_view_from_an_ensemble_takes_its_first_member(
+        tiny_train_params: TrainParams, tmp_path: Path) -> None:
+    from pipeline.ml.model import build_model, ensemble, face_branch, load, warm_start
+    from pipeline.runtime.log import load_tensorflow
+
+    load_tensorflow()
+    networks = [build_model(tiny_train_params, 16, seed=s, augment=False) for s in (1, 2)]
+    ensemble(networks).save(tmp_path / "both.keras")
+    fresh = build_model(tiny_train_params, 16, seed=3, augment=False)
+    assert warm_start(fresh, tmp_path / "both.keras") >= 1
+    conv = fresh.get_layer("block1_conv").get_weights()[0]
+    assert np.array_equal(conv, networks[0].get_layer("block1_conv").get_weights()[0])
+    assert not np.array_equal(conv, networks[1].get_layer("block1_conv").get_weights()[0])
+    face = face_branch(load(tmp_path / "both.keras"))
+    assert np.array_equal(face.get_layer("block1_conv").get_weights()[0], conv)
