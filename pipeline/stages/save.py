@@ -161,6 +161,8 @@ interval on each part. {advice}
 def _card_markdown(card: dict) -> str:
     contract, names = card["input"], card["input"]["class_names"]
     crop = contract.get("crop") or {}
+    members = card["params"]["train"].get("members", 1)
+    mean = f" (the mean of {members} networks' answers: `train.members`)" if members > 1 else ""
     views = "" if crop.get("kind") != "views" else f"""
 Two views (inputs `pixels`, `face`, `face_found`): `pixels` is the whole picture; `face` the
 largest face the `{crop["faces"]["detector"]}` detector finds, {crop["face_size"]}x{crop["face_size"]}x3
@@ -170,7 +172,7 @@ them; black when none is found); `face_found` 1.0 or 0.0. `happysad predict` pre
     return _card_use(card) + _card_data(card) + _card_evaluation(card) + f"""## Input
 {contract["image_size"]}x{contract["image_size"]}x3 uint8 RGB pixels (0-255; the model scales
 them to [0, 1] itself), each image resized with the `{contract["resize"]}` policy. Output:
-the probability of **{names[1]}**.
+the probability of **{names[1]}**{mean}.
 {views}
 ## Params
 ```yaml

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 from pipeline.config.params import Params
 from pipeline.config.train import TrainParams
@@ -294,10 +295,14 @@ def test_members_average_in_one_file_and_a_crash_keeps_the_finished_ones(
     # as a user gets it: evaluated, saved with its card and LiteRT file, and predict's answers
     evaluate(work / "m_members" / "model.keras", work / "records", work / "r_members",
              work / "e_members", repo_params.evaluate, 1)
+    settings = yaml.safe_load((REPO / "params.yaml").read_text())
+    settings["train"]["members"] = 2
+    (work / "members.yaml").write_text(yaml.safe_dump(settings))
     card = save(work / "m_members" / "model.keras", work / "records",
-                work / "e_members" / "details.json", REPO / "params.yaml", work / "no.lock",
+                work / "e_members" / "details.json", work / "members.yaml", work / "no.lock",
                 work / "shipped_members")
     assert card["litert_max_difference"] <= 1e-4
+    assert "the mean of 2 networks' answers" in (work / "shipped_members" / "model_card.md").read_text()
     images = sorted((work / "raw").glob("*/*.jpg"))
     lite, full = (list(predict(images, work / "shipped_members", repo_params.clean, runtime=r))
                   for r in ("litert", "keras"))
