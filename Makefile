@@ -16,11 +16,11 @@ PREFECT_PORT ?= 4200
 
 setup: .venv/.synced
 
+# Bytecode is compiled once, at setup: where PYTHONDONTWRITEBYTECODE is set (CI images often
+# do), every process would otherwise compile TensorFlow's, DVC's and Prefect's sources again
+# (10 s for each stage that imports TensorFlow).
 .venv/.synced: pyproject.toml uv.lock
 	@$(UV) --version 2>/dev/null | grep -q "$(UV_VERSION)" || python3 -m pip install --quiet "uv==$(UV_VERSION)"
-	# bytecode compiled once here: where PYTHONDONTWRITEBYTECODE is set (CI images often do),
-	# every process would otherwise compile TensorFlow's, DVC's and Prefect's sources again
-	# (10 s for each stage that imports TensorFlow)
 	$(UV) sync --compile-bytecode
 	@touch $@
 

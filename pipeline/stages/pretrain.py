@@ -156,11 +156,13 @@ def pretrain(folder: Path, class_names: list[str], models: Path, reports: Path,
 def _fit_and_score(records: Path, models: Path, reports: Path, params: PretrainParams,
                    evaluation: EvaluateParams, seed: int) -> dict:
     """Train as the train stage trains; the test share's figures with their intervals."""
+    from pipeline.runtime.log import load_tensorflow
+
+    load_tensorflow()  # first, so its native start-up notices go to the debug log, as in train
     from pipeline.ml.bootstrap import intervals
     from pipeline.ml.fit import train
     from pipeline.ml.model import load
     from pipeline.ml.scoring import predict_test, summary
-
     with replacing_dir(models) as tmp_models, replacing_dir(reports / "train") as tmp_reports:
         report = train(records, tmp_models, tmp_reports, params.train, seed)
     meta = features.read_meta(records)

@@ -117,3 +117,22 @@ def test_the_stage_says_there_is_nothing_to_pretrain_in_one_line(tmp_path: Path)
     assert result.returncode == 0, result.stderr
     lines = [line for line in result.stderr.splitlines() if "pretrain:" in line]
     assert len(lines) == 1 and "No face set in faces" in lines[0] and "nothing to pretrain" in lines[0]
+
+
+@pytest.mark.slow  # a subprocess that imports TensorFlow and trains (~30 s): CI runs it
+def test_the_stage_keeps_tensorflow_native_notices_out_of_what_a_user_reads(
+        repo_params: Params, tiny_train_params: TrainParams, tmp_path: Path) -> None:
+    import yaml
+
+    _face_set(tmp_path / "faces")
+    settings = yaml.safe_load((REPO / "params.yaml").read_text())
+    settings["pretrain"] = _params(repo_params, tiny_train_params).model_dump()
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(settings))
+    result = subprocess.run([sys.executable, "-m", "pipeline.stages.pretrain", "--params",
+                             "params.yaml", "--faces", "faces", "--models", "m", "--reports", "r"],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=600,
+                            env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "m" / "model.keras").is_file()
+    # TensorFlow's start-up lines ("oneDNN custom operations are on", absl's) go to the debug log
+    assert "oneDNN" not in result.stderr and "absl" not in result.stderr, result.stderr
