@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.config.faces import FacesParams
+from pipeline.vision.images import opencv
 
 CASCADES = ("haarcascade_frontalface_default.xml", "haarcascade_profileface.xml")
 
@@ -52,7 +53,7 @@ def _cascades() -> tuple[Any, ...]:
 
 
 def _load_cascades() -> tuple[Any, ...]:
-    import cv2
+    cv2 = opencv()
 
     found = []
     for name in CASCADES:
@@ -76,7 +77,7 @@ def _mtcnn() -> Any:
 
 
 def _shrunk(rgb: np.ndarray, max_side: int) -> tuple[np.ndarray, float]:
-    import cv2
+    cv2 = opencv()
 
     height, width = rgb.shape[:2]
     scale = min(1.0, max_side / max(height, width))
@@ -101,7 +102,7 @@ def detect(rgb: np.ndarray, params: FacesParams) -> list[Face]:
 
 
 def _haar(rgb: np.ndarray, side: int, params: FacesParams) -> list[Face]:
-    import cv2
+    cv2 = opencv()
 
     grey = cv2.equalizeHist(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY))
     boxes: list[Face] = []
@@ -147,7 +148,7 @@ def aligned_crop(pixels: np.ndarray, face: Face, margin: float) -> np.ndarray:
     """A square around ``face``, ``margin`` face sides added on each side, turned so that its
     eyes are level when the detector gave them (the image's edge is repeated where the square
     leaves it); with no eyes, the box with its margin, clamped to the image."""
-    import cv2
+    cv2 = opencv()
 
     height, width = pixels.shape[:2]
     if face.eyes is None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import math
+import threading
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -72,10 +73,16 @@ RESIZE_POLICIES = ("pad", "crop", "stretch")
 ENCODINGS = ("jpeg", "png")
 
 
-def _cv2() -> ModuleType:
-    """OpenCV, imported where pixels are resized or encoded: clean's workers never load it."""
-    import cv2
+_OPENCV_IMPORT = threading.Lock()
 
+
+def opencv() -> ModuleType:
+    """OpenCV, imported where pixels are resized, encoded or searched for faces (clean's
+    workers never load it), under a lock: its import swaps modules in ``sys.modules``, and a
+    thread that imports it meanwhile (serve-model's request threads) gets a half-made module
+    with no ``cv2.data``."""
+    with _OPENCV_IMPORT:
+        import cv2
     return cv2
 
 
@@ -85,7 +92,7 @@ def _resized(pixels: np.ndarray, width: int, height: int) -> np.ndarray:
     JPEGs arrive here already DCT-scaled to within 2x of the target (see decode_rgb).
     """
     shrinking = 2 * width <= pixels.shape[1] and 2 * height <= pixels.shape[0]
-    cv2 = _cv2()
+    cv2 = opencv()
     return cv2.resize(pixels, (width, height),
                       interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
 
@@ -154,7 +161,7 @@ def model_views(data: bytes, size: int, policy: str, threads: int | None = None,
     ``crop`` finds one) or the whole picture at ``size``. The one conversion tfrecords,
     predict and promotion share."""
     if threads is not None:
-        _cv2().setNumThreads(threads)
+        opencv().setNumThreads(threads)
     if crop is None:
         return Views(resize_square(decode_rgb(data, (size, policy)), size, policy), None, None)
     # The face's size is not known yet: a JPEG is DCT-scaled only down to 4x the output on its
@@ -212,7 +219,7 @@ def encoded_square(job: SquareJob) -> tuple[bytes, bool | None, bytes | None]:
 
 def encode(pixels: np.ndarray, encoding: str, jpeg_quality: int = 95) -> bytes:
     """RGB uint8 pixels as JPEG or PNG bytes (deterministic: same pixels, same bytes)."""
-    cv2 = _cv2()
+    cv2 = opencv()
     bgr = cv2.cvtColor(pixels, cv2.COLOR_RGB2BGR)
     if encoding == "jpeg":
         ok, buf = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality])
