@@ -167,7 +167,7 @@ class Callbacks:
     ordered: list
 
 
-def _callbacks(backup: Path, reports_dir: Path, params: TrainParams, phase: Phase,
+def _callbacks(backup: Path, tensorboard: Path, params: TrainParams, phase: Phase,
                validation: list) -> Callbacks:
     """Resume, keep the best epoch, stop early, lower the rate, log. Order matters: the guard
     first; what adds to an epoch's logs (the val figures, the smoothed val loss) before what
@@ -201,7 +201,7 @@ def _callbacks(backup: Path, reports_dir: Path, params: TrainParams, phase: Phas
                                             (r[monitor] for r in done), default=None)),
         *kept,
         callbacks.ResumedCounters(backup / "counters.json", kept, _resume_epoch(state)),
-        keras.callbacks.TensorBoard(str(reports_dir / "tensorboard"), write_graph=False),
+        keras.callbacks.TensorBoard(str(tensorboard), write_graph=False),
         callbacks.EpochLog(log_path, params.epochs),
     ])
 
@@ -262,7 +262,7 @@ def _strategy(params: TrainParams):
 
 
 def _fit_phase(model, phase: Phase, records: Path, meta: dict, params: TrainParams, seed: int,
-               backup: Path, reports_dir: Path, strategy) -> tuple[int, float]:
+               backup: Path, tensorboard: Path, strategy) -> tuple[int, float]:
     """Run one phase (resuming it if it was cut short); returns its epochs run and seconds."""
     from pipeline.ml.model import compile_model, keeps_norm_statistics, set_trainable
 
@@ -284,7 +284,7 @@ def _fit_phase(model, phase: Phase, records: Path, meta: dict, params: TrainPara
         from pipeline.ml.callbacks import ValidationByPrediction
 
         validation = [ValidationByPrediction(val_data)]
-    callbacks = _callbacks(backup, reports_dir, params, phase, validation)
+    callbacks = _callbacks(backup, tensorboard, params, phase, validation)
     started = time.perf_counter()
     fitted = model.fit(train_data, validation_data=None if mirrored else val_data,
                        initial_epoch=phase.first, epochs=phase.last, steps_per_epoch=steps,
@@ -374,7 +374,8 @@ def _fit_member(records: Path, meta: dict, model_dir: Path, reports_dir: Path,
         logger.info("training %s parameters (%s) on %s: %s", f"{model.count_params():,}",
                     params.backbone, device, meta["counts"]["train"])
     epochs_run, seconds = 0, 0.0
-    tensorboard = reports_dir if not number else reports_dir / "members" / str(number)
+    # member 0's runs where a one-member run keeps them, the others' beside them as member-N
+    tensorboard = reports_dir / "tensorboard" / (f"member-{number}" if number else "")
     for phase in phases(params):
         ran, took = _fit_phase(model, phase, records, meta, params, own_seed, backup,
                                tensorboard, strategy)

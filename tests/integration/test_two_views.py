@@ -279,6 +279,10 @@ def test_members_average_in_one_file_and_a_crash_keeps_the_finished_ones(
     with caplog.at_level(logging.INFO, logger="pipeline.ml.fit"):
         report = fit.train(work / "records", work / "m_members", work / "r_members", params, seed=1)
     assert "member 2 of 2 (seed 2)" in caplog.text  # the first was found finished: no ETA yet
+    # TensorBoard's runs inside the folder the train stage's DVC out names: member 1's beside 0's
+    assert sorted(p.name for p in (work / "r_members").iterdir()) == ["history.csv", "metrics.json",
+                                                                      "tensorboard"]
+    assert (work / "r_members" / "tensorboard" / "member-1" / "train").is_dir()
     # the first member was kept from the crashed run: only the second trained again
     phases = len(fit.phases(params))
     assert calls == [1] * phases + [2] + [2] * phases
