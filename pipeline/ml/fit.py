@@ -398,18 +398,15 @@ def _fit_members(records: Path, meta: dict, model_dir: Path, reports_dir: Path,
     from pipeline.runtime.log import clock
 
     members: list[_Member] = []
-    took: list[float] = []  # of the members this process trained (one found finished takes none)
     for number in range(params.members):
+        trained = [m.seconds for m in members if m.epochs_run]  # one found finished took none
         if number:
-            left = (f", about {clock(sum(took) / len(took) * (params.members - number))} left "
-                    "for it and the rest" if took else "")
+            left = (f", about {clock(sum(trained) / len(trained) * (params.members - number))} "
+                    "left for it and the rest" if trained else "")
             logger.info("train: member %d of %d (seed %d)%s", number + 1, params.members,
                         seed + number, left)
-        started = time.perf_counter()
         members.append(_fit_member(records, meta, model_dir, reports_dir, params, seed, number,
                                    strategy, device))
-        if members[-1].epochs_run:
-            took.append(time.perf_counter() - started)
     return members
 
 

@@ -218,8 +218,7 @@ def ensemble(members: list[keras.Model]) -> keras.Model:
     fed = inputs[0] if len(inputs) == 1 else inputs
     outputs = [keras.Model(m.inputs, m.output, name=f"{MEMBER_PREFIX}{number}")(fed)
                for number, m in enumerate(members)]
-    return keras.Model(inputs if len(inputs) > 1 else inputs[0],
-                       layers.Average(dtype="float32", name="probability")(outputs),
+    return keras.Model(fed, layers.Average(dtype="float32", name="probability")(outputs),
                        name=f"{first.name}_x{len(members)}")
 
 
