@@ -217,10 +217,12 @@ def cross_validate(records: Path, split_file: Path, work: Path, params: Settings
             trained_s, trained = trained_s + time.perf_counter() - started, trained + 1
         accuracy = np.mean((np.array(results[-1]["probability"]) >= params.evaluate.threshold)
                            == np.array(results[-1]["actual"]))
-        eta = trained_s / trained * (folds - number) if trained else 0.0
-        logger.info("fold %d/%d: accuracy %.3f on its %d held-out images (%s training so far, "
-                    "ETA %s)", number, folds, accuracy, len(fold.held_out), clock(trained_s),
-                    clock(eta))
+        # no ETA until a fold has trained here: a reused fold's time says nothing of the rest
+        timing = (f"{clock(trained_s)} training so far, ETA "
+                  f"{clock(trained_s / trained * (folds - number))}" if trained
+                  else "finished earlier")
+        logger.info("fold %d/%d: accuracy %.3f on its %d held-out images (%s)", number, folds,
+                    accuracy, len(fold.held_out), timing)
     return results, place
 
 

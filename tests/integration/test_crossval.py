@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections import Counter, defaultdict
 from pathlib import Path
 
@@ -95,6 +96,10 @@ def test_stage_writes_one_out_of_fold_prediction_per_image_and_resumes(
     results, place = cross_validate(tiny_records, split_file, tmp_path / "work", params, 2)
     assert "fold 1/2: finished earlier, reused" in caplog.text  # the crash lost only fold 2
     assert "fold 2/2: training" in caplog.text
+    # no made-up ETA from a reused fold: its line says so, and the trained fold's gives one
+    assert re.search(r"fold 1/2: accuracy [\d.]+ on its \d+ held-out images \(finished earlier\)",
+                     caplog.text)
+    assert re.search(r"fold 2/2: accuracy .*training so far, ETA 0:00\)", caplog.text)
     out = tmp_path / "reports" / "crossval"
     write_reports(out, results, ["happy", "sad"], params)
 
