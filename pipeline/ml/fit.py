@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 from pipeline.config.train import TrainParams
 from pipeline.contracts.export import start_model
+from pipeline.contracts.metrics import MEMBERS_FILE
 from pipeline.runtime.errors import UserError
 from pipeline.runtime.files import write_atomic
 
@@ -122,14 +123,16 @@ def _refuse_divergence(guard, backup: Path, params: TrainParams) -> None:
                     "params.yaml, or check the records")
 
 
-def _write_history(rows: list[dict], path: Path) -> None:
-    columns = ["epoch", *[m for m in EPOCH_METRICS if m in rows[0]],
+def _write_history(rows: list[dict], path: Path, lead: tuple[str, ...] = ()) -> None:
+    """Per epoch figures as CSV; ``lead`` names whole-number columns put first."""
+    whole = (*lead, "epoch")
+    columns = [*whole, *[m for m in EPOCH_METRICS if m in rows[0]],
                *[f"val_{m}" for m in EPOCH_METRICS if f"val_{m}" in rows[0]],
                *(["val_loss_smoothed"] if "val_loss_smoothed" in rows[0] else []), "learning_rate"]
     with path.open("w", newline="") as handle:
         writer = csv.DictWriter(handle, columns, extrasaction="ignore", lineterminator="\n")
         writer.writeheader()
-        writer.writerows({k: (r[k] if k == "epoch" else round(r[k], 6)) for k in columns} for r in rows)
+        writer.writerows({k: (r[k] if k in whole else round(r[k], 6)) for k in columns} for r in rows)
 
 
 @dataclass(frozen=True)
@@ -243,9 +246,15 @@ def _figures(model, records: Path, meta: dict, val_data, batch_size: int) -> dic
     return figures
 
 
-def _write_reports(report: TrainReport, rows: list[dict], reports_dir: Path) -> None:
+def _write_reports(report: TrainReport, members: list[_Member], reports_dir: Path) -> None:
+    """history.csv: the first member's epochs (what `dvc plots` draws); members.csv: every
+    member's, with its seed and its kept (best) epoch marked, for the learning curves plot."""
     reports_dir.mkdir(parents=True, exist_ok=True)
-    _write_history(rows, reports_dir / "history.csv")
+    _write_history(members[0].rows, reports_dir / "history.csv")
+    _write_history([{"member": number, "seed": member.seed,
+                     "kept": int(row["epoch"] == member.best_epoch), **row}
+                    for number, member in enumerate(members, start=1) for row in member.rows],
+                   reports_dir / MEMBERS_FILE, lead=("member", "seed", "kept"))
     metrics = {k: v for k, v in asdict(report).items() if k not in ("images_per_second", "device")}
     write_atomic(reports_dir / "metrics.json", json.dumps(metrics, indent=2, sort_keys=True) + "\n")
 
@@ -343,6 +352,7 @@ class _Member:
     """One network of ``train.members``, at its best epoch, in inference form."""
 
     model: object  # keras.Model
+    seed: int
     rows: list[dict]  # its epochs.json
     best_epoch: int  # 1-based
     epochs_run: int  # by this process (0 for a member a resumed run found finished)
@@ -365,7 +375,8 @@ def _fit_member(records: Path, meta: dict, model_dir: Path, reports_dir: Path,
     finished = backup / "member.keras"
     if finished.exists():
         rows = json.loads((backup / "epochs.json").read_text())
-        return _Member(load(finished), rows, _best(rows, params)["epoch"], 0, 0.0, backup)
+        return _Member(load(finished), own_seed, rows, _best(rows, params)["epoch"], 0, 0.0,
+                       backup)
     if number:
         keras.utils.set_random_seed(own_seed)  # its own starting weights and draws
     with strategy.scope():
@@ -388,7 +399,8 @@ def _fit_member(records: Path, meta: dict, model_dir: Path, reports_dir: Path,
     inference = without_augmentation(model, params, meta["image_size"])
     if params.members > 1:
         inference.save(finished)
-    return _Member(inference, rows, _best(rows, params)["epoch"], epochs_run, seconds, backup)
+    return _Member(inference, own_seed, rows, _best(rows, params)["epoch"], epochs_run, seconds,
+                   backup)
 
 
 def _fit_members(records: Path, meta: dict, model_dir: Path, reports_dir: Path,
@@ -418,7 +430,7 @@ def train(records: Path, model_dir: Path, reports_dir: Path, params: TrainParams
           seed: int) -> TrainReport:
     """Fit ``train.members`` networks (seeds ``seed``, ``seed + 1``...), each kept at its best
     epoch by val_loss, and write the model (their probabilities averaged, when there are
-    several), the first member's history, and the saved model's metrics."""
+    several), the members' histories, and the saved model's metrics."""
     from pipeline.contracts import features
     from pipeline.ml.model import compile_model, ensemble
 
@@ -448,7 +460,7 @@ def train(records: Path, model_dir: Path, reports_dir: Path, params: TrainParams
                          train=figures["train"], val=figures["val"], gap=gap,
                          images_per_second=train_count * epochs_run / max(seconds, 1e-9),
                          device=device)
-    _write_reports(report, first.rows, reports_dir)
+    _write_reports(report, members, reports_dir)
     for member in members:
         shutil.rmtree(member.backup, ignore_errors=True)  # finished: nothing left to resume
     return report

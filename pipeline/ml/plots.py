@@ -20,16 +20,30 @@ def _save(fig: Figure, path: Path) -> None:
     fig.savefig(path, dpi=110, metadata={"Software": None})  # no version stamp: same bytes each run
 
 
-def learning_curves(history_csv: Path, best_epoch: int, path: Path) -> None:
-    """Loss and accuracy per epoch for train and val, with the kept epoch marked."""
-    with history_csv.open() as handle:
+def learning_curves(members_csv: Path, path: Path) -> None:
+    """Loss and accuracy per epoch for train and val, with the kept epoch marked; with several
+    members (train.members), the others' val curves in grey, each kept epoch a dot."""
+    with members_csv.open() as handle:
         rows = list(csv.DictReader(handle))
-    epochs = [int(r["epoch"]) for r in rows]
+    members: dict[str, list[dict]] = {}
+    for row in rows:
+        members.setdefault(row["member"], []).append(row)
+    first, *others = members.values()
+    kept = next(int(r["epoch"]) for r in first if r["kept"] == "1")
+    named = f"member 1 of {len(members)}, " if others else ""
     fig, axes = _subplots(1, 2, figsize=(10, 4))
     for axis, metric in zip(axes, ("loss", "accuracy"), strict=True):
-        axis.plot(epochs, [float(r[metric]) for r in rows], "o-", label="train (augmented)")
-        axis.plot(epochs, [float(r[f"val_{metric}"]) for r in rows], "o-", label="val")
-        axis.axvline(best_epoch, color="grey", linestyle="--", label=f"kept: epoch {best_epoch}")
+        for number, own in enumerate(others):
+            axis.plot([int(r["epoch"]) for r in own], [float(r[f"val_{metric}"]) for r in own],
+                      "-", color="grey", alpha=0.5, lw=1,
+                      label=None if number else f"members 2-{len(members)}: val, dots kept")
+            best = next(r for r in own if r["kept"] == "1")
+            axis.plot(int(best["epoch"]), float(best[f"val_{metric}"]), "o", color="grey")
+        epochs = [int(r["epoch"]) for r in first]
+        axis.plot(epochs, [float(r[metric]) for r in first], "o-",
+                  label=f"{named}train (augmented)")
+        axis.plot(epochs, [float(r[f"val_{metric}"]) for r in first], "o-", label=f"{named}val")
+        axis.axvline(kept, color="grey", linestyle="--", label=f"{named}kept: epoch {kept}")
         axis.set(xlabel="epoch", ylabel=metric, title=metric)
         axis.grid(alpha=0.3)
         axis.legend()

@@ -22,7 +22,7 @@ import numpy as np
 from pipeline.config.evaluate import EvaluateParams
 from pipeline.config.faces import FacesParams
 from pipeline.config.loader import load_sections
-from pipeline.contracts.metrics import HEADLINE
+from pipeline.contracts.metrics import HEADLINE, MEMBERS_FILE, kept_epochs
 from pipeline.contracts.predictions import write_csv, write_predictions
 from pipeline.ml.curves import precision_recall_curve, roc_curve
 from pipeline.ml.scoring import Scores, by_face, predict_test, summary
@@ -74,8 +74,7 @@ def _draw(out: Path, records: Path, train_reports: Path, scores: Scores, metrics
     from pipeline.ml import bootstrap, plots
 
     names, pictures = meta["class_names"], out / "plots"
-    plots.learning_curves(train_reports / "history.csv", metrics["best_epoch"],
-                          pictures / "learning_curves.png")
+    plots.learning_curves(train_reports / MEMBERS_FILE, pictures / "learning_curves.png")
     plots.confusion(np.array(metrics["confusion_matrix"]["counts"]), names, pictures / "confusion.png")
     fpr, tpr, _ = roc_curve(scores.actual, scores.probability)
     band = bootstrap.roc_band(scores.actual, scores.probability, params.bootstrap_resamples,
@@ -132,6 +131,7 @@ def evaluate(model_path: Path, records: Path, train_reports: Path, out: Path,
                       params.bootstrap_resamples, params.confidence, seed)}
     trained = json.loads((train_reports / "metrics.json").read_text())
     metrics["best_epoch"] = trained["best_epoch"]
+    metrics["best_epochs"] = kept_epochs(train_reports)  # one per member (train.members)
     metrics["train_val_gap"] = trained["gap"]
     out.mkdir(parents=True, exist_ok=True)
     write_atomic(out / DETAILS_FILE, json.dumps(metrics, indent=2, sort_keys=True) + "\n")

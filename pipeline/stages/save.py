@@ -115,10 +115,20 @@ accuracy by {1 / max(m["images"], 1):.3f}; the second row gives each figure's {c
 | --- | --- | --- | --- | --- |
 {per_class}
 
-Best epoch {m["best_epoch"]}; train-val accuracy gap at that epoch {m["train_val_gap"]["accuracy"]:+.3f}
+{_card_epochs(m)} {m["train_val_gap"]["accuracy"]:+.3f}
 (large positive gaps mean overfitting).
 
 """ + _card_by_face(m.get("by_face"))
+
+
+def _card_epochs(m: dict) -> str:
+    """The kept epoch, or each member's, leading to the train-val gap (details.json written
+    before train.members has best_epoch only)."""
+    epochs = m.get("best_epochs") or [m["best_epoch"]]
+    if len(epochs) == 1:
+        return f"Best epoch {epochs[0]}; train-val accuracy gap at that epoch"
+    return (f"Best epochs {', '.join(map(str, epochs[:-1]))} and {epochs[-1]} (one per network "
+            "averaged); the averaged model's train-val accuracy gap")
 
 
 def _card_by_face(faces: dict | None) -> str:

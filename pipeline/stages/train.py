@@ -1,7 +1,9 @@
 """The train stage: fit the CNN on the train split, early-stopping on val, and keep the best epoch.
 
 Outputs: ``models/train/model.keras`` (best weights), ``reports/train/history.csv``
-(one row per epoch, for DVC plots), ``reports/train/metrics.json`` (train and val
+(one row per epoch, for DVC plots; the first member's of ``train.members``),
+``reports/train/members.csv`` (every member's epochs, its kept one marked, for
+evaluate's learning curves), ``reports/train/metrics.json`` (train and val
 figures of the best model, measured without augmentation or dropout, and their
 gap: the overfitting signal) and TensorBoard logs. An interrupted run resumes
 from its last finished epoch (Keras' BackupAndRestore, kept under

@@ -7,6 +7,7 @@ US Navy photo): a test needs a real face, and no file is fetched."""
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
 import math
@@ -280,8 +281,8 @@ def test_members_average_in_one_file_and_a_crash_keeps_the_finished_ones(
         report = fit.train(work / "records", work / "m_members", work / "r_members", params, seed=1)
     assert "member 2 of 2 (seed 2)" in caplog.text  # the first was found finished: no ETA yet
     # TensorBoard's runs inside the folder the train stage's DVC out names: member 1's beside 0's
-    assert sorted(p.name for p in (work / "r_members").iterdir()) == ["history.csv", "metrics.json",
-                                                                      "tensorboard"]
+    assert sorted(p.name for p in (work / "r_members").iterdir()) == [
+        "history.csv", "members.csv", "metrics.json", "tensorboard"]
     assert (work / "r_members" / "tensorboard" / "member-1" / "train").is_dir()
     # the first member was kept from the crashed run: only the second trained again
     phases = len(fit.phases(params))
@@ -297,8 +298,21 @@ def test_members_average_in_one_file_and_a_crash_keeps_the_finished_ones(
     single = load(work / "model" / "model.keras")
     assert np.abs(np.asarray(single(inputs)) - first).max() <= 1e-6
     # as a user gets it: evaluated, saved with its card and LiteRT file, and predict's answers
-    evaluate(work / "m_members" / "model.keras", work / "records", work / "r_members",
-             work / "e_members", repo_params.evaluate, 1)
+    # every member's epochs in members.csv, the first's also in history.csv (dvc plots)
+    with (work / "r_members" / "members.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    own = {n: [r for r in rows if r["member"] == n] for n in ("1", "2")}
+    assert {r["seed"] for r in own["1"]} == {"1"} and {r["seed"] for r in own["2"]} == {"2"}
+    assert len(rows) == len(own["1"]) + len(own["2"])
+    kept = [int(r["epoch"]) for r in rows if r["kept"] == "1"]
+    assert len(kept) == 2 and kept[0] == report.best_epoch
+    for n, epoch in zip(("1", "2"), kept, strict=True):  # kept: the least monitored val loss
+        assert min(own[n], key=lambda r: float(r[fit.monitored(params)]))["epoch"] == str(epoch)
+    with (work / "r_members" / "history.csv").open() as handle:
+        assert [r["val_loss"] for r in csv.DictReader(handle)] == [r["val_loss"] for r in own["1"]]
+    metrics = evaluate(work / "m_members" / "model.keras", work / "records", work / "r_members",
+                       work / "e_members", repo_params.evaluate, 1)
+    assert metrics["best_epochs"] == kept
     settings = yaml.safe_load((REPO / "params.yaml").read_text())
     settings["train"]["members"] = 2
     (work / "members.yaml").write_text(yaml.safe_dump(settings))
@@ -306,7 +320,9 @@ def test_members_average_in_one_file_and_a_crash_keeps_the_finished_ones(
                 work / "e_members" / "details.json", work / "members.yaml", work / "no.lock",
                 work / "shipped_members")
     assert card["litert_max_difference"] <= 1e-4
-    assert "the mean of 2 networks' answers" in (work / "shipped_members" / "model_card.md").read_text()
+    text = (work / "shipped_members" / "model_card.md").read_text()
+    assert "the mean of 2 networks' answers" in text
+    assert f"Best epochs {kept[0]} and {kept[1]} (one per network averaged)" in text
     images = sorted((work / "raw").glob("*/*.jpg"))
     lite, full = (list(predict(images, work / "shipped_members", repo_params.clean, runtime=r))
                   for r in ("litert", "keras"))
