@@ -31,12 +31,14 @@ def learning_curves(members_csv: Path, path: Path) -> None:
     first, *others = members.values()
     kept = next(int(r["epoch"]) for r in first if r["kept"] == "1")
     named = f"member 1 of {len(members)}, " if others else ""
+    rest = (f"members 2-{len(members)}: val, a dot on each kept epoch" if len(others) > 1
+            else "member 2: val, a dot on its kept epoch")
     fig, axes = _subplots(1, 2, figsize=(10, 4))
     for axis, metric in zip(axes, ("loss", "accuracy"), strict=True):
         for number, own in enumerate(others):
             axis.plot([int(r["epoch"]) for r in own], [float(r[f"val_{metric}"]) for r in own],
                       "-", color="grey", alpha=0.5, lw=1,
-                      label=None if number else f"members 2-{len(members)}: val, dots kept")
+                      label=None if number else rest)
             best = next(r for r in own if r["kept"] == "1")
             axis.plot(int(best["epoch"]), float(best[f"val_{metric}"]), "o", color="grey")
         epochs = [int(r["epoch"]) for r in first]

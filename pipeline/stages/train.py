@@ -42,10 +42,12 @@ def run(args: argparse.Namespace) -> None:
     except ValueError as err:
         raise UserError(f"{args.params}: {err}") from None
     report = train(args.records, args.models, args.reports, params.train, params.seed)
-    logger.info("train: best epoch %d of %d on %s (%.1f images/s); val accuracy %.3f, "
-                "train-val accuracy gap %.3f; model in %s", report.best_epoch, report.epochs_run,
-                report.device, report.images_per_second, report.val["accuracy"],
-                report.gap["accuracy"], args.models / "model.keras")
+    kept = f"best epoch {report.best_epoch} of {report.epochs_run}"
+    if params.train.members > 1:  # the figures below are the averaged model's
+        kept = f"{params.train.members} networks averaged (the first's {kept})"
+    logger.info("train: %s on %s (%.1f images/s); val accuracy %.3f, train-val accuracy gap "
+                "%.3f; model in %s", kept, report.device, report.images_per_second,
+                report.val["accuracy"], report.gap["accuracy"], args.models / "model.keras")
 
 
 if __name__ == "__main__":  # as dvc.yaml runs it: under its own name, for its logger
