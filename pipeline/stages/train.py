@@ -41,6 +41,10 @@ def run(args: argparse.Namespace) -> None:
         check_depth(features.read_meta(args.records)["image_size"], params.train)
     except ValueError as err:
         raise UserError(f"{args.params}: {err}") from None
+    if params.train.init_from not in ("", "pretrain"):  # `pretrain` is a dvc.yaml dep; a path not
+        logger.warning("train: train.init_from %s is read but not tracked by DVC: after replacing "
+                       "that file, run `dvc repro -f -s train`, then `dvc repro`",
+                       params.train.init_from)
     report = train(args.records, args.models, args.reports, params.train, params.seed)
     kept = f"best epoch {report.best_epoch} of {report.epochs_run}"
     if params.train.members > 1:  # the figures below are the averaged model's

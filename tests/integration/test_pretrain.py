@@ -108,6 +108,27 @@ def test_init_from_pretrain_without_a_face_network_is_one_line(tiny_train_params
               tiny_train_params.model_copy(update={"init_from": "pretrain"}), seed=5)
 
 
+def test_a_path_in_init_from_is_named_as_untracked_by_dvc(tiny_train_params: TrainParams,
+                                                        tiny_records: Path, tmp_path: Path,
+                                                        caplog: pytest.LogCaptureFixture) -> None:
+    """`pretrain` is a dvc.yaml dep of train; a path is not, and the train stage says so."""
+    import argparse
+
+    import yaml
+
+    from pipeline.stages import train
+
+    settings = yaml.safe_load((REPO / "params.yaml").read_text())
+    settings["train"] = {**tiny_train_params.model_dump(mode="json"), "init_from": "gone.keras"}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(settings))
+    args = argparse.Namespace(params=tmp_path / "params.yaml", records=tiny_records,
+                              models=tmp_path / "m", reports=tmp_path / "r")
+    with caplog.at_level(logging.WARNING), pytest.raises(UserError, match="gone.keras: no such file"):
+        train.run(args)
+    assert "train.init_from gone.keras is read but not tracked by DVC" in caplog.text
+    assert "dvc repro -f -s train" in caplog.text
+
+
 def test_the_stage_says_there_is_nothing_to_pretrain_in_one_line(tmp_path: Path) -> None:
     (tmp_path / "faces").mkdir()
     result = subprocess.run([sys.executable, "-m", "pipeline.stages.pretrain", "--params",
