@@ -66,6 +66,16 @@ def tiny_params(site: DemoSiteParams, text: str | None = None) -> str:
     return yaml.safe_dump(params, sort_keys=False)
 
 
+def params_file(path: Path, **sections: dict) -> Path:
+    """The repository's params.yaml written to ``path``, each of ``sections`` updated with the
+    values given for it (a test's own settings for a stage it runs)."""
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    for name, values in sections.items():
+        params[name] = {**params.get(name, {}), **values}
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+    return path
+
+
 def tool_env() -> dict[str, str]:
     """The environment with this interpreter's bin folder first, so `dvc` and `python` are ours."""
     return {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}

@@ -163,6 +163,7 @@ def _fit_and_score(records: Path, models: Path, reports: Path, params: PretrainP
     from pipeline.ml.fit import train
     from pipeline.ml.model import load
     from pipeline.ml.scoring import predict_test, summary
+
     with replacing_dir(models) as tmp_models, replacing_dir(reports / "train") as tmp_reports:
         report = train(records, tmp_models, tmp_reports, params.train, seed)
     meta = features.read_meta(records)

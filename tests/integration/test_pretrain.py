@@ -16,7 +16,7 @@ from pipeline.config.params import Params
 from pipeline.config.pretrain import PretrainParams
 from pipeline.config.train import TrainParams
 from pipeline.runtime.errors import UserError
-from testing.project import REPO
+from testing.project import REPO, params_file
 
 CLASSES = ["happy", "sad"]
 
@@ -114,14 +114,11 @@ def test_a_path_in_init_from_is_named_as_untracked_by_dvc(tiny_train_params: Tra
     """`pretrain` is a dvc.yaml dep of train; a path is not, and the train stage says so."""
     import argparse
 
-    import yaml
-
     from pipeline.stages import train
 
-    settings = yaml.safe_load((REPO / "params.yaml").read_text())
-    settings["train"] = {**tiny_train_params.model_dump(mode="json"), "init_from": "gone.keras"}
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(settings))
-    args = argparse.Namespace(params=tmp_path / "params.yaml", records=tiny_records,
+    settings = params_file(tmp_path / "params.yaml", train={
+        **tiny_train_params.model_dump(mode="json"), "init_from": "gone.keras"})
+    args = argparse.Namespace(params=settings, records=tiny_records,
                               models=tmp_path / "m", reports=tmp_path / "r")
     with caplog.at_level(logging.WARNING), pytest.raises(UserError, match="gone.keras: no such file"):
         train.run(args)
@@ -143,12 +140,9 @@ def test_the_stage_says_there_is_nothing_to_pretrain_in_one_line(tmp_path: Path)
 @pytest.mark.slow  # a subprocess that imports TensorFlow and trains (~30 s): CI runs it
 def test_the_stage_keeps_tensorflow_native_notices_out_of_what_a_user_reads(
         repo_params: Params, tiny_train_params: TrainParams, tmp_path: Path) -> None:
-    import yaml
-
     _face_set(tmp_path / "faces")
-    settings = yaml.safe_load((REPO / "params.yaml").read_text())
-    settings["pretrain"] = _params(repo_params, tiny_train_params).model_dump()
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(settings))
+    params_file(tmp_path / "params.yaml",
+                pretrain=_params(repo_params, tiny_train_params).model_dump(mode="json"))
     result = subprocess.run([sys.executable, "-m", "pipeline.stages.pretrain", "--params",
                              "params.yaml", "--faces", "faces", "--models", "m", "--reports", "r"],
                             cwd=tmp_path, capture_output=True, text=True, timeout=600,

@@ -17,12 +17,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
 
 from pipeline.config.params import Params
 from pipeline.config.train import TrainParams
 from pipeline.runtime.errors import UserError
-from testing.project import REPO
+from testing.project import REPO, params_file
 
 
 def portrait() -> np.ndarray:
@@ -297,7 +296,6 @@ def test_members_average_in_one_file_and_a_crash_keeps_the_finished_ones(
     # member 0 is the network a one-member run of the same seed trains
     single = load(work / "model" / "model.keras")
     assert np.abs(np.asarray(single(inputs)) - first).max() <= 1e-6
-    # as a user gets it: evaluated, saved with its card and LiteRT file, and predict's answers
     # every member's epochs in members.csv, the first's also in history.csv (dvc plots)
     with (work / "r_members" / "members.csv").open() as handle:
         rows = list(csv.DictReader(handle))
@@ -310,14 +308,13 @@ def test_members_average_in_one_file_and_a_crash_keeps_the_finished_ones(
         assert min(own[n], key=lambda r: float(r[fit.monitored(params)]))["epoch"] == str(epoch)
     with (work / "r_members" / "history.csv").open() as handle:
         assert [r["val_loss"] for r in csv.DictReader(handle)] == [r["val_loss"] for r in own["1"]]
+    # as a user gets it: evaluated, saved with its card and LiteRT file, and predict's answers
     metrics = evaluate(work / "m_members" / "model.keras", work / "records", work / "r_members",
                        work / "e_members", repo_params.evaluate, 1)
     assert metrics["best_epochs"] == kept
-    settings = yaml.safe_load((REPO / "params.yaml").read_text())
-    settings["train"]["members"] = 2
-    (work / "members.yaml").write_text(yaml.safe_dump(settings))
+    settings = params_file(work / "members.yaml", train={"members": 2})
     card = save(work / "m_members" / "model.keras", work / "records",
-                work / "e_members" / "details.json", work / "members.yaml", work / "no.lock",
+                work / "e_members" / "details.json", settings, work / "no.lock",
                 work / "shipped_members")
     assert card["litert_max_difference"] <= 1e-4
     text = (work / "shipped_members" / "model_card.md").read_text()
