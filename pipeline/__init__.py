@@ -25,7 +25,8 @@ every module):
   service's), ``crossval`` (grouped folds), ``bootstrap`` (intervals), ``curves``, ``plots``.
 - ``scrape/``: the scrape stage's parts. ``config`` (the crawl's config), ``process`` (child
   processes), ``job`` (a paused crawl), ``shared`` (a crawl shared through Redis: the stage
-  stores what its workers fetch), ``report``, ``folder`` (the folder source).
+  stores what its workers fetch, and queues again what a dead one held), ``handoff`` (what
+  the workers hand over, checked), ``report``, ``folder`` (the folder source).
 - ``review/``: a person in the loop. ``server`` (``happysad review``) with ``page.html``,
   ``labelstudio`` (Label Studio tasks out, decisions in).
 - ``serving/``: the prediction service (``happysad serve-model``). ``app`` (the routes: TF

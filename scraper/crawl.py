@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import redis
+from pydantic import ValidationError
 from scrapy.crawler import CrawlerProcess
 from scrapy.settings import Settings
 
@@ -70,7 +71,8 @@ def crawl_settings(config: dict[str, Any]) -> Settings:
         from scraper.shared import shared_settings
 
         settings.setdict(shared_settings(config["shared"]["redis_url"], config["shared"]["worker"],
-                                         crawl.shared_idle_close_s), priority="cmdline")
+                                         crawl.shared_idle_close_s, crawl.shared_lease_s),
+                         priority="cmdline")
     return settings
 
 
@@ -80,12 +82,24 @@ BANNER_LOGGERS = ("scrapy.utils.log", "scrapy.crawler", "scrapy.middleware", "sc
                   "scrapy.extensions.telnet")
 
 
+# Loggers that add a traceback to a one-line error a crawl meets as a matter of course (a
+# host with no DNS answer for robots.txt): the line stays, the traceback goes (--verbose keeps it).
+TERSE_LOGGERS = ("scrapy.downloadermiddlewares.robotstxt",)
+
+
+def _without_traceback(record: logging.LogRecord) -> bool:
+    record.exc_info, record.exc_text = None, None
+    return True
+
+
 def run_crawl(config: dict[str, Any]) -> dict[str, Any]:
     """Crawl to completion (or a pause) in this process and return Scrapy's final stats."""
     if not config.get("banner", False):
         # A filter, not a level: Scrapy's logging setup (dictConfig) resets child loggers' levels.
         for name in BANNER_LOGGERS:
             logging.getLogger(name).addFilter(lambda record: record.levelno >= logging.WARNING)
+        for name in TERSE_LOGGERS:
+            logging.getLogger(name).addFilter(_without_traceback)
     process = CrawlerProcess(crawl_settings(config))
     crawler = process.create_crawler(ImagesSpider)
     process.crawl(crawler, config=config)
@@ -103,9 +117,12 @@ def run_crawl(config: dict[str, Any]) -> dict[str, Any]:
     return stats
 
 
+MAX_SHARED_CONFIG_BYTES = 2**20
+
+
 def shared_config(redis_url: str, worker: str) -> dict[str, Any]:
     """The config of the crawl shared through ``redis_url``, as its scrape stage wrote it, for
-    one more worker."""
+    one more worker; checked as the spider will read it, so a broken one is one line."""
     from scraper import shared
 
     try:
@@ -116,10 +133,34 @@ def shared_config(redis_url: str, worker: str) -> dict[str, Any]:
     if text is None:
         raise SystemExit(f"crawl: error: no shared crawl is running on {redis_url}; start the "
                          f"scrape stage with {stat.REDIS_ENV}={redis_url} first")
-    config = json.loads(text)
-    config.update(shared={"redis_url": redis_url, "worker": worker}, raw_dir=None,
-                  errors_path=None, stats_path=None, job_dir=None)
+    try:
+        if len(text) > MAX_SHARED_CONFIG_BYTES:
+            raise ValueError(f"{len(text)} bytes")
+        config = json.loads(text)
+        if not isinstance(config, dict):
+            raise ValueError("not a JSON object")
+        config.update(shared={"redis_url": redis_url, "worker": worker}, raw_dir=None,
+                      errors_path=None, stats_path=None, job_dir=None)
+        ImagesSpider(config=config)  # every section typed and checked, as the crawl will
+        crawl_settings(config)
+    except (ValueError, TypeError, KeyError, AttributeError, RecursionError) as err:
+        raise SystemExit(f"crawl: error: the shared crawl's config on {redis_url} is not one a "
+                         f"scrape stage wrote ({_why(err)}); restart the scrape stage") from None
     return config
+
+
+def _why(err: BaseException) -> str:
+    """An exception in a few words: a validation error's first complaint and where."""
+    if isinstance(err, ValidationError):
+        first = err.errors()[0]
+        return f"{'.'.join(map(str, first['loc'])) or 'value'}: {first['msg']}"
+    if isinstance(err, KeyError):
+        return f"no {err}"
+    if isinstance(err, json.JSONDecodeError):
+        return f"not JSON: {err}"
+    if isinstance(err, RecursionError):
+        return "nested too deep"
+    return (str(err).splitlines() or [type(err).__name__])[0][:200]
 
 
 def run_shared_worker(redis_url: str, worker: str) -> dict[str, Any]:

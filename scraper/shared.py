@@ -19,13 +19,16 @@ import base64
 import json
 import logging
 import time
+import warnings
+from collections.abc import Callable
 from typing import Any
 
 import redis
 from scrapy import signals
 from scrapy.crawler import Crawler
-from scrapy.exceptions import DontCloseSpider
+from scrapy.exceptions import DontCloseSpider, ScrapyDeprecationWarning
 from scrapy.http import Request
+from scrapy.utils.asyncio import create_looping_call
 from scrapy_redis.dupefilter import RFPDupeFilter
 from scrapy_redis.scheduler import Scheduler
 
@@ -35,7 +38,6 @@ from scraper.pipelines import item_fields
 
 logger = logging.getLogger(__name__)
 
-BUSY_TTL_S = 30.0  # a worker that died while busy stops counting as busy after this long
 POLL_S = 0.5  # how often an idle worker looks at the shared queue (Scrapy's own: 5 s)
 
 
@@ -98,12 +100,16 @@ class SharedDupeFilter(RFPDupeFilter):
 
 
 class SharedScheduler(Scheduler):
-    """scrapy-redis's scheduler on the shared queue. It marks this worker busy while it holds
-    requests, and keeps it open while the queue has requests or another worker is busy (and
-    so may add some): a worker leaves once all were idle for ``shared_idle_close_s``."""
+    """scrapy-redis's scheduler on the shared queue, with leases: a request leaves the queue
+    leased to this worker and stays leased until Scrapy is done with it, and this worker
+    renews its liveness while it runs, so the stage can queue again what a dead worker held.
+    A worker stays open while the queue has requests or any worker holds some (and so may
+    add more), as long as the stage runs: it leaves once all was idle for
+    ``shared_idle_close_s``."""
 
     worker: str
     idle_close_s: float
+    lease_s: float
     crawler: Crawler
 
     @classmethod
@@ -117,16 +123,50 @@ class SharedScheduler(Scheduler):
         scheduler.crawler = crawler
         scheduler.worker = settings["HAPPYSAD_WORKER"]
         scheduler.idle_close_s = settings.getfloat("HAPPYSAD_SHARED_IDLE_CLOSE_S")
-        scheduler._busy_until = 0.0
+        scheduler.lease_s = settings.getfloat("HAPPYSAD_SHARED_LEASE_S")
         scheduler._idle_since: float | None = None
+        scheduler._leases: dict[Request, str] = {}
+        scheduler._leased = 0
+        scheduler._pop = scheduler.server.register_script(stat.POP_AND_LEASE)
+        scheduler._heartbeat = None
         crawler.signals.connect(scheduler.spider_idle, signal=signals.spider_idle)
         return scheduler
 
     def open(self, spider: Any) -> None:
-        super().open(spider)
+        with warnings.catch_warnings():  # scrapy-redis's "Resuming crawl" uses a deprecated log
+            warnings.simplefilter("ignore", ScrapyDeprecationWarning)
+            super().open(spider)
+        self._beat()  # alive before the first request is leased
+        self._heartbeat = create_looping_call(self._beat)
+        self._heartbeat.start(min(self.lease_s / 4, 2.0), now=False)
         # An idle engine looks for work every 5 s; another worker's requests should not wait.
         # (Scrapy reads the interval when the spider opens, just after this.)
         self.crawler.engine._SLOT_HEARTBEAT_INTERVAL = POLL_S  # type: ignore[union-attr]
+
+    def close(self, reason: str) -> None:
+        if self._heartbeat is not None and self._heartbeat.running:
+            self._heartbeat.stop()
+        self._release_done()
+        self.server.zrem(stat.ALIVE_KEY, self.worker)
+        super().close(reason)
+
+    def _in_progress(self) -> set[Request]:
+        # Scrapy keeps a request in its engine slot from the moment it leaves the scheduler
+        # until its response (or failure) has gone through the spider and the item pipelines:
+        # exactly a lease's life. (A private attribute: the shared-crawl tests pin it.)
+        slot = getattr(self.crawler.engine, "_slot", None)
+        return slot.inprogress if slot is not None else set()
+
+    def _release_done(self) -> None:
+        in_progress = self._in_progress()
+        done = [request for request in self._leases if request not in in_progress]
+        if done:
+            self.server.hdel(stat.LEASES_KEY, *(self._leases.pop(r) for r in done))
+
+    def _beat(self) -> None:
+        """Renew this worker's liveness and drop the leases of the requests it is done with."""
+        self._release_done()
+        self.server.zadd(stat.ALIVE_KEY, {self.worker: time.time() + self.lease_s})
 
     # scrapy-redis's own two pass ``spider=`` to the stats, which Scrapy 2.13+ warns about on
     # every request.
@@ -139,27 +179,44 @@ class SharedScheduler(Scheduler):
         return True
 
     def next_request(self) -> Request | None:
-        request = self.queue.pop(0)
-        if request is not None:
+        while True:
+            self._leased += 1
+            name = stat.lease_name(self.worker, self._leased)
+            data = self._pop(keys=[stat.QUEUE_KEY, stat.LEASES_KEY], args=[name])
+            if data is None:
+                return None
+            try:
+                request = self.queue._decode_request(data)
+                if request.callback is None or request.errback is None:
+                    raise ValueError("this crawl's requests name their callback and errback")
+            except Exception as err:  # noqa: BLE001 - anything in Redis may be anything
+                self.server.hdel(stat.LEASES_KEY, name)
+                refused(self.stats, "a queued request", err)
+                continue
+            self._leases[request] = name
             self.stats.inc_value("scheduler/dequeued/redis")
-        now = time.time()
-        if request is not None and now > self._busy_until - BUSY_TTL_S / 2:
-            self._busy_until = now + BUSY_TTL_S
-            self.server.zadd(stat.BUSY_KEY, {self.worker: self._busy_until})
-        return request
+            return request
 
     def spider_idle(self) -> None:
-        if self._busy_until:
-            self.server.zrem(stat.BUSY_KEY, self.worker)
-            self._busy_until = 0.0
+        self._beat()
         now = time.monotonic()
-        if len(self.queue) or self.server.zcount(stat.BUSY_KEY, time.time(), "+inf"):
+        if self.server.exists(stat.OWNER_KEY) and (
+                len(self.queue) or self.server.hlen(stat.LEASES_KEY)):
             self._idle_since = None
             raise DontCloseSpider
         if self._idle_since is None:
             self._idle_since = now
         if now - self._idle_since < self.idle_close_s:
             raise DontCloseSpider
+
+
+def refused(stats: Any, what: str, why: object) -> None:
+    """One line, and one error counted, for a value read from Redis that this crawl did not
+    write; the crawl goes on without it."""
+    stats.inc_value(stat.ERRORS)
+    stats.inc_value(stat.ERRORS_BY_KIND + stat.BAD_SHARED_STATE)
+    logger.warning("%s in the shared crawl's Redis is not one this crawl wrote (%s); "
+                   "left out", what, str(why)[:200])
 
 
 class HandOff:
@@ -186,19 +243,44 @@ class HandOff:
 
 class SharedCounts:
     """The spider's per-(source, class) counters, kept in Redis so limits hold for the whole
-    crawl; the local stand-in is a ``collections.Counter`` with the same two methods."""
+    crawl; the local stand-in is a ``collections.Counter`` with the same two methods. A
+    counter that is not a count (text, a negative or absurd number) is refused in one line
+    and starts again from 0."""
 
-    def __init__(self, server: redis.Redis, kind: str) -> None:
-        self.server, self.kind = server, kind
+    MAX = 10**9
+
+    def __init__(self, server: redis.Redis, kind: str,
+                 refuse: Callable[[str, object], None]) -> None:
+        self.server, self.kind, self.refuse = server, kind, refuse
 
     def _field(self, key: tuple[str, str]) -> str:
         return "|".join((self.kind, *key))
 
+    def _checked(self, field: str, value: object) -> int:
+        try:
+            count = int(value)  # type: ignore[call-overload]
+        except (TypeError, ValueError):
+            return self._reset(field, f"{str(value)[:50]!r} is not a count")
+        if 0 <= count <= self.MAX:
+            return count
+        return self._reset(field, f"{count} is not a count")
+
+    def _reset(self, field: str, why: str) -> int:
+        self.refuse(f"the counter {field!r}", f"{why}; it starts again from 0")
+        self.server.hset(stat.COUNTS_KEY, field, 0)
+        return 0
+
     def get(self, key: tuple[str, str], default: int = 0) -> int:
-        return int(self.server.hget(stat.COUNTS_KEY, self._field(key)) or default)
+        value = self.server.hget(stat.COUNTS_KEY, self._field(key))
+        return default if value is None else self._checked(self._field(key), value)
 
     def add(self, key: tuple[str, str]) -> int:
-        return int(self.server.hincrby(stat.COUNTS_KEY, self._field(key), 1))
+        field = self._field(key)
+        try:
+            return self._checked(field, self.server.hincrby(stat.COUNTS_KEY, field, 1))
+        except redis.ResponseError:  # not an integer: Redis refuses to add to it
+            self._reset(field, "Redis holds no integer there")
+            return int(self.server.hincrby(stat.COUNTS_KEY, field, 1))
 
 
 class SharedKnown:
@@ -212,7 +294,8 @@ class SharedKnown:
         return bool(self.server.sismember(stat.KNOWN_KEY, f"{label}\t{url}"))
 
 
-def shared_settings(redis_url: str, worker: str, idle_close_s: float) -> dict[str, Any]:
+def shared_settings(redis_url: str, worker: str, idle_close_s: float,
+                    lease_s: float) -> dict[str, Any]:
     """The Scrapy settings that make a crawl a worker of the shared crawl."""
     return {
         "SCHEDULER": "scraper.shared.SharedScheduler",
@@ -220,5 +303,6 @@ def shared_settings(redis_url: str, worker: str, idle_close_s: float) -> dict[st
         "ITEM_PIPELINES": {"scraper.shared.HandOff": 300},
         "HAPPYSAD_WORKER": worker,
         "HAPPYSAD_SHARED_IDLE_CLOSE_S": idle_close_s,
+        "HAPPYSAD_SHARED_LEASE_S": lease_s,
         "JOBDIR": None,  # the queue is in Redis
     }

@@ -161,9 +161,11 @@ class CrawlParams(Section):
     job_dir: str | None = None
     progress_every_s: Annotated[float, Field(gt=0.0)]
     # A crawl shared through Redis (HAPPYSAD_CRAWL_REDIS): crawler processes the stage starts,
-    # and how long the queue must stay empty, every worker idle, before a worker leaves.
+    # how long the queue must stay empty, every worker idle, before a worker leaves, and how
+    # long a worker that stopped answering keeps its requests before they are queued again.
     shared_workers: Positive = 2
     shared_idle_close_s: Annotated[float, Field(ge=0.0)] = 2.0
+    shared_lease_s: Annotated[float, Field(gt=0.0, le=3600.0)] = 30.0
 
     @field_validator("allow_private_hosts")
     @classmethod

@@ -98,8 +98,11 @@ class ImagesSpider(scrapy.Spider):
 
             server = shared.connect(self.shared["redis_url"])
             self.known: Container[tuple[str, str]] = shared.SharedKnown(server)
-            self.pages_requested: Any = shared.SharedCounts(server, "pages")
-            self.images_found: Any = shared.SharedCounts(server, "images")
+            def refuse(what: str, why: object) -> None:
+                shared.refused(self.crawler.stats, what, why)
+
+            self.pages_requested: Any = shared.SharedCounts(server, "pages", refuse)
+            self.images_found: Any = shared.SharedCounts(server, "images", refuse)
             self._seeder = lambda: bool(server.set(stat.SEEDED_KEY, self.shared["worker"],
                                                    nx=True))
             self._write_error = lambda line: server.rpush(stat.ERRORS_KEY, line)

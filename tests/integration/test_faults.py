@@ -39,6 +39,21 @@ The third survey, each with what a user now sees:
 Smaller: crossval off leaves valid metrics and no empty plots folder: test_crossval; the
 preset keeps every line it does not change: unit/test_preset; SIGTERM stops `make serve`
 without a warning: e2e/test_flows.
+
+The fourth survey (issue "Faults, round four"), each with what a user now sees:
+
+1. a crawl worker killed mid-crawl, joined from elsewhere or started by the stage:
+   test_shared_crawl (its leased requests go back on the queue, a local one is replaced;
+   the stage stores exactly what one process stores and logs "crawler worker W is gone
+   (...): the N requests it held go back on the queue"; requests never fetched at the end
+   make the stage exit non-zero).
+2. hostile or broken Redis state (a list as a class, nesting 100,000 deep, non-JSON stats,
+   junk error lines, text in the counters, a worker alive until the year 3000, junk leases
+   and queued requests, a broken config for a joining worker): test_shared_crawl and
+   unit/test_handoff (one line each, counted as ``bad_shared_state``; the crawl completes).
+4. open doors, the Redis half: ``make crawl-redis`` binds 127.0.0.1 and saves nothing, and
+   binds another address only with a password (docs/scale.md gives the command and the
+   bundled ``redis-server``'s path).
 """
 
 from __future__ import annotations
