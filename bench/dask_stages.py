@@ -23,7 +23,7 @@ from bench import print_table
 from bench.crawl import impolite
 from bench.data_stages import synthetic_raw
 from pipeline.config.params import load_params
-from pipeline.runtime.workers import DASK_ADDRESS
+from pipeline.runtime.cluster import DASK_ADDRESS
 from testing.dask import dask_cluster
 
 Row = tuple[str, str, str]

@@ -7,7 +7,8 @@ every module):
 - ``runtime/``: how any command runs. ``entry`` (flags, logging, one-line errors), ``errors``,
   ``log``, ``lifeline`` (children die with their parent), ``files`` (regular files only,
   atomic writes, appends that repair a torn line), ``outputs`` (a stage's output replaced
-  whole, JSON lines), ``workers`` (the per-image process pool).
+  whole, JSON lines), ``workers`` (the per-image process pool), ``cluster`` (the same map
+  over a Dask cluster, every wait bounded).
 - ``config/``: params.yaml, typed. ``loader`` (safe YAML, one-line errors, ``load_sections``),
   one schema module per section (``scrape`` with ``demo_site``, ``clean``, ``split``,
   ``tfrecords``, ``faces``, ``pretrain``, ``train``, ``crossval``, ``evaluate``, ``suspects``, ``promote``,

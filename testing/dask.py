@@ -20,9 +20,9 @@ def _stop(processes: list[subprocess.Popen]) -> None:
 
 
 @contextlib.contextmanager
-def dask_cluster(workers: int, logs: Path) -> Iterator[str]:
-    """A scheduler and ``workers`` one-thread workers; yields the scheduler's address once
-    every worker has joined."""
+def dask_cluster(workers: int, logs: Path, worker_cwd: Path = REPO) -> Iterator[str]:
+    """A scheduler and ``workers`` one-thread workers (started in ``worker_cwd``); yields the
+    scheduler's address once every worker has joined."""
     from distributed import Client
 
     dask = str(Path(sys.executable).with_name("dask"))
@@ -30,9 +30,9 @@ def dask_cluster(workers: int, logs: Path) -> Iterator[str]:
     logs.mkdir(parents=True, exist_ok=True)
     processes: list[subprocess.Popen] = []
 
-    def start(name: str, command: list[str]) -> None:
+    def start(name: str, command: list[str], cwd: Path = REPO) -> None:
         with (logs / f"{name}.log").open("wb") as out:
-            processes.append(subprocess.Popen(command, cwd=REPO, stdout=out, stderr=subprocess.STDOUT,
+            processes.append(subprocess.Popen(command, cwd=cwd, stdout=out, stderr=subprocess.STDOUT,
                                               start_new_session=True))
 
     try:
@@ -40,7 +40,8 @@ def dask_cluster(workers: int, logs: Path) -> Iterator[str]:
                             "--no-dashboard", "--no-show"])
         for index in range(workers):
             start(f"worker-{index}", [dask, "worker", address, "--nthreads", "1", "--no-dashboard",
-                                      "--local-directory", str(logs / f"worker-{index}")])
+                                      "--local-directory", str(logs / f"worker-{index}")],
+                  worker_cwd)
         with Client(address, timeout="60s") as client:
             client.wait_for_workers(workers, timeout=120)
         yield address

@@ -3,14 +3,20 @@ loopback): the outputs are those of the local run, byte for byte, and both worke
 
 from __future__ import annotations
 
+import os
+import signal
+import time
 from pathlib import Path
 
 import pytest
 
 from pipeline.config.clean import CleanParams
 from pipeline.config.params import Params
-from pipeline.runtime.workers import DASK_ADDRESS
+from pipeline.runtime.cluster import DASK_ADDRESS, WAIT_ENV
+from pipeline.runtime.errors import UserError
+from pipeline.runtime.workers import parallel_map
 from testing.dask import dask_cluster
+from testing.sites import LoopbackSite
 
 
 def _files(folder: Path) -> dict[str, bytes]:
@@ -47,11 +53,49 @@ def test_clean_and_tfrecords_on_a_dask_cluster_write_what_they_write_locally(
         assert _files(tmp_path / "dask-run" / part) == _files(tmp_path / "local" / part), part
 
 
-@pytest.mark.slow  # the client tries for 10 s
-def test_a_dask_address_nobody_answers_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
-    from pipeline.runtime.errors import UserError
-    from pipeline.runtime.workers import parallel_map
+def test_an_address_that_is_no_dask_scheduler_is_one_line_at_once(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Before: `banana` gave 61 lines and two tracebacks in 20 s; an HTTP server's address hung
+    for ever with no line."""
+    monkeypatch.setenv(WAIT_ENV, "2")
+    for address, said in [("banana", "is not a Dask scheduler's address: give it as tcp://"),
+                          ("http://127.0.0.1:80", "is not a Dask scheduler's address"),
+                          ("tcp://127.0.0.1:9", "no Dask scheduler answers"),
+                          ("tcp://127.0.0.1:99999", "is not a Dask scheduler's address")]:
+        monkeypatch.setenv(DASK_ADDRESS, address)
+        with pytest.raises(UserError, match=said):
+            list(parallel_map(abs, [1, 2], 0, "test"))
+    with LoopbackSite() as site:  # an HTTP server: it accepts, and waits for a request
+        monkeypatch.setenv(DASK_ADDRESS, f"tcp://{site.host_port}")
+        started = time.monotonic()
+        with pytest.raises(UserError, match="it is not a Dask scheduler .it said nothing in 2 s"):
+            list(parallel_map(abs, [1, 2], 0, "test"))
+        assert time.monotonic() - started < 30
 
-    monkeypatch.setenv(DASK_ADDRESS, "tcp://127.0.0.1:9")
-    with pytest.raises(UserError, match="no Dask scheduler answers"):
-        list(parallel_map(abs, [1, 2], 0, "test"))
+
+@pytest.mark.slow
+def test_a_worker_outside_a_checkout_and_a_cluster_whose_workers_died_are_one_line(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Before: a worker started elsewhere blamed data/raw ("restore it with dvc checkout");
+    with every worker dead the stage waited for ever, saying nothing."""
+    from distributed import Client
+
+    monkeypatch.setenv(WAIT_ENV, "4")
+    with dask_cluster(1, tmp_path / "elsewhere", worker_cwd=tmp_path) as address:
+        monkeypatch.setenv(DASK_ADDRESS, address)
+        with pytest.raises(UserError, match=f"runs in {tmp_path}, which is not a checkout of "
+                                            "this project .no dvc.yaml, params.yaml, pipeline"):
+            list(parallel_map(abs, list(range(40)), 0, "test"))
+    with dask_cluster(1, tmp_path / "dask") as address:
+        monkeypatch.setenv(DASK_ADDRESS, address)
+        with Client(address) as client:
+            pids = client.run(os.getpid)
+        results = parallel_map(time.sleep, [0.05] * 64, 0, "test")
+        next(results)
+        for pid in pids.values():  # the worker and its nanny, which would start another
+            os.killpg(os.getpgid(pid), signal.SIGKILL)
+        started = time.monotonic()
+        with pytest.raises(UserError, match=r"no Dask worker for 4 s \(\d+ of 64 images done\); "
+                                            "start workers in this checkout"):
+            list(results)
+        assert time.monotonic() - started < 60

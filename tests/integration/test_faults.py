@@ -51,9 +51,14 @@ The fourth survey (issue "Faults, round four"), each with what a user now sees:
    junk error lines, text in the counters, a worker alive until the year 3000, junk leases
    and queued requests, a broken config for a joining worker): test_shared_crawl and
    unit/test_handoff (one line each, counted as ``bad_shared_state``; the crawl completes).
-4. open doors, the Redis half: ``make crawl-redis`` binds 127.0.0.1 and saves nothing, and
+3. Dask without a cluster: test_dask (`banana`, an HTTP server's port, no scheduler: one line
+   at once or within ``HAPPYSAD_DASK_WAIT_S``; every worker killed mid-stage: a line, then the
+   stage stops after the wait naming how many images were done; a worker outside a checkout:
+   one line naming its folder); ``*.partial`` output folders are git-ignored.
+4. open doors: ``make crawl-redis`` binds 127.0.0.1 and saves nothing, and ``make crawl-redis`` binds 127.0.0.1 and saves nothing, and
    binds another address only with a password (docs/scale.md gives the command and the
-   bundled ``redis-server``'s path).
+   bundled ``redis-server``'s path); docs/scale.md's Dask commands bind 127.0.0.1 (dashboard
+   too), and TLS across machines.
 """
 
 from __future__ import annotations
