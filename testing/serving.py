@@ -4,6 +4,7 @@ started, its port read from its start line, stopped with Ctrl-C's signal."""
 from __future__ import annotations
 
 import re
+import resource
 import signal
 import subprocess
 import sys
@@ -19,11 +20,17 @@ class ServeModel:
     its stderr lines so far, ``port`` and ``url`` where it answers."""
 
     def __init__(self, args: list[str], cwd: Path, env: dict[str, str] | None = None,
-                 timeout_s: float = 120.0) -> None:
+                 timeout_s: float = 120.0, max_files: int | None = None) -> None:
         self.started = time.perf_counter()
+
+        def limit_files() -> None:  # as `ulimit -n` would
+            if max_files is not None:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (max_files, max_files))
+
         self.process = subprocess.Popen(
             [sys.executable, "-m", "pipeline", "serve-model", "--port", "0", *args],
-            cwd=cwd, env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+            cwd=cwd, env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
+            preexec_fn=limit_files)
         self.log: list[str] = []
         self.port: int | None = None
         ready = threading.Event()
@@ -38,7 +45,8 @@ class ServeModel:
                     ready.set()
             ready.set()  # it ended without starting
 
-        threading.Thread(target=read, daemon=True).start()
+        self.reader = threading.Thread(target=read, daemon=True)
+        self.reader.start()
         ready.wait(timeout_s)
         if self.port is None:
             self.stop()
@@ -54,3 +62,4 @@ class ServeModel:
             if self.process.poll() is None:
                 self.process.kill()
                 self.process.wait()
+            self.reader.join(timeout=30)  # every line it wrote is in ``log`` once this returns

@@ -17,3 +17,5 @@ class ServeParams(Section):
     prepare_threads: Annotated[int, Field(ge=0)]     # decode and resize; 0 = one per core
     poll_s: Annotated[float, Field(gt=0.0, le=3600.0)]  # how often the model folder is checked
     settle_polls: Positive                           # unchanged checks before a new model loads
+    read_timeout_s: Annotated[float, Field(gt=0.0, le=3600.0)]  # a request's arrival, whole
+    max_connections: Annotated[int, Field(ge=1, le=100_000)]  # open at once (more are closed)

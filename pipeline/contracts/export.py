@@ -5,6 +5,7 @@ the data a model was trained on."""
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import yaml
@@ -29,20 +30,37 @@ def lock_outputs(lock_file: Path) -> dict[str, list[dict]] | None:
 
 def read_card(model_dir: Path) -> dict:
     """The model card: class names, threshold and input contract every reader takes."""
-    card_path = model_dir / "model_card.json"
+    card_path = model_dir / CARD_FILE
     if not card_path.exists() or not (model_dir / "model.keras").exists():
         raise UserError(f"{model_dir}: no model.keras and model_card.json; run `make run` (the "
                         "retrain flow promotes a model there), or pass --model-dir models for the "
                         "last one `dvc repro` trained")
+    return parse_card(card_path.read_bytes(), card_path)
+
+
+def parse_card(data: bytes, card_path: Path) -> dict:
+    """A model card's JSON, checked as every reader needs it (predict, serve-model, promotion):
+    its input contract complete, two class names, a threshold strictly between 0 and 1."""
     try:
-        card = json.loads(card_path.read_text(encoding="utf-8"))
+        card = json.loads(data)
         missing = [k for k in ("class_names", "image_size", "resize") if k not in card["input"]]
         if missing:
             raise KeyError(missing[0])
-        float(card["threshold"])
+        names = card["input"]["class_names"]
+        if not (isinstance(names, list) and len(names) == 2
+                and all(isinstance(n, str) and n for n in names)):
+            raise ValueError(f"class_names {str(names)[:80]}: not two names")
+        threshold = card["threshold"]
+        if isinstance(threshold, bool) or not isinstance(threshold, int | float) or not (
+                math.isfinite(threshold) and 0.0 < threshold < 1.0):
+            raise ValueError(f"threshold {str(threshold)[:40]}: not a probability between 0 and 1")
+    except RecursionError:
+        raise UserError(f"{card_path}: not a model card the save stage wrote (nested too deep); "
+                        "run `dvc repro save` again") from None
     except (ValueError, KeyError, TypeError) as err:
-        raise UserError(f"{card_path}: not a model card the save stage wrote ({err!r} is missing "
-                        "or malformed); run `dvc repro save` again") from None
+        why = str(err) if type(err) is ValueError else f"{err!r} is missing or malformed"
+        raise UserError(f"{card_path}: not a model card the save stage wrote ({why}); run "
+                        "`dvc repro save` again") from None
     return card
 
 

@@ -183,8 +183,9 @@ async def predict(request: Request) -> Response:
     with model.in_use():
         try:
             body = await read_body(request, service.params.max_body_bytes)
-            uploads = form_images(body, request.headers.get("content-type", ""),
-                                  service.params.max_instances)
+            uploads = await asyncio.get_running_loop().run_in_executor(
+                service.prepare, form_images, body, request.headers.get("content-type", ""),
+                service.params.max_instances)
             answers = await _label(service, model, uploads)
         except RequestError as err:
             return _error(err.message, err.status, model)

@@ -15,7 +15,6 @@ import asyncio
 import contextlib
 import datetime
 import hashlib
-import json
 import logging
 import os
 from collections.abc import Callable
@@ -26,7 +25,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from pipeline.contracts.export import CARD_FILE, LITE_FILE, read_card
+from pipeline.contracts.export import CARD_FILE, LITE_FILE, parse_card, read_card
 from pipeline.ml.labeller import Labeller
 from pipeline.ml.runtimes import LiteRuntime
 from pipeline.runtime.errors import UserError
@@ -126,7 +125,7 @@ def load_model(model_dir: Path, rules: CleanParams, faces: FacesParams | None,
     lite = (model_dir / LITE_FILE).read_bytes()
     if signature(model_dir) != before:
         raise UserError(f"{model_dir}: changed while it was read; tried again at the next check")
-    card = json.loads(card_bytes)
+    card = parse_card(card_bytes, model_dir / CARD_FILE)  # the bytes served, checked
     try:
         runtime = LiteRuntime(content=lite)
     except (ValueError, RuntimeError) as err:

@@ -87,17 +87,28 @@ def run(args: argparse.Namespace) -> None:
         logging.getLogger("uvicorn.error").setLevel(logging.WARNING)
 
     from pipeline.serving.app import MODEL_NAME, build_app
+    from pipeline.serving.connections import (
+        Refusals,
+        connection_cap,
+        guarded_protocol,
+        quiet_accept_errors,
+    )
 
     app = build_app(args.model_dir, params.serve, first, load)
+    cap = connection_cap(params.serve.max_connections)
+    refusals = Refusals(cap, params.serve.read_timeout_s)
+    quiet_accept_errors()
     host, port = sock.getsockname()[:2]
     url = f"http://{f'[{host}]' if ':' in host else host}:{port}"
     logger.info("serve-model: version %d of %s on %s/v1/models/%s:predict and %s/predict "
                 "(ready in %.1f s; Ctrl-C stops)", first.version, args.model_dir, url,
                 MODEL_NAME, url, time.perf_counter() - started)
-    server = uvicorn.Server(uvicorn.Config(app, log_config=None, access_log=False,
-                                           lifespan="on", timeout_graceful_shutdown=10))
+    server = uvicorn.Server(uvicorn.Config(
+        app, log_config=None, access_log=False, lifespan="on", timeout_graceful_shutdown=10,
+        http=guarded_protocol(cap, params.serve.read_timeout_s, refusals)))
     # uvicorn answers Ctrl-C or SIGTERM (no new requests; those in flight finish), then raises
     # the signal again: Ctrl-C ends here, as the normal way to stop a server
     with contextlib.suppress(KeyboardInterrupt):
         server.run(sockets=[sock])
+    refusals.say()
     logger.info("serve-model: stopped (%d requests answered)", app.state.service.metrics.total())

@@ -55,10 +55,15 @@ The fourth survey (issue "Faults, round four"), each with what a user now sees:
    at once or within ``HAPPYSAD_DASK_WAIT_S``; every worker killed mid-stage: a line, then the
    stage stops after the wait naming how many images were done; a worker outside a checkout:
    one line naming its folder); ``*.partial`` output folders are git-ignored.
-4. open doors: ``make crawl-redis`` binds 127.0.0.1 and saves nothing, and ``make crawl-redis`` binds 127.0.0.1 and saves nothing, and
+4. open doors: ``make crawl-redis`` binds 127.0.0.1 and saves nothing, and
    binds another address only with a password (docs/scale.md gives the command and the
    bundled ``redis-server``'s path); docs/scale.md's Dask commands bind 127.0.0.1 (dashboard
    too), and TLS across machines.
+5. serve-model stalls: test_serve (300 slow clients under ``ulimit -n 256``: closed after
+   ``serve.read_timeout_s`` or refused over ``serve.max_connections``, said in a line or two,
+   no traceback, /health answers; a 19 MB form of tiny parts refused at part 65, parsed off
+   the event loop while /health answers; a card whose threshold is NaN is refused in one line
+   by serve-model, which keeps the old model, and by ``happysad predict``, exit non-zero).
 """
 
 from __future__ import annotations

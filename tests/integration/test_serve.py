@@ -9,6 +9,8 @@ import json
 import os
 import shutil
 import struct
+import subprocess
+import sys
 import threading
 import time
 import zlib
@@ -29,7 +31,8 @@ class Service(ServeModel):
     """``happysad serve-model`` with an empty working folder and TMPDIR (so the test sees
     anything it writes) and params.yaml's ``serve`` section changed by ``serve``."""
 
-    def __init__(self, model_dir: Path, work: Path, serve: dict, *flags: str) -> None:
+    def __init__(self, model_dir: Path, work: Path, serve: dict, *flags: str,
+                 max_files: int | None = None) -> None:
         params = yaml.safe_load((REPO / "params.yaml").read_text())
         params["clean"].update({"min_side": 32, "workers": 1})  # the tiny site's faces
         params["serve"].update(serve)
@@ -39,7 +42,7 @@ class Service(ServeModel):
         (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
         env = {**tool_env(), "TMPDIR": str(self.tmp), "PYTHONPATH": str(REPO)}
         super().__init__(["--params", str(work / "params.yaml"), "--model-dir", str(model_dir), *flags],
-                         self.cwd, env)
+                         self.cwd, env, max_files=max_files)
         self.client = httpx.Client(base_url=self.url, timeout=60)
 
     def stop(self) -> int:
@@ -316,3 +319,92 @@ def test_a_promotion_while_requests_stream_in_is_swapped_in_without_a_failed_req
     assert any(LITE_FILE in line for line in service.log
                if "still serving version " + new in line), service.log
     assert not any(os.scandir(service.tmp))
+
+
+def _tiny_parts(count: int) -> tuple[bytes, str]:
+    part = (b"--b\r\nContent-Disposition: form-data; name=\"image\"; filename=\"x.jpg\"\r\n"
+            b"\r\nx\r\n")
+    return part * count + b"--b--\r\n", "multipart/form-data; boundary=b"
+
+
+def test_slow_clients_many_parts_and_a_nan_threshold_do_not_stall_or_fool_the_server(
+        production: Path, saved: Path, tiny_raw: Path, tmp_path: Path) -> None:
+    """Under `ulimit -n 256`: 300 clients that never finish their request are closed after
+    serve.read_timeout_s or refused over the cap, in a line or two, and /health answers; a
+    19 MB form of tiny parts is refused at part 65 while /health answers; a card whose
+    threshold is NaN is not swapped in, and predict refuses it in one line. (Before: /health
+    timed out, then 202,661 tracebacks; 55.7 s parsing with /health waiting; every image
+    "happy" with exit 0.)"""
+    import socket
+
+    from pipeline.tools.promote import _swap_in
+
+    good = _images(tiny_raw, 1)[0].read_bytes()
+    service = Service(production, tmp_path / "serve", {"read_timeout_s": 3, "poll_s": 0.1},
+                      max_files=256)
+    slow: list[socket.socket] = []
+    try:
+        for _ in range(300):  # slowloris: a request line and one header, then nothing
+            conn = socket.create_connection(("127.0.0.1", service.port), timeout=10)
+            conn.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n")
+            slow.append(conn)
+        deadline, health = time.monotonic() + 30, None
+        while health is None or health.status_code != 200:
+            assert time.monotonic() < deadline, "".join(service.log)
+            try:
+                health = httpx.get(f"{service.url}/health", timeout=5)
+            except httpx.TransportError:
+                time.sleep(0.2)
+        def closed(conn: socket.socket) -> bool:
+            try:
+                return conn.recv(1) == b""
+            except ConnectionResetError:
+                return True
+
+        assert sum(map(closed, slow)) == 300  # the server closed them all
+
+        body, kind = _tiny_parts(256_000)  # 19 MB
+        assert 18_000_000 < len(body) < 20_000_000
+        answers: dict[str, httpx.Response] = {}
+        sender = threading.Thread(target=lambda: answers.update(form=httpx.post(
+            f"{service.url}/predict", content=body, headers={"content-type": kind}, timeout=120)))
+        sender.start()
+        while sender.is_alive():
+            assert httpx.get(f"{service.url}/health", timeout=10).status_code == 200
+            time.sleep(0.05)
+        assert answers["form"].status_code == 413
+        assert "65 images in one request" in answers["form"].json()["error"]
+
+        version = _version(production)
+        nan_card = tmp_path / "nan"
+        shutil.copytree(_challenger(saved, tmp_path / "challenger", datetime.timedelta(days=1)),
+                        nan_card)
+        card = json.loads((nan_card / CARD_FILE).read_text())
+        (nan_card / CARD_FILE).write_text(json.dumps(card | {"threshold": float("nan")}))
+        _swap_in(nan_card, production)
+        deadline = time.monotonic() + 60
+        while "model_load_failures_total 1" not in httpx.get(f"{service.url}/metrics").text:
+            assert time.monotonic() < deadline, "".join(service.log)
+            time.sleep(0.1)
+        health = httpx.get(f"{service.url}/health").json()
+        assert str(health["model_version"]) == version and 0 < health["threshold"] < 1
+        assert httpx.post(f"{service.url}/v1/models/happysad:predict",
+                          json={"instances": [_b64(good)]}).status_code == 200
+    finally:
+        for conn in slow:
+            conn.close()
+        code = service.stop()
+    assert code == 0, "".join(service.log)
+    said = "".join(service.log)
+    assert "Traceback" not in said and "Too many open files" not in said, said
+    closing = [line for line in service.log if "serve-model: closed" in line]
+    assert 1 <= len(closing) <= 3, closing
+    assert any("threshold nan: not a probability between 0 and 1" in line
+               for line in service.log), said
+    predicted = subprocess.run([sys.executable, "-m", "pipeline", "predict", "--model-dir",
+                                str(production), str(_images(tiny_raw, 1)[0])], cwd=REPO,
+                               env=tool_env(), capture_output=True, text=True, timeout=300)
+    assert predicted.returncode != 0 and "Traceback" not in predicted.stderr
+    assert predicted.stderr.strip().splitlines()[-1].endswith(
+        "threshold nan: not a probability between 0 and 1); run `dvc repro save` again"), \
+        predicted.stderr
