@@ -28,7 +28,9 @@ from flows import artifacts
 from flows.server import own_server, quiet_or_verbose
 from flows.stages import StageFailedError, repro_stage, run_command, stage_order
 from pipeline.config.params import load_params
+from pipeline.contracts.export import FACE_SET
 from pipeline.runtime.errors import UserError
+from pipeline.runtime.folders import check_folder
 from pipeline.scrape.folder import check_import_folders
 
 CRAWL_STAGE = "scrape"  # the stage `force_scrape` re-runs: new images flow in through it
@@ -115,6 +117,7 @@ def retrain(project: str = ".", force_scrape: bool = False, promote_model: bool 
     all_params = load_params(root / "params.yaml")  # refused here, before DVC reads it
     params = all_params.flow
     check_import_folders(all_params.scrape, root)  # what DVC would hang or fail on, said first
+    check_folder(root / FACE_SET)
     order = stage_order(root)
     logger.info("stages from dvc.yaml: %s", " -> ".join(order))
     lock_before = _read_lock(root)

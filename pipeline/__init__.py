@@ -6,7 +6,8 @@ every module):
 
 - ``runtime/``: how any command runs. ``entry`` (flags, logging, one-line errors), ``errors``,
   ``log``, ``lifeline`` (children die with their parent), ``files`` (regular files only,
-  atomic writes, appends that repair a torn line), ``outputs`` (a stage's output replaced
+  atomic writes, appends that repair a torn line), ``folders`` (hand-filled input folders:
+  what DVC can hash, no link out), ``outputs`` (a stage's output replaced
   whole, JSON lines), ``workers`` (the per-image process pool), ``cluster`` (the same map
   over a Dask cluster, every wait bounded).
 - ``config/``: params.yaml, typed. ``loader`` (safe YAML, one-line errors, ``load_sections``),
@@ -33,7 +34,8 @@ every module):
 - ``serving/``: the prediction service (``happysad serve-model``). ``app`` (the routes: TF
   Serving's REST API, ``/predict``, ``/health``, ``/metrics``), ``requests`` (what a request
   may hold), ``models`` (the served model, its snapshot and hot swap), ``batching`` (images of
-  concurrent requests in one model call), ``metrics`` (Prometheus text).
+  concurrent requests in one model call), ``metrics`` (Prometheus text), ``connections`` (a
+  read timeout and a cap on open connections).
 - ``stages/``: one module per ``dvc.yaml`` stage, in DAG order ``scrape``, ``clean``,
   ``split``, ``tfrecords``, ``pretrain``, ``train``, ``crossval``, ``evaluate``, ``save``,
   ``suspects``;

@@ -15,6 +15,7 @@ from pipeline.runtime.errors import UserError
 LITE_FILE = "model.tflite"  # the LiteRT export `happysad predict` runs, beside model.keras
 CARD_FILE = "model_card.json"
 PRETRAINED = Path("models/pretrain/model.keras")  # the pretrain stage's face network
+FACE_SET = Path("data/pretrain")  # the face set it is fitted on, a folder per class
 # An export's files, as save writes them and promotion copies them.
 SHIPPED = ("model.keras", "serving", LITE_FILE, "model_card.md", CARD_FILE)
 

@@ -5,21 +5,16 @@ recorded under the URL ``file:<path>/<class>/<name>`` (the path as params.yaml
 gives it, so the manifest names no machine's folders); a file already recorded
 under that URL is skipped, so a re-import adds only new names.
 
-Only regular files inside the folder are read. A symbolic link is followed only
-while it stays inside the folder; one that leads out (to ``/etc``, to another
-project) is refused and counted, so nothing from elsewhere reaches data/raw and,
-through ``dvc push``, the remote. The folder is a DVC dep of the scrape stage, so
-DVC hashes everything in it: a name that is not UTF-8 makes DVC fail and a FIFO or
-device makes it hang. :func:`check_folder` refuses those first, with one line
-naming the file; the Prefect flow calls it before DVC looks.
+The folder is read by the rules of :mod:`pipeline.runtime.folders`: regular files
+inside it only, a link that leads out refused and counted, and what DVC cannot hash
+(a name that is not UTF-8, a dangling link, a FIFO or device) named in one line
+first; the Prefect flow checks it before DVC looks.
 """
 
 from __future__ import annotations
 
 import errno
 import logging
-import os
-import stat
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
@@ -28,8 +23,8 @@ from pathlib import Path, PurePosixPath
 
 from pipeline.config.scrape import ScrapeParams
 from pipeline.contracts.raw import RawRecord, RawStore
-from pipeline.runtime.errors import UserError
-from pipeline.runtime.files import display_path, kind_of, read_regular
+from pipeline.runtime.files import read_regular
+from pipeline.runtime.folders import check_folder, files_within
 
 logger = logging.getLogger(__name__)
 
@@ -44,31 +39,6 @@ class FolderImport:
     links_refused: int = 0  # symbolic links that lead out of the folder
 
 
-def check_folder(root: Path) -> None:
-    """A one-line ``UserError`` for the first entry under ``root`` that DVC cannot hash: a name
-    that is not UTF-8, or a FIFO, socket or device (DVC would wait on it forever), also at
-    the end of a symbolic link. Links are not followed into folders."""
-    if not root.is_dir():
-        return
-    for folder, dirs, files in os.walk(root):
-        dirs.sort()
-        for name in [*dirs, *sorted(files)]:
-            path = Path(folder) / name
-            try:
-                name.encode("utf-8")
-            except UnicodeEncodeError:
-                raise UserError(f"{display_path(path)}: the name is not UTF-8, which DVC cannot hash "
-                                "(it fails on the whole stage); rename the file, e.g. with "
-                                "`convmv -f latin1 -t utf-8`") from None
-            try:
-                mode = path.stat().st_mode  # through a link: what DVC would open
-            except OSError:
-                continue  # a dangling link: DVC skips it too
-            if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
-                raise UserError(f"{display_path(path)}: {kind_of(mode)}, not a file; DVC would wait "
-                                "on it forever while hashing the folder; remove it")
-
-
 def check_import_folders(params: ScrapeParams, root: Path = Path(".")) -> None:
     """:func:`check_folder` over every folder source of ``params``, enabled or not (each is
     a DVC dep all the same), with paths relative to the project ``root``."""
@@ -77,29 +47,12 @@ def check_import_folders(params: ScrapeParams, root: Path = Path(".")) -> None:
             check_folder(root / source.path)
 
 
-def _within(path: Path, root: Path) -> bool:
-    return path == root or root in path.parents
-
-
 def _files(root: Path, folder: Path, path: str) -> Iterator[tuple[Path | None, str]]:
-    """The regular files of one class folder, hidden ones left out, each with its ``file:``
-    URL; a link leading out of ``root`` comes as ``(None, url)``."""
-    real_root = root.resolve()
-    for place, dirs, names in os.walk(folder):  # links to folders are not walked into
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        for name in sorted(names):
-            file = Path(place) / name
-            if name.startswith("."):
-                continue
-            url = f"file:{PurePosixPath(path) / file.relative_to(root).as_posix()}"
-            if file.is_symlink() and not _within(file.resolve(), real_root):
-                yield None, url
-            elif file.is_file():  # a regular file, or a link to one inside the folder
-                yield file, url
-        for name in dirs:  # links among the folders: refused when they lead out
-            linked = Path(place) / name
-            if linked.is_symlink() and not _within(linked.resolve(), real_root):
-                yield None, f"file:{PurePosixPath(path) / linked.relative_to(root).as_posix()}"
+    """The regular files of one class folder, each with its ``file:`` URL; a link leading out
+    of ``root`` comes as ``(None, url)``."""
+    for file, readable in files_within(root, folder):
+        url = f"file:{PurePosixPath(path) / file.relative_to(root).as_posix()}"
+        yield (file if readable else None), url
 
 
 def _read_within(file: Path, max_bytes: int, url: str) -> bytes | None:

@@ -3,7 +3,8 @@
 Reads every image under ``data/pretrain`` whose folder is named as one of
 ``scrape.classes``: ``data/pretrain/happy/``, or FER-2013's layout as it is
 (``train/happy/``, ``validation/sad/``; its other expressions' folders are left
-out). Each becomes a square of ``pretrain.image_size`` px; files that do not
+out), by data/import's rules: regular files inside the folder only, a link that leads
+out refused and named. Each becomes a square of ``pretrain.image_size`` px; files that do not
 decode or are under ``pretrain.min_side`` are left out and counted. The faces
 are split into train, val and test by a hash of their perceptual hash, so a
 face and its copies land in the same split, and the network of
@@ -32,10 +33,12 @@ from pipeline.config.evaluate import EvaluateParams
 from pipeline.config.loader import load_sections
 from pipeline.config.pretrain import PretrainParams, ScrapeClasses
 from pipeline.contracts import features
+from pipeline.contracts.export import FACE_SET
 from pipeline.contracts.split import SPLITS
 from pipeline.runtime.entry import main
 from pipeline.runtime.errors import UserError
 from pipeline.runtime.files import write_atomic
+from pipeline.runtime.folders import check_folder, files_within
 from pipeline.runtime.outputs import replacing_dir, write_metrics
 from pipeline.runtime.workers import parallel_map
 
@@ -54,12 +57,21 @@ class FaceJob:
     quality: int
 
 
-def face_files(folder: Path, class_names: list[str]) -> list[tuple[Path, str]]:
-    """Every file under ``folder`` whose parent folder is named as a class, in a stable order."""
+def face_files(folder: Path, class_names: list[str]) -> tuple[list[tuple[Path, str]], int]:
+    """Every file under ``folder`` whose parent folder is named as a class, in a stable order,
+    read by data/import's rules (:mod:`pipeline.runtime.folders`); and how many links out of
+    the folder were refused, each said in one line."""
     if not folder.is_dir():
-        return []
-    return sorted((p, p.parent.name) for p in folder.rglob("*")
-                  if p.is_file() and p.parent.name in class_names and not p.name.startswith("."))
+        return [], 0
+    check_folder(folder)  # what DVC could not hash, named, when the stage runs on its own
+    files, refused = [], 0
+    for path, readable in files_within(folder, folder):
+        if not readable:
+            refused += 1
+            logger.warning("pretrain: not read (a link out of %s): %s", folder, path)
+        elif path.parent.name in class_names:
+            files.append((path, path.parent.name))
+    return sorted(files), refused
 
 
 def encoded_face(job: FaceJob) -> tuple[str, str, bytes, str] | tuple[str, str]:
@@ -113,9 +125,11 @@ def _write_records(faces: list[tuple[str, str, bytes, str]], class_names: list[s
     return counts
 
 
-def _nothing_to_pretrain(folder: Path, models: Path, reports: Path) -> dict:
-    note = (f"No face set in {folder} (a folder per class, e.g. FER-2013's train/happy and "
-            "train/sad): nothing was pretrained. Put one there and run `dvc repro`.\n")
+def _nothing_to_pretrain(folder: Path, models: Path, reports: Path, refused: int) -> dict:
+    links = (f" ({refused} links out of it refused: copy the faces in instead)"
+             if refused else "")
+    note = (f"No face set in {folder}{links} (a folder per class, e.g. FER-2013's train/happy "
+            "and train/sad): nothing was pretrained. Put one there and run `dvc repro`.\n")
     for out in (models, reports / "train"):
         with replacing_dir(out) as tmp:
             (tmp / NOTE).write_text(note)
@@ -128,9 +142,9 @@ def _nothing_to_pretrain(folder: Path, models: Path, reports: Path) -> dict:
 def pretrain(folder: Path, class_names: list[str], models: Path, reports: Path,
              params: PretrainParams, evaluation: EvaluateParams, seed: int) -> dict:
     """Fit the face network on ``folder``'s faces; its held-out figures (``images`` 0: none)."""
-    files = face_files(folder, class_names)
+    files, refused = face_files(folder, class_names)
     if not files:
-        return _nothing_to_pretrain(folder, models, reports)
+        return _nothing_to_pretrain(folder, models, reports, refused)
     jobs = [FaceJob(p, label, params.image_size, params.min_side, params.jpeg_quality)
             for p, label in files]
     results = list(parallel_map(encoded_face, jobs, params.workers, "pretrain"))
@@ -147,7 +161,7 @@ def pretrain(folder: Path, class_names: list[str], models: Path, reports: Path,
     logger.info("pretrain: %d faces (%s), %d files left out %s", len(faces), counts,
                 sum(left_out.values()), dict(left_out))
     metrics = _fit_and_score(records, models, reports, params, evaluation, seed)
-    metrics["left_out"] = dict(left_out)
+    metrics["left_out"] = dict(left_out) | ({"link_out_of_folder": refused} if refused else {})
     write_atomic(reports / "metrics.json", json.dumps(metrics, indent=2, sort_keys=True) + "\n")
     shutil.rmtree(records.parent, ignore_errors=True)
     return metrics
@@ -180,7 +194,7 @@ def _fit_and_score(records: Path, models: Path, reports: Path, params: PretrainP
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--faces", type=Path, default=Path("data/pretrain"),
+    parser.add_argument("--faces", type=Path, default=FACE_SET,
                         help="the face set, a folder per class (default: %(default)s)")
     parser.add_argument("--models", type=Path, default=Path("models/pretrain"))
     parser.add_argument("--reports", type=Path, default=Path("reports/pretrain"))

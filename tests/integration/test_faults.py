@@ -64,6 +64,11 @@ The fourth survey (issue "Faults, round four"), each with what a user now sees:
    no traceback, /health answers; a 19 MB form of tiny parts refused at part 65, parsed off
    the event loop while /health answers; a card whose threshold is NaN is refused in one line
    by serve-model, which keeps the old model, and by ``happysad predict``, exit non-zero).
+6. data/pretrain read by data/import's rules: test_pretrain (links out of it, to a face, to
+   /etc/hostname or to a folder, refused and named; a FIFO, a name that is not UTF-8 and a
+   dangling link are one line from the stage and, before DVC hashes the folder, the flow).
+7. round-three doors: a dangling link in data/import is one line naming it, from the flow
+   before DVC hashes the folder (pipeline.runtime.folders.check_folder, shared with 6).
 """
 
 from __future__ import annotations

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -151,3 +152,55 @@ def test_the_stage_keeps_tensorflow_native_notices_out_of_what_a_user_reads(
     assert (tmp_path / "m" / "model.keras").is_file()
     # TensorFlow's start-up lines ("oneDNN custom operations are on", absl's) go to the debug log
     assert "oneDNN" not in result.stderr and "absl" not in result.stderr, result.stderr
+
+
+def test_the_face_set_is_read_by_data_imports_rules(tmp_path: Path,
+                                                    caplog: pytest.LogCaptureFixture) -> None:
+    """Regular files inside data/pretrain only: links out (to a face elsewhere, to
+    /etc/hostname, to a folder of faces) are refused and named; a link inside is read. What
+    DVC cannot hash (a FIFO, a name that is not UTF-8, a dangling link) is one line. (Before:
+    a linked outside face was trained on, /etc/hostname read, a linked folder ignored with
+    "nothing to pretrain", and a FIFO hung `dvc repro pretrain`.)"""
+    import os
+
+    from pipeline.stages.pretrain import face_files
+
+    faces, outside = tmp_path / "faces", tmp_path / "elsewhere"
+    _face_set(faces, per_class=4)
+    (outside / "sad").mkdir(parents=True)
+    (outside / "sad" / "far.jpg").write_bytes((faces / "train" / "sad" / "1.jpg").read_bytes())
+    happy = faces / "train" / "happy"
+    (happy / "far.jpg").symlink_to(outside / "sad" / "far.jpg")
+    (happy / "host.jpg").symlink_to("/etc/hostname")
+    (happy / "near.jpg").symlink_to(happy / "1.jpg")  # inside: fine
+    (faces / "more").mkdir()
+    (faces / "more" / "sad").symlink_to(outside / "sad")
+    with caplog.at_level(logging.WARNING, logger="pipeline.stages.pretrain"):
+        files, refused = face_files(faces, CLASSES)
+    names = {str(p.relative_to(faces)) for p, _ in files}
+    assert "train/happy/near.jpg" in names and "train/happy/1.jpg" in names
+    assert not {"train/happy/far.jpg", "train/happy/host.jpg"} & names
+    assert not any(n.startswith("more/") for n in names) and refused == 3
+    said = [r.getMessage() for r in caplog.records]
+    assert sorted(m.rsplit("/", 2)[-2] + "/" + m.rsplit("/", 1)[-1] for m in said) == [
+        "happy/far.jpg", "happy/host.jpg", "more/sad"], said
+
+    only_links = tmp_path / "links"
+    (only_links / "happy").mkdir(parents=True)
+    (only_links / "happy" / "a.jpg").symlink_to(outside / "sad" / "far.jpg")
+    assert face_files(only_links, CLASSES) == ([], 1)
+
+    for make, said_of in [
+            (lambda p: os.mkfifo(p), "a FIFO (named pipe), not a file; DVC would wait on it"),
+            (lambda p: p.symlink_to(tmp_path / "gone.jpg"), "a link to"),
+    ]:
+        bad = tmp_path / f"bad-{len(said_of)}"
+        (bad / "happy").mkdir(parents=True)
+        make(bad / "happy" / "x.jpg")
+        with pytest.raises(UserError, match=re.escape(said_of)):
+            face_files(bad, CLASSES)
+    latin = tmp_path / "latin"
+    (latin / "happy").mkdir(parents=True)
+    (latin / "happy" / os.fsdecode(b"caf\xe9.jpg")).write_bytes(b"x")
+    with pytest.raises(UserError, match=r"caf\\xe9.jpg: the name is not UTF-8"):
+        face_files(latin, CLASSES)
