@@ -85,13 +85,21 @@ def read_yaml(path: Path) -> dict[str, Any]:
     """params.yaml as plain data, or a one-line ``UserError`` naming the file and the line."""
     path = Path(path)
     try:
-        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)
+        text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise UserError(f"{path}: not found; run from the repository root or pass --params") from None
     except IsADirectoryError:
         raise UserError(f"{path}: is a folder, not a params file; pass --params params.yaml") from None
     except UnicodeDecodeError as err:
         raise UserError(f"{path}: byte {err.start} is not UTF-8 text; save the file as UTF-8") from None
+    return parse_yaml(text, path)
+
+
+def parse_yaml(text: str, path: Path) -> dict[str, Any]:
+    """``text`` (the content of ``path``, or what is about to be) as plain data, by the same
+    rules as :func:`read_yaml`: duplicate keys, anchors and aliases refused in one line."""
+    try:
+        raw = yaml.load(text, Loader=_UniqueKeyLoader)
     except _DuplicateKeyError as err:
         mark = err.problem_mark
         raise UserError(f"{path}: line {mark.line + 1 if mark else '?'}: {err.problem}; keep "

@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import datetime
 import json
+import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from pipeline.runtime.errors import UserError
 from pipeline.runtime.files import append_lines
 
+logger = logging.getLogger(__name__)
 ACTIONS = ("keep", "relabel", "exclude", "undo")
 DEFAULT_PATH = Path("data/review/decisions.jsonl")
 
@@ -60,14 +62,23 @@ def _parse(line: str, where: str) -> Decision:
 
 
 def read(path: Path) -> list[Decision]:
-    """Every decision in file order; none when the file does not exist."""
+    """Every decision in file order; none when the file does not exist. A last line cut short
+    (no newline, not a whole decision: what a write killed half-way leaves) is left out with a
+    warning; the next :func:`append` drops it."""
     if not path.exists():
         return []
     out = []
     with path.open(encoding="utf-8") as handle:
         for number, line in enumerate(handle, start=1):
-            if line.strip():
+            if not line.strip():
+                continue
+            try:
                 out.append(_parse(line, f"{path}:{number}"))
+            except UserError:
+                if line.endswith("\n"):
+                    raise
+                logger.warning("%s:%d: the last line was cut short (a write was interrupted); "
+                               "left out, and dropped by the next decision saved", path, number)
     return out
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+from dataclasses import replace
 from pathlib import Path
 from xml.sax.saxutils import quoteattr
 
@@ -69,7 +70,9 @@ def _choice(task: dict, where: str) -> tuple[str, str, str] | None:
     for annotation in reversed(answered):
         results = annotation.get("result")
         for result in results if isinstance(results, list) else []:
-            value = result.get("value") if isinstance(result, dict) else None
+            if not isinstance(result, dict):  # e.g. ["sad"]: not a Label Studio result
+                continue
+            value = result.get("value")
             choices = value.get("choices") if isinstance(value, dict) else None
             if result.get("from_name") == FROM and isinstance(choices, list) and choices:
                 when = annotation.get("updated_at") or annotation.get("created_at") or ""
@@ -108,16 +111,20 @@ def decisions_from_export(export: list, classes: list[str], where: Path) -> list
                             "tasks with happysad labelstudio export; nothing was appended")
         action = EXCLUDE if choice == EXCLUDE else "keep" if choice == data["class"] else "relabel"
         out.append(review.Decision(data["sha256"], action, data["class"] if action != "relabel"
-                                   else choice, when or review.now(),
-                                   f"{NOTE} annotation {annotation}".rstrip()))
+                                   else choice, when, f"{NOTE} annotation {annotation}".rstrip()))
     return out
 
 
 def new_decisions(made: list[review.Decision], path: Path) -> list[review.Decision]:
     """``made`` less the decisions ``path`` already holds from an earlier import of the same
-    export (same image, same annotation, same time)."""
-    had = {(d.sha256, d.note, d.time) for d in review.read(path) if d.note.startswith(NOTE)}
-    return [d for d in made if (d.sha256, d.note, d.time) not in had]
+    export (same image, annotation and answer, at the same time where the export gives one),
+    the rest timed now where the export gave no time."""
+    had = [d for d in review.read(path) if d.note.startswith(NOTE)]
+    timed = {(d.sha256, d.note, d.action, d.label, d.time) for d in had}
+    untimed = {(d.sha256, d.note, d.action, d.label) for d in had}
+    fresh = [d for d in made if ((d.sha256, d.note, d.action, d.label, d.time) not in timed
+                                 if d.time else (d.sha256, d.note, d.action, d.label) not in untimed)]
+    return [d if d.time else replace(d, time=review.now()) for d in fresh]
 
 
 def _read_json(path: Path) -> object:
@@ -127,6 +134,9 @@ def _read_json(path: Path) -> object:
         raise UserError(f"{path}: not found") from None
     except ValueError as err:
         raise UserError(f"{path}: not JSON ({err}); export JSON from Label Studio") from None
+    except RecursionError:
+        raise UserError(f"{path}: JSON nested too deeply to be a Label Studio export; export "
+                        "JSON from Label Studio") from None
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

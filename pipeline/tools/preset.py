@@ -15,7 +15,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from pipeline.config.params import load_params
+from pipeline.config.loader import parse_yaml, read_yaml, validate
+from pipeline.config.params import Params, load_params
 from pipeline.runtime.errors import UserError
 from pipeline.runtime.files import write_atomic
 
@@ -75,21 +76,19 @@ def read(preset: Path) -> dict[str, Any]:
 
 def apply(preset: Path, params_file: Path) -> list[tuple[str, Any, Any]]:
     """Write ``preset``'s values into ``params_file`` (validated first); returns the changes."""
+    load_params(params_file)  # its own faults (an anchor, a bad key) are named as its own
     changes = read(preset)
+    read_yaml(preset)  # the preset by params.yaml's rules: no anchors, aliases or duplicates
     document = _read(params_file)
     log: list[tuple[str, Any, Any]] = []
     _merge(document, changes, "", log)
     text = io.StringIO()
     _yaml().dump(document, text)
-    trial = params_file.with_name(f".{params_file.name}.preset")
-    trial.write_text(text.getvalue(), encoding="utf-8")
-    try:
-        load_params(trial)  # every key checked as the stages will check it
+    try:  # every key checked as the stages will check it, before anything is written
+        validate(params_file, Params, parse_yaml(text.getvalue(), params_file))
     except UserError as err:
         raise UserError(f"{preset}: {str(err).split(': ', 1)[1]}") from None
-    finally:
-        trial.unlink(missing_ok=True)
-    write_atomic(params_file, text.getvalue())  # a full disk leaves the old file whole
+    write_atomic(params_file, text.getvalue())  # a full disk: one line naming it, the old file whole
     return log
 
 

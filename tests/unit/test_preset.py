@@ -62,6 +62,23 @@ def test_a_bad_preset_changes_nothing_and_says_which_key(params_copy: Path, tmp_
     assert not list(params_copy.parent.glob(".*preset"))
 
 
+def test_anchors_are_blamed_on_the_file_that_has_them(params_copy: Path, tmp_path: Path) -> None:
+    """An anchor in params.yaml is params.yaml's fault, not the preset's; a recursive alias in a
+    preset is refused, not written out as null. (Before: the preset was blamed, and a
+    recursive alias in tune.space became `null` with exit 0.)"""
+    preset = tmp_path / "mine.yaml"
+    preset.write_text("train:\n  dropout: 0.2\n")
+    original = params_copy.read_text()
+    params_copy.write_text(original.replace("\ntrain:\n", "\ntrain: &t\n", 1))
+    with pytest.raises(UserError, match=r"^[^:]*params.yaml: line \d+: YAML anchor &t is not allowed"):
+        apply(preset, params_copy)
+    params_copy.write_text(original)
+    preset.write_text("tune:\n  space: &s\n    loop: *s\n")
+    with pytest.raises(UserError, match=r"mine.yaml: line \d+: YAML (anchor|alias)"):
+        apply(preset, params_copy)
+    assert params_copy.read_text() == original
+
+
 def test_the_shipped_presets_apply_to_the_repository_params(params_copy: Path) -> None:
     assert "faces" in available(REPO / "presets")
     for name in available(REPO / "presets"):
