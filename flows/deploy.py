@@ -101,7 +101,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = load_params(args.params).flow
         if not is_up(url):
-            raise UserError(f"no Prefect server answers at {url}; start one (make serve) or set "
+            raise UserError(f"no Prefect server answers at PREFECT_API_URL={url}; start it, or "
+                            "unset PREFECT_API_URL to deploy to `make serve` on this machine"
+                            if os.environ.get("PREFECT_API_URL") else
+                            f"no Prefect server answers at {url}; start one (make serve) or set "
                             "PREFECT_API_URL")
         os.environ["PREFECT_API_URL"] = url  # before Prefect is imported: its settings read it once
         schedule, when = _schedule(args, settings)

@@ -27,7 +27,7 @@ from prefect.tasks import exponential_backoff
 from flows import artifacts
 from flows.server import own_server, quiet_or_verbose
 from flows.stages import StageFailedError, repro_stage, run_command, stage_order
-from pipeline.config.params import load_params
+from pipeline.config.params import Params, load_params
 from pipeline.contracts.export import FACE_SET
 from pipeline.runtime.errors import UserError
 from pipeline.runtime.folders import check_folder
@@ -108,16 +108,23 @@ def experiment_name(run_name: str, run_id: str) -> str:
     return f"{safe or 'retrain'}-{run_id[:8]}"
 
 
+def checked_inputs(root: Path) -> Params:
+    """params.yaml, and the folders DVC hashes by hand-filled content, checked before DVC reads
+    them: what it would hang or fail on (an alias bomb, a FIFO, a name that is not UTF-8, a
+    dangling link) is one line here."""
+    all_params = load_params(root / "params.yaml")
+    check_import_folders(all_params.scrape, root)
+    check_folder(root / FACE_SET)
+    return all_params
+
+
 @flow(name="retrain", description=__doc__.splitlines()[0])
 def retrain(project: str = ".", force_scrape: bool = False, promote_model: bool = True,
             record: bool = True) -> dict:
     """Run the DAG of ``project`` stage by stage through DVC, then promote and record."""
     logger = get_run_logger()
     root = Path(project).resolve()
-    all_params = load_params(root / "params.yaml")  # refused here, before DVC reads it
-    params = all_params.flow
-    check_import_folders(all_params.scrape, root)  # what DVC would hang or fail on, said first
-    check_folder(root / FACE_SET)
+    params = checked_inputs(root).flow
     order = stage_order(root)
     logger.info("stages from dvc.yaml: %s", " -> ".join(order))
     lock_before = _read_lock(root)
@@ -166,6 +173,7 @@ def main(argv: list[str] | None = None) -> int:
         log.propagate = False
     log.info("retrain: reporting to %s", where)
     try:
+        checked_inputs(Path(args.project).resolve())  # one line, before Prefect's run starts
         with temporary_settings({PREFECT_API_URL: url} if url else {}):
             result = retrain(args.project, args.force_scrape, not args.no_promote, not args.no_record)
     except (UserError, StageFailedError, TimeoutError) as err:
@@ -181,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     elif not args.no_record:
         log.info("retrain: no stage changed any output, so no new DVC experiment was recorded")
     log.info("retrain: to share this state: git add dvc.lock %s.dvc %s models/.gitignore, "
-             "git commit, then `make push` (see README: Sharing with a second machine)",
+             "git commit, then `make push` (docs/operations.md, 'Sharing with a second machine')",
              PRODUCTION, PROMOTIONS)
     return 0
 

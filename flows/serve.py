@@ -48,6 +48,13 @@ class _ServeError(Exception):
         self.status = status
 
 
+def _without_password(url: str) -> str:
+    """A database URL as it may be logged: the password, if any, left out."""
+    scheme, sep, rest = url.partition("://")
+    credentials, at, host = rest.rpartition("@")
+    return f"{scheme}{sep}{credentials.split(':', 1)[0]}{at}{host}" if at else url
+
+
 def _server_for(port: int) -> tuple[str, subprocess.Popen | None]:
     """The API URL to serve on, and the server process this started (None: one was up)."""
     url = os.environ.get("PREFECT_API_URL") or api_url(port)
@@ -61,7 +68,11 @@ def _server_for(port: int) -> tuple[str, subprocess.Popen | None]:
     if "PREFECT_API_URL" in os.environ:
         raise _ServeError(f"no Prefect server answers at PREFECT_API_URL={url}; start it, or "
                           "unset PREFECT_API_URL to start a local one")
-    logger.info("starting a Prefect server on 127.0.0.1:%d (database in %s)", port, home)
+    database = os.environ.get("PREFECT_API_DATABASE_CONNECTION_URL") or os.environ.get(
+        "PREFECT_SERVER_DATABASE_CONNECTION_URL")
+    where = (f"database {database.split('://', 1)[0]} at {_without_password(database)}"
+             if database else f"database in {home}")
+    logger.info("starting a Prefect server on 127.0.0.1:%d (%s)", port, where)
     try:
         return url, start_server(home, port, home / "server.log")
     except RuntimeError as err:

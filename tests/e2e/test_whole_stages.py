@@ -78,7 +78,16 @@ def test_the_flow_names_a_fifo_in_data_import_before_dvc_hangs_on_it(tmp_path: P
     error = next(line for line in flow.stderr.splitlines() if line.startswith("retrain: error:"))
     assert error.endswith("data/import/happy/pipe.jpg: a FIFO (named pipe), not a file; DVC would "
                           "wait on it forever while hashing the folder; remove it"), error
+    assert "Traceback" not in flow.stderr, flow.stderr  # said before Prefect starts the run
     assert not (project / "data" / "raw").exists()  # no stage ran
+    os.unlink(project / "data" / "import" / "happy" / "pipe.jpg")
+    (project / "data" / "pretrain" / "sad").mkdir(parents=True)
+    (project / "data" / "pretrain" / "sad" / "x.jpg").symlink_to(tmp_path / "gone.jpg")
+    flow = subprocess.run([sys.executable, "-m", "flows.retrain", "--no-promote", "--no-record",
+                           "--port", "1"], cwd=project, capture_output=True, text=True, timeout=300,
+                          env={**tool_env(), "PREFECT_HOME": str(tmp_path / "prefect")})
+    assert flow.returncode == 1 and "Traceback" not in flow.stderr, flow.stderr
+    assert f"data/pretrain/sad/x.jpg: a link to '{tmp_path / 'gone.jpg'}', which" in flow.stderr
 
 
 def _raw_of_big_images(raw: Path, count: int) -> None:

@@ -76,6 +76,10 @@ The fourth survey (issue "Faults, round four"), each with what a user now sees:
    anchor in params.yaml is blamed on params.yaml and an alias in a preset refused
    (unit/test_preset). Not fixable here: DVC reads params.yaml before any code of ours, so
    an alias bomb still reaches ``dvc status``; every command of ours refuses it in one line.
+9. smaller: here, ``make deploy`` with a dead PREFECT_API_URL names it and says to start it or
+   unset it, and ``make serve`` on PostgreSQL names that database (password left out);
+   e2e/test_whole_stages: the retrain flow names a FIFO or a dangling link in data/import or
+   data/pretrain in one line before Prefect starts the run (no traceback before it).
 """
 
 from __future__ import annotations
@@ -437,3 +441,33 @@ def test_a_full_disk_is_one_line_and_the_old_file_stays_whole(full_disk, tmp_pat
     assert (mount / "params.yaml").read_bytes() == (REPO / "params.yaml").read_bytes()
     assert sorted(p.name for p in mount.iterdir()) == ["decisions.jsonl", "filler", "params.yaml",
                                                        "tasks.json"]
+
+
+def test_the_flow_commands_name_the_server_and_database_they_mean(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """`make deploy` with a dead PREFECT_API_URL names it and does not tell the user to set it;
+    `make serve` on PostgreSQL names that database (no password), not .prefect/."""
+    import logging
+
+    from flows import deploy, serve
+    from testing.project import free_port
+
+    dead = f"http://127.0.0.1:{free_port()}/api"
+    monkeypatch.setenv("PREFECT_API_URL", dead)
+    said = subprocess.run([sys.executable, "-m", "flows.deploy", "--pool", "gpu"], cwd=REPO,
+                          capture_output=True, text=True, timeout=120,
+                          env={**tool_env(), "PREFECT_API_URL": dead})
+    assert said.returncode == 2 and said.stderr.strip().splitlines()[-1] == (
+        f"deploy: error: no Prefect server answers at PREFECT_API_URL={dead}; start it, or unset "
+        "PREFECT_API_URL to deploy to `make serve` on this machine"), said.stderr
+    assert deploy.__name__  # imported as a module above: the same code the command runs
+
+    monkeypatch.delenv("PREFECT_API_URL")
+    monkeypatch.setenv("PREFECT_API_DATABASE_CONNECTION_URL",
+                       "postgresql+asyncpg://prefect:s3cret@db.example:5432/prefect")
+    monkeypatch.setattr(serve, "start_server", lambda *a: (_ for _ in ()).throw(RuntimeError("x")))
+    with caplog.at_level(logging.INFO, logger=serve.logger.name), pytest.raises(serve._ServeError):
+        serve._server_for(free_port())
+    line = next(r.getMessage() for r in caplog.records if "starting a Prefect server" in r.getMessage())
+    assert line.endswith("(database postgresql+asyncpg at "
+                         "postgresql+asyncpg://prefect@db.example:5432/prefect)"), line
