@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 import threading
 import time
 from functools import partial
@@ -48,6 +49,15 @@ class _DemoHTTPServer(ThreadingHTTPServer):
     request_queue_size = 128
     requests: list[str]
     routes: dict[str, dict[str, object]]
+
+    def handle_error(self, request: object, client_address: tuple) -> None:
+        """A crawler that went away mid-request (killed, timed out) is a line in the debug log,
+        not socketserver's traceback on stderr."""
+        error = sys.exc_info()[1]
+        if isinstance(error, ConnectionError | TimeoutError):
+            logger.debug("%s went away: %s", client_address[0], error)
+            return
+        super().handle_error(request, client_address)
 
 
 class DemoSiteServer:

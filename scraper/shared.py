@@ -179,6 +179,7 @@ class SharedScheduler(Scheduler):
         return True
 
     def next_request(self) -> Request | None:
+        self._release_done()  # at once, so a worker that dies now leaves little fetched twice
         while True:
             self._leased += 1
             name = stat.lease_name(self.worker, self._leased)
