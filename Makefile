@@ -39,7 +39,7 @@ run: setup
 	@echo "Serve the production model over HTTP (TF Serving REST API, /predict): make serve-model"
 	@echo "See every run in the Prefect UI: make serve, then open http://127.0.0.1:$(PREFECT_PORT)"
 	@echo "The demo site that was crawled: data/demo_site/ (ground_truth.json lists its planted faults)"
-	@echo "Share with a second machine: commit dvc.lock and models/production.dvc, then make push (README)"
+	@echo "Share with a second machine: commit dvc.lock and models/production.dvc, then make push (docs/operations.md)"
 
 # The Prefect server and UI on 127.0.0.1, serving the retrain flow on its cron schedule.
 serve: setup
@@ -94,7 +94,7 @@ retrain-now: setup
 tune: setup
 	$(UV) run python -m flows.tune --port $(PREFECT_PORT)
 
-# Share data, models and the production model through the DVC remote (see the README's
+# Share data, models and the production model through the DVC remote (docs/operations.md,
 # "Sharing with a second machine"): `push` after committing dvc.lock and models/production.dvc,
 # `pull` on a fresh clone; then `dvc status` is clean and `happysad predict` answers at once.
 push: setup
