@@ -14,6 +14,7 @@ import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -95,6 +96,24 @@ def test_no_redis_server_and_no_shared_crawl_are_one_line(
         f"{stat.REDIS_ENV}={url} first"]
 
 
+def _shared_crawl_while(meanwhile: Callable[[str], None], site: Path, params: Params, out: Path,
+                        monkeypatch: pytest.MonkeyPatch,
+                        caplog: pytest.LogCaptureFixture) -> tuple[dict, list]:
+    """The crawl of ``site`` shared through a fresh Redis server while ``meanwhile(url)`` runs
+    beside it; its stats and error URLs, the stage's warnings in ``caplog``."""
+    import redis
+
+    with redis_server(out / "redis") as url:
+        monkeypatch.setenv(stat.REDIS_ENV, url)
+        beside = threading.Thread(target=meanwhile, args=(url,), daemon=True)
+        beside.start()
+        with caplog.at_level(logging.WARNING, logger="pipeline.scrape.shared"):
+            stats, _, errors = _crawl(site, params, out / "shared")
+        beside.join(timeout=60)
+        assert not redis.Redis.from_url(url).keys(stat.REDIS_PREFIX + "*")  # nothing left over
+    return stats, errors
+
+
 def _kill_when_holding(url: str, worker: str, manifest: Path, stored: int,
                        process: subprocess.Popen | None = None) -> int:
     """SIGKILL ``worker`` (its process, or the one whose command line names it) once the stage
@@ -155,14 +174,8 @@ def test_a_killed_worker_loses_no_image_here_or_elsewhere(
         local = f"{socket.gethostname()}-{os.getpid()}-0"  # the stage's first worker
         killed[local] = _kill_when_holding(url, local, manifest, 20)
 
-    with redis_server(tmp_path / "redis") as url:
-        monkeypatch.setenv(stat.REDIS_ENV, url)
-        killer = threading.Thread(target=kill_two, args=(url,), daemon=True)
-        killer.start()
-        with caplog.at_level(logging.WARNING, logger="pipeline.scrape.shared"):
-            stats, _, shared_errors = _crawl(tiny_site, params, tmp_path / "shared")
-        killer.join(timeout=60)
-        assert not redis.Redis.from_url(url).keys(stat.REDIS_PREFIX + "*")
+    stats, shared_errors = _shared_crawl_while(kill_two, tiny_site, params, tmp_path,
+                                               monkeypatch, caplog)
 
     assert len(killed) == 2 and all(killed.values()), killed
     key = lambda r: (r.label, r.url, r.sha256, r.page_url, r.licence, r.source)  # noqa: E731
@@ -208,13 +221,8 @@ def test_hostile_redis_state_is_refused_in_one_line_each_and_the_crawl_completes
         server.hset(stat.LEASES_KEY, mapping={"ghost\t1": b"junk",
                                                "ghost\t2": b'-1\n{"url": "http://x/"}'})
 
-    with redis_server(tmp_path / "redis") as url:
-        monkeypatch.setenv(stat.REDIS_ENV, url)
-        vandal = threading.Thread(target=vandalize, args=(url,), daemon=True)
-        vandal.start()
-        with caplog.at_level(logging.WARNING, logger="pipeline.scrape.shared"):
-            stats, _, shared_errors = _crawl(tiny_site, params, tmp_path / "shared")
-        vandal.join(timeout=10)
+    stats, shared_errors = _shared_crawl_while(vandalize, tiny_site, params, tmp_path,
+                                               monkeypatch, caplog)
 
     key = lambda r: (r.label, r.url, r.sha256)  # noqa: E731
     assert sorted(map(key, read_manifest(tmp_path / "shared" / "raw"))) == \
