@@ -35,6 +35,7 @@ from flows.retrain import run_stage
 from flows.server import own_server
 from flows.stages import StageFailedError, run_command, stage_order
 from pipeline.config.params import Params, load_params
+from pipeline.runtime.cluster import scheduler_address
 from pipeline.runtime.errors import UserError
 
 DATA_STAGES_END = "tfrecords"  # the last stage a search needs: trials read its records
@@ -58,11 +59,12 @@ def run_trial(project: str, view: str, out: str, values: dict[str, Any], timeout
     return result
 
 
-def _task_runner(parallel: int, dask_address: str) -> Any:
+def _task_runner(parallel: int, dask_address: str, setting: str) -> Any:
     if dask_address:
         from prefect_dask import DaskTaskRunner
 
-        return DaskTaskRunner(address=dask_address)
+        # one line for an address that is not a scheduler's, before Prefect waits on it
+        return DaskTaskRunner(address=scheduler_address(dask_address, setting))
     from prefect.task_runners import ThreadPoolTaskRunner
 
     return ThreadPoolTaskRunner(max_workers=parallel)  # each trial is a process of its own
@@ -179,7 +181,9 @@ def main(argv: list[str] | None = None) -> int:
         log.info("tune: reporting to %s (%s)", url or "a temporary Prefect server", why)
         runner = _task_runner(args.parallel or settings.parallel,
                               args.dask_address if args.dask_address is not None
-                              else settings.dask_address)
+                              else settings.dask_address,
+                              "--dask-address" if args.dask_address is not None
+                              else "tune.dask_address")
         with temporary_settings({PREFECT_API_URL: url} if url else {}):
             result = tune.with_options(task_runner=runner)(
                 args.project, args.trials, args.parallel,

@@ -33,6 +33,7 @@ from scrapy_redis.dupefilter import RFPDupeFilter
 from scrapy_redis.scheduler import Scheduler
 
 from pipeline.contracts import crawl as stat
+from pipeline.scrape.handoff import refusal
 from scraper.items import ImageItem
 from scraper.pipelines import item_fields
 
@@ -42,7 +43,9 @@ POLL_S = 0.5  # how often an idle worker looks at the shared queue (Scrapy's own
 
 
 def connect(url: str) -> redis.Redis:
-    return redis.Redis.from_url(url, socket_connect_timeout=10, health_check_interval=30)
+    # socket_timeout: a server that accepts and never answers (not Redis) is not waited on
+    return redis.Redis.from_url(url, socket_connect_timeout=10, socket_timeout=30,
+                                health_check_interval=30)
 
 
 class JsonCodec:
@@ -216,8 +219,7 @@ def refused(stats: Any, what: str, why: object) -> None:
     write; the crawl goes on without it."""
     stats.inc_value(stat.ERRORS)
     stats.inc_value(stat.ERRORS_BY_KIND + stat.BAD_SHARED_STATE)
-    logger.warning("%s in the shared crawl's Redis is not one this crawl wrote (%s); "
-                   "left out", what, str(why)[:200])
+    logger.warning("%s", refusal(what, why))
 
 
 class HandOff:

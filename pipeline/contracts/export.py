@@ -31,12 +31,18 @@ def lock_outputs(lock_file: Path) -> dict[str, list[dict]] | None:
 
 def read_card(model_dir: Path) -> dict:
     """The model card: class names, threshold and input contract every reader takes."""
+    card_path = card_of(model_dir)
+    return parse_card(card_path.read_bytes(), card_path)
+
+
+def card_of(model_dir: Path) -> Path:
+    """The card's path, or a one-line ``UserError`` where ``model_dir`` holds no model."""
     card_path = model_dir / CARD_FILE
     if not card_path.exists() or not (model_dir / "model.keras").exists():
         raise UserError(f"{model_dir}: no model.keras and model_card.json; run `make run` (the "
                         "retrain flow promotes a model there), or pass --model-dir models for the "
                         "last one `dvc repro` trained")
-    return parse_card(card_path.read_bytes(), card_path)
+    return card_path
 
 
 def parse_card(data: bytes, card_path: Path) -> dict:

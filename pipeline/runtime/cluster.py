@@ -53,17 +53,26 @@ def wait_s() -> float:
         raise UserError(f"{WAIT_ENV}={os.environ[WAIT_ENV]!r} is not a number of seconds") from None
 
 
-def checked_address(address: str) -> str:
-    """``address`` as Dask takes it, or one line saying what a scheduler's address looks like."""
+def checked_address(address: str, setting: str = DASK_ADDRESS) -> str:
+    """``address`` as Dask takes it, or one line saying what a scheduler's address looks like;
+    ``setting`` is where the user gave it."""
     match = _ADDRESS.fullmatch(address)
     if match is None or not 0 < int(match["port"]) < 65536:
-        raise UserError(f"{DASK_ADDRESS}={address!r} is not a Dask scheduler's address: give it "
+        raise UserError(f"{setting}={address!r} is not a Dask scheduler's address: give it "
                         "as tcp://HOST:PORT (what `dask scheduler` prints), or unset "
-                        f"{DASK_ADDRESS} to use this machine's cores")
+                        f"{setting} to use this machine's cores")
     return address if match["scheme"] else f"tcp://{address}"
 
 
-def greet(address: str, timeout_s: float) -> None:
+def scheduler_address(address: str, setting: str = DASK_ADDRESS) -> str:
+    """``address`` checked, and greeted as a Dask scheduler within ``HAPPYSAD_DASK_WAIT_S``: for
+    every door that takes one (the data stages, the tune flow)."""
+    address = checked_address(address, setting)
+    greet(address, wait_s(), setting)
+    return address
+
+
+def greet(address: str, timeout_s: float, setting: str = DASK_ADDRESS) -> None:
     """Check that a Dask scheduler answers at a tcp:// ``address``: it sends its handshake,
     a length-prefixed message, as soon as a connection opens. (distributed's own client waits
     for ever on a server that accepts and says nothing, such as an HTTP server.)"""
@@ -76,16 +85,16 @@ def greet(address: str, timeout_s: float) -> None:
             conn.settimeout(timeout_s)
             greeting = conn.recv(8)
     except TimeoutError:
-        raise UserError(f"{DASK_ADDRESS}={address}: something accepts connections there, but it "
+        raise UserError(f"{setting}={address}: something accepts connections there, but it "
                         f"is not a Dask scheduler (it said nothing in {timeout_s:.0f} s); give "
                         "the address `dask scheduler` prints") from None
     except OSError as err:
-        raise UserError(f"{DASK_ADDRESS}={address}: no Dask scheduler answers "
+        raise UserError(f"{setting}={address}: no Dask scheduler answers "
                         f"({err.strerror or err}); start one (dask scheduler), or unset "
-                        f"{DASK_ADDRESS} to use this machine's cores") from None
+                        f"{setting} to use this machine's cores") from None
     length = struct.unpack("<Q", greeting)[0] if len(greeting) == 8 else 0
     if not 8 <= length <= 2**24:
-        raise UserError(f"{DASK_ADDRESS}={address}: what answers there is not a Dask scheduler "
+        raise UserError(f"{setting}={address}: what answers there is not a Dask scheduler "
                         f"(it began with {greeting!r}); give the address `dask scheduler` prints")
 
 
@@ -109,8 +118,7 @@ def dask_map(fn: Callable[[Job], Result], jobs: list[Job], address: str,
     except ImportError:
         raise UserError(f"{DASK_ADDRESS}={address}: the distributed package is missing; "
                         "`make setup` installs it") from None
-    address, patience = checked_address(address), wait_s()
-    greet(address, patience)
+    address, patience = scheduler_address(address), wait_s()
     try:
         client = Client(address, timeout=f"{patience}s", set_as_default=False)
     except (OSError, TimeoutError, ValueError) as err:
@@ -127,36 +135,41 @@ def dask_map(fn: Callable[[Job], Result], jobs: list[Job], address: str,
         client.close(timeout=10)
 
 
-def _threads(client: object, address: str, patience: float, done: int, total: int,
-             since: list[float | None]) -> int:
-    """The cluster's worker threads; one line when none is left, and a UserError once none
-    has been there for ``patience`` seconds."""
-    threads = sum(client.nthreads().values())  # type: ignore[attr-defined]
-    if threads:
-        since[0] = None
-        return threads
-    if since[0] is None:
-        since[0] = time.monotonic()
-        logger.warning("no Dask worker is connected to %s; waiting up to %.0f s for one "
-                       "(start one in this checkout: uv run dask worker %s)", address, patience,
-                       address)
-    elif time.monotonic() - since[0] > patience:
-        raise UserError(f"{DASK_ADDRESS}={address}: no Dask worker for {patience:.0f} s "
-                        f"({done} of {total} images done); start workers in this checkout "
-                        f"(uv run dask worker {address}), or unset {DASK_ADDRESS} to use this "
-                        "machine's cores")
-    return 0
+class _Workers:
+    """The cluster's worker threads, watched: one line when none is left, and a UserError once
+    none has been there for ``patience`` seconds."""
+
+    def __init__(self, client: object, address: str, patience: float, total: int) -> None:
+        self.client, self.address, self.patience, self.total = client, address, patience, total
+        self.none_since: float | None = None
+
+    def threads(self, done: int) -> int:
+        threads = sum(self.client.nthreads().values())  # type: ignore[attr-defined]
+        if threads:
+            self.none_since = None
+            return threads
+        if self.none_since is None:
+            self.none_since = time.monotonic()
+            logger.warning("no Dask worker is connected to %s; waiting up to %.0f s for one "
+                           "(start one in this checkout: uv run dask worker %s)", self.address,
+                           self.patience, self.address)
+        elif time.monotonic() - self.none_since > self.patience:
+            raise UserError(f"{DASK_ADDRESS}={self.address}: no Dask worker for "
+                            f"{self.patience:.0f} s ({done} of {self.total} images done); start "
+                            f"workers in this checkout (uv run dask worker {self.address}), or "
+                            f"unset {DASK_ADDRESS} to use this machine's cores")
+        return 0
 
 
 def _chunk_results(client: object, fn: Callable[[Job], Result], jobs: list[Job], address: str,
                    desc: str, patience: float, bar: tqdm) -> Iterator[list[Result]]:
     from distributed.scheduler import KilledWorker
 
-    since: list[float | None] = [None]
-    threads = _threads(client, address, patience, 0, len(jobs), since)
+    workers = _Workers(client, address, patience, len(jobs))
+    threads = workers.threads(0)
     while not threads:
         time.sleep(POLL_S)
-        threads = _threads(client, address, patience, 0, len(jobs), since)
+        threads = workers.threads(0)
     logger.info("%s: %d images over the Dask cluster at %s (%d worker threads)", desc,
                 len(jobs), address, threads)
     submit = client.submit  # type: ignore[attr-defined]
@@ -170,7 +183,7 @@ def _chunk_results(client: object, fn: Callable[[Job], Result], jobs: list[Job],
                 results = future.result(timeout=POLL_S)
                 break
             except TimeoutError:  # distributed's is the built-in one
-                _threads(client, address, patience, bar.n, len(jobs), since)
+                workers.threads(bar.n)
             except NotInCheckoutError as err:
                 raise UserError(str(err)) from None
             except KilledWorker:

@@ -23,6 +23,13 @@ MAX_STATS_BYTES = 4 * 2**20
 MAX_LEASE_BYTES = 4 * 2**20  # a leased request: URL, headers, callback arguments
 
 
+def refusal(what: str, why: object) -> str:
+    """The one line for a value in Redis this crawl did not write, as the stage and the
+    workers both log it."""
+    return (f"{what} in the shared crawl's Redis is not one this crawl wrote "
+            f"({str(why)[:200]}); left out")
+
+
 def _json(raw: bytes, limit: int) -> Any:
     """``raw`` parsed as JSON, or ValueError: too long, not JSON, or nested absurdly deep."""
     if len(raw) > limit:

@@ -36,13 +36,20 @@ from pipeline.contracts.raw import RawStore
 from pipeline.runtime.errors import UserError
 from pipeline.runtime.files import append_lines
 from pipeline.runtime.lifeline import parent_death_signal
-from pipeline.scrape.handoff import checked_error_line, checked_item, checked_lease, checked_stats
+from pipeline.scrape.handoff import (
+    checked_error_line,
+    checked_item,
+    checked_lease,
+    checked_stats,
+    refusal,
+)
 from pipeline.scrape.process import CrawlPausedError, signals_to_child
 
 logger = logging.getLogger(__name__)
 
 OWNER_TTL_S = 60  # the claim on the Redis server lapses this long after a stage dies
 POP_TIMEOUT_S = 0.5
+SOCKET_TIMEOUT_S = 10  # a server that accepts and never answers (not Redis) is not waited on
 
 
 def shared_redis_url() -> str | None:
@@ -60,7 +67,7 @@ def check_shared_redis() -> None:
 
 def _connect(url: str) -> redis.Redis:
     try:
-        server = redis.Redis.from_url(url, socket_connect_timeout=10)
+        server = redis.Redis.from_url(url, socket_connect_timeout=10, socket_timeout=SOCKET_TIMEOUT_S)
         server.ping()
     except (redis.RedisError, ValueError) as err:
         raise UserError(f"no Redis server answers at {url} ({stat.REDIS_ENV}): "
@@ -108,6 +115,7 @@ class SharedCrawl:
         self.dead: set[str] = set()  # workers whose leases were queued again
         self._return = self.server.register_script(stat.RETURN_LEASE)
         self._reclaimed = 0.0
+        self._numbers = itertools.count()  # the local workers' numbers, spares included
 
     def _publish(self) -> None:
         self.server.delete(*stat.SHARED_KEYS)
@@ -125,8 +133,7 @@ class SharedCrawl:
     def _refused(self, what: str, err: ValueError) -> None:
         self.counts[stat.ERRORS] += 1
         self.counts[stat.ERRORS_BY_KIND + stat.BAD_SHARED_STATE] += 1
-        logger.warning("%s in the shared crawl's Redis is not one this crawl wrote (%s); "
-                       "left out", what, str(err)[:200])
+        logger.warning("%s", refusal(what, err))
 
     def _store(self, raw: bytes) -> None:
         try:
@@ -198,18 +205,17 @@ class SharedCrawl:
 
     def run(self, workers: int) -> tuple[dict[str, Any], list[int]]:
         """Run the crawl to its end; the summed stats and the local workers' exit codes."""
-        self.claim = _Claim(self.server, self.url)
+        claim = _Claim(self.server, self.url)
         try:
             self._publish()
             prefix = f"{socket.gethostname()}-{os.getpid()}-"
-            self._numbers = itertools.count()
             processes = {}
             for _ in range(workers):
                 name = f"{prefix}{next(self._numbers)}"
                 processes[name] = self._start_worker(name)
             logger.info("crawl shared through %s: %d crawler processes here; more join with "
                         "`python -m scraper.crawl --shared %s`", self.url, workers, self.url)
-            codes = self._supervise(processes, prefix, spares=workers)
+            codes = self._supervise(processes, prefix, workers, claim)
             left = self.server.zcard(stat.QUEUE_KEY) + self.server.hlen(stat.LEASES_KEY)
             if left and all(code == stat.FINISHED_EXIT for code in codes):
                 raise UserError(f"the shared crawl ended with {left} requests never fetched "
@@ -218,10 +224,10 @@ class SharedCrawl:
             return self._merged_stats(), codes
         finally:
             self.server.delete(*stat.SHARED_KEYS)
-            self.claim.release()
+            claim.release()
 
-    def _supervise(self, processes: dict[str, subprocess.Popen], prefix: str,
-                   spares: int) -> list[int]:
+    def _supervise(self, processes: dict[str, subprocess.Popen], prefix: str, spares: int,
+                   claim: _Claim) -> list[int]:
         """Store what the workers hand over until every local worker has left. A local worker
         that dies is replaced (``spares`` times at most) and its requests queued again at once;
         a worker elsewhere that stops renewing its liveness has its requests queued again
@@ -251,7 +257,7 @@ class SharedCrawl:
             if died or time.monotonic() - self._reclaimed > min(self.lease_s / 4, 2.0):
                 self.reclaim(died)
                 self._reclaimed = time.monotonic()
-            self.claim.renew()
+            claim.renew()
             if not processes and popped is None and not self.server.llen(stat.ITEMS_KEY):
                 return codes
 

@@ -20,7 +20,7 @@ from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 from starlette.applications import Starlette
@@ -46,6 +46,7 @@ if TYPE_CHECKING:
     from pipeline.config.serve import ServeParams
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 MODEL_NAME = "happysad"  # the name TF Serving clients ask for: /v1/models/happysad:predict
 VERSION_HEADER = "X-Model-Version"
 OUTPUTS = ("label", "probability", "scores", "face_found")
@@ -78,6 +79,12 @@ class Service:
 def _reply(content: object, model: ServedModel | None, status: int = 200) -> JSONResponse:
     headers = {VERSION_HEADER: str(model.version)} if model is not None else {}
     return JSONResponse(content, status, headers)
+
+
+async def _off_loop(service: Service, fn: Callable[..., T], *args: object) -> T:
+    """``fn(*args)`` on the prepare threads: parsing up to ``max_body_bytes`` of a request must
+    not stop the event loop (and every other request, /health included) while it runs."""
+    return await asyncio.get_running_loop().run_in_executor(service.prepare, fn, *args)
 
 
 def _error(message: str, status: int, model: ServedModel | None) -> JSONResponse:
@@ -165,7 +172,8 @@ async def tf_serving(request: Request) -> Response:
     with model.in_use():
         try:
             body = await read_body(request, service.params.max_body_bytes)
-            uploads, columnar = tf_serving_instances(body, service.params.max_instances)
+            uploads, columnar = await _off_loop(service, tf_serving_instances, body,
+                                                service.params.max_instances)
             answers = await _label(service, model, uploads)
         except RequestError as err:
             return _error(err.message, err.status, model)
@@ -183,9 +191,9 @@ async def predict(request: Request) -> Response:
     with model.in_use():
         try:
             body = await read_body(request, service.params.max_body_bytes)
-            uploads = await asyncio.get_running_loop().run_in_executor(
-                service.prepare, form_images, body, request.headers.get("content-type", ""),
-                service.params.max_instances)
+            uploads = await _off_loop(service, form_images, body,
+                                      request.headers.get("content-type", ""),
+                                      service.params.max_instances)
             answers = await _label(service, model, uploads)
         except RequestError as err:
             return _error(err.message, err.status, model)

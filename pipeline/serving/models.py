@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from pipeline.contracts.export import CARD_FILE, LITE_FILE, parse_card, read_card
+from pipeline.contracts.export import CARD_FILE, LITE_FILE, card_of, parse_card
 from pipeline.ml.labeller import Labeller
 from pipeline.ml.runtimes import LiteRuntime
 from pipeline.runtime.errors import UserError
@@ -117,7 +117,7 @@ def load_model(model_dir: Path, rules: CleanParams, faces: FacesParams | None,
     """A snapshot of the model in ``model_dir``, tried on one image; a one-line ``UserError``
     when there is none, it is incomplete, or it changes while being read."""
     before = signature(model_dir)
-    read_card(model_dir)  # a missing or malformed card: its own one-line error
+    card_of(model_dir)  # no model there: its own one-line error
     if before[1] is None:
         raise UserError(f"{model_dir / LITE_FILE}: not found; serve-model runs the LiteRT export "
                         "the save stage writes (dvc repro save)")

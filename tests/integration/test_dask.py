@@ -71,6 +71,13 @@ def test_an_address_that_is_no_dask_scheduler_is_one_line_at_once(
         with pytest.raises(UserError, match="it is not a Dask scheduler .it said nothing in 2 s"):
             list(parallel_map(abs, [1, 2], 0, "test"))
         assert time.monotonic() - started < 30
+        # the tune flow's door to Dask (tune.dask_address, --dask-address): the same lines
+        from flows.tune import _task_runner
+
+        with pytest.raises(UserError, match="tune.dask_address='banana' is not a Dask scheduler's"):
+            _task_runner(1, "banana", "tune.dask_address")
+        with pytest.raises(UserError, match="--dask-address=tcp://.*it is not a Dask scheduler"):
+            _task_runner(1, f"tcp://{site.host_port}", "--dask-address")
 
 
 @pytest.mark.slow

@@ -54,15 +54,19 @@ The fourth survey (issue "Faults, round four"), each with what a user now sees:
 3. Dask without a cluster: test_dask (`banana`, an HTTP server's port, no scheduler: one line
    at once or within ``HAPPYSAD_DASK_WAIT_S``; every worker killed mid-stage: a line, then the
    stage stops after the wait naming how many images were done; a worker outside a checkout:
-   one line naming its folder); ``*.partial`` output folders are git-ignored.
+   one line naming its folder); the tune flow's door (``tune.dask_address``,
+   ``--dask-address``) gives the same lines; ``*.partial`` output folders are git-ignored.
+   test_shared_crawl: a "Redis" address where something accepts and never answers is one line
+   after 10 s, not a hang.
 4. open doors: ``make crawl-redis`` binds 127.0.0.1 and saves nothing, and
    binds another address only with a password (docs/scale.md gives the command and the
    bundled ``redis-server``'s path); docs/scale.md's Dask commands bind 127.0.0.1 (dashboard
    too), and TLS across machines.
 5. serve-model stalls: test_serve (300 slow clients under ``ulimit -n 256``: closed after
    ``serve.read_timeout_s`` or refused over ``serve.max_connections``, said in a line or two,
-   no traceback, /health answers; a 19 MB form of tiny parts refused at part 65, parsed off
-   the event loop while /health answers; a card whose threshold is NaN is refused in one line
+   no traceback, /health answers; a 19 MB form of tiny parts refused at part 65, and 14 MB
+   of TF Serving JSON with a million instances refused, both parsed off the event loop
+   while /health answers; a card whose threshold is NaN is refused in one line
    by serve-model, which keeps the old model, and by ``happysad predict``, exit non-zero).
 6. data/pretrain read by data/import's rules: test_pretrain (links out of it, to a face, to
    /etc/hostname or to a folder, refused and named; a FIFO, a name that is not UTF-8 and a

@@ -374,6 +374,16 @@ def test_slow_clients_many_parts_and_a_nan_threshold_do_not_stall_or_fool_the_se
             time.sleep(0.05)
         assert answers["form"].status_code == 413
         assert "65 images in one request" in answers["form"].json()["error"]
+        # the same through TF Serving's door: 14 MB of JSON, a million empty instances
+        many = b'{"instances": [' + b",".join([b'{"b64": ""}'] * 1_000_000) + b"]}"
+        sender = threading.Thread(target=lambda: answers.update(json=httpx.post(
+            f"{service.url}/v1/models/happysad:predict", content=many, timeout=120)))
+        sender.start()
+        while sender.is_alive():
+            assert httpx.get(f"{service.url}/health", timeout=10).status_code == 200
+            time.sleep(0.05)
+        assert answers["json"].status_code == 413
+        assert "1000000 images in one request" in answers["json"].json()["error"]
 
         version = _version(production)
         nan_card = tmp_path / "nan"

@@ -87,6 +87,16 @@ def test_no_redis_server_and_no_shared_crawl_are_one_line(
         scrape(fast_params.scrape, fast_params.demo_site, tmp_path / "raw", tmp_path / "reports",
                tmp_path / "site")
     assert not (tmp_path / "site").exists()
+    import socket
+
+    with socket.socket() as silent:  # accepts (the kernel does) and never says a word
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        url = f"redis://127.0.0.1:{silent.getsockname()[1]}/0"
+        monkeypatch.setenv(stat.REDIS_ENV, url)
+        with pytest.raises(UserError, match=f"no Redis server answers at {url}.*Timeout"):
+            crawl(fast_params.scrape, tmp_path / "raw", tmp_path / "work", "http://127.0.0.1:1",
+                  None)
     with redis_server(tmp_path / "redis") as url:
         joined = subprocess.run([sys.executable, "-m", "scraper.crawl", "--shared", url],
                                 cwd=REPO, capture_output=True, text=True, timeout=120)
