@@ -168,7 +168,13 @@ def run_shared_worker(redis_url: str, worker: str) -> dict[str, Any]:
     from scraper import shared
 
     stats = run_crawl(shared_config(redis_url, worker))
-    shared.connect(redis_url).rpush(stat.STATS_KEY, json.dumps({"worker": worker, "stats": stats}))
+    try:
+        shared.connect(redis_url).rpush(stat.STATS_KEY,
+                                        json.dumps({"worker": worker, "stats": stats}))
+    except redis.RedisError:
+        sys.stderr.write(f"crawl: error: the Redis server at {redis_url} stopped answering; "
+                         "this worker's stats are not handed over\n")
+        stats["finish_reason"] = shared.REDIS_GONE
     return stats
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass
@@ -11,7 +11,7 @@ class ImageItem:
     page_url: str
     label: str
     source: str
-    body: bytes
+    body: bytes = field(repr=False)  # a log line names the image, never prints its bytes
     final_url: str
     content_type: str = ""
     query: str = ""

@@ -16,6 +16,7 @@ base64), and the stage checks every image it is handed.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import logging
 import time
@@ -29,6 +30,7 @@ from scrapy.crawler import Crawler
 from scrapy.exceptions import DontCloseSpider, ScrapyDeprecationWarning
 from scrapy.http import Request
 from scrapy.utils.asyncio import create_looping_call
+from scrapy.utils.defer import deferred_from_coro
 from scrapy_redis.dupefilter import RFPDupeFilter
 from scrapy_redis.scheduler import Scheduler
 
@@ -39,6 +41,7 @@ from scraper.pipelines import item_fields
 
 logger = logging.getLogger(__name__)
 
+REDIS_GONE = "shared_redis_gone"  # a worker's finish reason when the Redis server went away
 POLL_S = 0.5  # how often an idle worker looks at the shared queue (Scrapy's own: 5 s)
 
 
@@ -132,6 +135,7 @@ class SharedScheduler(Scheduler):
         scheduler._leased = 0
         scheduler._pop = scheduler.server.register_script(stat.POP_AND_LEASE)
         scheduler._heartbeat = None
+        scheduler._gone = False
         crawler.signals.connect(scheduler.spider_idle, signal=signals.spider_idle)
         return scheduler
 
@@ -139,6 +143,7 @@ class SharedScheduler(Scheduler):
         with warnings.catch_warnings():  # scrapy-redis's "Resuming crawl" uses a deprecated log
             warnings.simplefilter("ignore", ScrapyDeprecationWarning)
             super().open(spider)
+        quiet_redis_tracebacks()  # on the root handler Scrapy has installed by now
         self._beat()  # alive before the first request is leased
         self._heartbeat = create_looping_call(self._beat)
         self._heartbeat.start(min(self.lease_s / 4, 2.0), now=False)
@@ -149,9 +154,23 @@ class SharedScheduler(Scheduler):
     def close(self, reason: str) -> None:
         if self._heartbeat is not None and self._heartbeat.running:
             self._heartbeat.stop()
-        self._release_done()
-        self.server.zrem(stat.ALIVE_KEY, self.worker)
+        with contextlib.suppress(redis.RedisError):  # gone: nothing left to tidy there
+            self._release_done()
+            self.server.zrem(stat.ALIVE_KEY, self.worker)
         super().close(reason)
+
+    def _lost(self, err: redis.RedisError) -> None:
+        """The Redis server stopped answering: one line, and this worker stops (what it held
+        is the stage's to queue again, or gone with the stage)."""
+        if self._gone:
+            return
+        self._gone = True
+        logger.error("the shared crawl's Redis server stopped answering (%s); this worker stops",
+                     str(err).splitlines()[0][:200] if str(err) else type(err).__name__)
+        if self._heartbeat is not None and self._heartbeat.running:
+            self._heartbeat.stop()
+        deferred_from_coro(self.crawler.engine.close_spider_async(  # type: ignore[union-attr]
+            reason=REDIS_GONE))
 
     def _in_progress(self) -> set[Request]:
         # Scrapy keeps a request in its engine slot from the moment it leaves the scheduler
@@ -168,20 +187,36 @@ class SharedScheduler(Scheduler):
 
     def _beat(self) -> None:
         """Renew this worker's liveness and drop the leases of the requests it is done with."""
-        self._release_done()
-        self.server.zadd(stat.ALIVE_KEY, {self.worker: time.time() + self.lease_s})
+        try:
+            self._release_done()
+            self.server.zadd(stat.ALIVE_KEY, {self.worker: time.time() + self.lease_s})
+        except redis.RedisError as err:
+            self._lost(err)
 
     # scrapy-redis's own two pass ``spider=`` to the stats, which Scrapy 2.13+ warns about on
     # every request.
     def enqueue_request(self, request: Request) -> bool:
-        if not request.dont_filter and self.df.request_seen(request):
-            self.df.log(request, self.spider)
+        try:
+            if not request.dont_filter and self.df.request_seen(request):
+                self.df.log(request, self.spider)
+                return False
+            self.queue.push(request)
+        except redis.RedisError as err:
+            self._lost(err)
             return False
         self.stats.inc_value("scheduler/enqueued/redis")
-        self.queue.push(request)
         return True
 
     def next_request(self) -> Request | None:
+        if self._gone:
+            return None
+        try:
+            return self._next_request()
+        except redis.RedisError as err:
+            self._lost(err)
+            return None
+
+    def _next_request(self) -> Request | None:
         self._release_done()  # at once, so a worker that dies now leaves little fetched twice
         while True:
             self._leased += 1
@@ -203,15 +238,44 @@ class SharedScheduler(Scheduler):
 
     def spider_idle(self) -> None:
         self._beat()
+        if self._gone:
+            return
         now = time.monotonic()
-        if self.server.exists(stat.OWNER_KEY) and (
-                len(self.queue) or self.server.hlen(stat.LEASES_KEY)):
+        try:
+            busy = self.server.exists(stat.OWNER_KEY) and (
+                len(self.queue) or self.server.hlen(stat.LEASES_KEY))
+        except redis.RedisError as err:
+            self._lost(err)
+            return
+        if busy:
             self._idle_since = None
             raise DontCloseSpider
         if self._idle_since is None:
             self._idle_since = now
         if now - self._idle_since < self.idle_close_s:
             raise DontCloseSpider
+
+
+class _RedisTracebacks(logging.Filter):
+    """Once Redis is gone the worker has said so in one line and is stopping; Scrapy's own
+    lines for what fails meanwhile (a callback, a link queued) keep their line, not the
+    traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        while error is not None and not isinstance(error, redis.RedisError):
+            error = error.__cause__ or error.__context__
+        if error is not None:
+            record.exc_info = record.exc_text = None
+            record.msg = f"{record.msg} (the shared crawl's Redis server stopped answering)"
+        return True
+
+
+def quiet_redis_tracebacks() -> None:
+    """Install :class:`_RedisTracebacks` on the handlers Scrapy set up (once each)."""
+    for handler in logging.getLogger().handlers:
+        if not any(isinstance(f, _RedisTracebacks) for f in handler.filters):
+            handler.addFilter(_RedisTracebacks())
 
 
 def refused(stats: Any, what: str, why: object) -> None:
@@ -238,7 +302,13 @@ class HandOff:
     def process_item(self, item: ImageItem) -> ImageItem:
         fields = item_fields(item, self.url_aliases)
         fields["body"] = base64.b64encode(item.body).decode("ascii")
-        self.server.rpush(stat.ITEMS_KEY, json.dumps(fields))
+        try:
+            self.server.rpush(stat.ITEMS_KEY, json.dumps(fields))
+        except redis.RedisError:  # the worker is stopping (its scheduler said why)
+            logger.warning("not handed over (the shared crawl's Redis server stopped "
+                           "answering): %s", item.url)
+            item.body = b""
+            return item
         item.body = b""
         self.crawler.stats.inc_value(stat.IMAGES_HANDED_OFF)
         return item

@@ -15,6 +15,7 @@ Redis server.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import logging
@@ -26,6 +27,7 @@ import sys
 import time
 import uuid
 from collections import Counter
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -215,7 +217,14 @@ class SharedCrawl:
                 processes[name] = self._start_worker(name)
             logger.info("crawl shared through %s: %d crawler processes here; more join with "
                         "`python -m scraper.crawl --shared %s`", self.url, workers, self.url)
-            codes = self._supervise(processes, prefix, workers, claim)
+            try:
+                codes = self._supervise(processes, prefix, workers, claim)
+            except redis.RedisError as err:
+                _stop(processes.values())
+                raise UserError(f"the Redis server at {self.url} stopped answering mid-crawl "
+                                f"({str(err).splitlines()[0][:200] if str(err) else 'no answer'}); "
+                                "the images stored so far are kept in data/raw: start it "
+                                "again and rerun to crawl on") from None
             left = self.server.zcard(stat.QUEUE_KEY) + self.server.hlen(stat.LEASES_KEY)
             if left and all(code == stat.FINISHED_EXIT for code in codes):
                 raise UserError(f"the shared crawl ended with {left} requests never fetched "
@@ -223,8 +232,9 @@ class SharedCrawl:
                                 "kept in data/raw: run again to fetch the rest")
             return self._merged_stats(), codes
         finally:
-            self.server.delete(*stat.SHARED_KEYS)
-            claim.release()
+            with contextlib.suppress(redis.RedisError):  # a server gone keeps nothing anyway
+                self.server.delete(*stat.SHARED_KEYS)
+                claim.release()
 
     def _supervise(self, processes: dict[str, subprocess.Popen], prefix: str, spares: int,
                    claim: _Claim) -> list[int]:
@@ -285,6 +295,20 @@ class SharedCrawl:
         merged["happysad/workers"] = workers
         merged["finish_reason"] = "finished"
         return merged
+
+
+def _stop(processes: Iterable[subprocess.Popen]) -> None:
+    """SIGTERM (a pause) to each crawler process here, then SIGKILL to any still there 30 s on."""
+    processes = list(processes)
+    for process in processes:
+        process.terminate()
+    deadline = time.monotonic() + 30
+    for process in processes:
+        try:
+            process.wait(timeout=max(deadline - time.monotonic(), 0.1))
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 def run_shared_crawl(config: dict[str, Any], work: Path, url: str, workers: int) -> dict[str, Any]:

@@ -46,7 +46,9 @@ The fourth survey (issue "Faults, round four"), each with what a user now sees:
    test_shared_crawl (its leased requests go back on the queue, a local one is replaced;
    the stage stores exactly what one process stores and logs "crawler worker W is gone
    (...): the N requests it held go back on the queue"; requests never fetched at the end
-   make the stage exit non-zero).
+   make the stage exit non-zero); the Redis server shut down mid-crawl: the stage stops its
+   workers and says so in one line, the images stored are kept, no worker is left and no
+   traceback is printed.
 2. hostile or broken Redis state (a list as a class, nesting 100,000 deep, non-JSON stats,
    junk error lines, text in the counters, a worker alive until the year 3000, junk leases
    and queued requests, a broken config for a joining worker): test_shared_crawl and

@@ -4,6 +4,7 @@ stores the same images with every rule kept."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -268,3 +269,47 @@ def test_a_joining_worker_with_a_broken_config_says_so_in_one_line(tmp_path: Pat
                 f"crawl: error: the shared crawl's config on {url} is not one a scrape stage "
                 "wrote ("), said
             assert why in said[0], said
+
+
+def test_a_redis_server_gone_mid_crawl_is_one_line_and_no_worker_is_left(
+        tiny_site: Path, fast_params: Params, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capfd: pytest.CaptureFixture) -> None:
+    """The Redis server shut down after 5 images: the stage stops its workers and says so in
+    one line, the images stored are kept, no worker is left and none prints a traceback."""
+    import redis
+
+    params = _paced(fast_params)
+    manifest = tmp_path / "shared" / "raw" / "manifest.jsonl"
+
+    def shut_down(url: str) -> None:
+        deadline = time.monotonic() + 120
+        while not (manifest.exists() and len(manifest.read_bytes().splitlines()) >= 5):
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        with contextlib.suppress(redis.ConnectionError):  # it closes as it answers
+            redis.Redis.from_url(url).shutdown(nosave=True)
+
+    with redis_server(tmp_path / "redis") as url:
+        monkeypatch.setenv(stat.REDIS_ENV, url)
+        beside = threading.Thread(target=shut_down, args=(url,), daemon=True)
+        beside.start()
+        with pytest.raises(UserError, match=f"the Redis server at {url} stopped answering "
+                                            "mid-crawl .*the images stored so far are kept"):
+            _crawl(tiny_site, params, tmp_path / "shared")
+        beside.join(timeout=30)
+    assert len(manifest.read_bytes().splitlines()) >= 5
+    assert not _pid_of_any_worker(), "a crawler process was left running"
+    said = capfd.readouterr().err
+    assert "Traceback" not in said, said
+
+
+def _pid_of_any_worker() -> list[int]:
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            args = cmdline.read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"scraper.crawl" in args and b"--shared" in args:
+            found.append(int(cmdline.parent.name))
+    return found
