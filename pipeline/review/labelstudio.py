@@ -119,12 +119,14 @@ def new_decisions(made: list[review.Decision], path: Path) -> list[review.Decisi
     """``made`` less the decisions ``path`` already holds from an earlier import of the same
     export (same image, annotation and answer, at the same time where the export gives one),
     the rest timed now where the export gave no time."""
-    had = [d for d in review.read(path) if d.note.startswith(NOTE)]
-    timed = {(d.sha256, d.note, d.action, d.label, d.time) for d in had}
-    untimed = {(d.sha256, d.note, d.action, d.label) for d in had}
-    fresh = [d for d in made if ((d.sha256, d.note, d.action, d.label, d.time) not in timed
-                                 if d.time else (d.sha256, d.note, d.action, d.label) not in untimed)]
-    return [d if d.time else replace(d, time=review.now()) for d in fresh]
+    def key(d: review.Decision) -> tuple[str, ...]:
+        return d.sha256, d.note, d.action, d.label, d.time
+
+    had = set()
+    for decision in review.read(path):
+        if decision.note.startswith(NOTE):  # kept under its time, and as if it had none
+            had |= {key(decision), key(replace(decision, time=""))}
+    return [d if d.time else replace(d, time=review.now()) for d in made if key(d) not in had]
 
 
 def _read_json(path: Path) -> object:

@@ -83,7 +83,9 @@ def greet(address: str, timeout_s: float, setting: str = DASK_ADDRESS) -> None:
     try:
         with socket.create_connection((host, int(match["port"])), timeout=timeout_s) as conn:
             conn.settimeout(timeout_s)
-            greeting = conn.recv(8)
+            greeting = b""
+            while len(greeting) < 8 and (part := conn.recv(8 - len(greeting))):
+                greeting += part
     except TimeoutError:
         raise UserError(f"{setting}={address}: something accepts connections there, but it "
                         f"is not a Dask scheduler (it said nothing in {timeout_s:.0f} s); give "

@@ -68,7 +68,8 @@ def read(preset: Path) -> dict[str, Any]:
     if not preset.is_file():
         names = ", ".join(available(preset.parent)) or "none"
         raise UserError(f"{preset}: no such preset; presets here: {names}")
-    changes = _read(preset)
+    read_yaml(preset)  # by params.yaml's rules first: no anchors, aliases or duplicate keys
+    changes = _read(preset)  # then round trip, so the values keep their style
     if not isinstance(changes, dict) or not changes:
         raise UserError(f"{preset}: holds no params sections; write it as params.yaml's are")
     return changes
@@ -78,7 +79,6 @@ def apply(preset: Path, params_file: Path) -> list[tuple[str, Any, Any]]:
     """Write ``preset``'s values into ``params_file`` (validated first); returns the changes."""
     load_params(params_file)  # its own faults (an anchor, a bad key) are named as its own
     changes = read(preset)
-    read_yaml(preset)  # the preset by params.yaml's rules: no anchors, aliases or duplicates
     document = _read(params_file)
     log: list[tuple[str, Any, Any]] = []
     _merge(document, changes, "", log)
