@@ -36,6 +36,7 @@ CHUNK = 16  # images a Dask task labels: its scheduling costs ~1 ms, an image 1-
 POLL_S = 2.0
 _ADDRESS = re.compile(r"(?:(?P<scheme>tcp|tls)://)?(?P<host>\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+)"
                       r":(?P<port>\d{1,5})")
+_OTHER_SCHEMES = ("inproc", "ucx", "ws", "wss")  # addresses with no TCP greeting to check
 _CHECKOUT_MARKS = ("dvc.yaml", "params.yaml", "pipeline")
 
 Job = TypeVar("Job")
@@ -56,6 +57,9 @@ def wait_s() -> float:
 def checked_address(address: str, setting: str = DASK_ADDRESS) -> str:
     """``address`` as Dask takes it, or one line saying what a scheduler's address looks like;
     ``setting`` is where the user gave it."""
+    scheme = address.partition("://")[0] if "://" in address else ""
+    if scheme in _OTHER_SCHEMES and address.partition("://")[2]:
+        return address  # distributed reads these itself (an in-process cluster, UCX, websockets)
     match = _ADDRESS.fullmatch(address)
     if match is None or not 0 < int(match["port"]) < 65536:
         raise UserError(f"{setting}={address!r} is not a Dask scheduler's address: give it "

@@ -12,7 +12,7 @@ import pytest
 
 from pipeline.config.clean import CleanParams
 from pipeline.config.params import Params
-from pipeline.runtime.cluster import DASK_ADDRESS, WAIT_ENV
+from pipeline.runtime.cluster import DASK_ADDRESS, WAIT_ENV, checked_address
 from pipeline.runtime.errors import UserError
 from pipeline.runtime.workers import parallel_map
 from testing.dask import dask_cluster
@@ -76,6 +76,7 @@ def test_an_address_that_is_no_dask_scheduler_is_one_line_at_once(
 
         with pytest.raises(UserError, match="tune.dask_address='banana' is not a Dask scheduler's"):
             _task_runner(1, "banana", "tune.dask_address")
+        assert checked_address("inproc://192.0.2.2/13608/1") == "inproc://192.0.2.2/13608/1"
         with pytest.raises(UserError, match="--dask-address=tcp://.*it is not a Dask scheduler"):
             _task_runner(1, f"tcp://{site.host_port}", "--dask-address")
 
