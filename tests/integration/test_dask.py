@@ -53,6 +53,7 @@ def test_clean_and_tfrecords_on_a_dask_cluster_write_what_they_write_locally(
         assert _files(tmp_path / "dask-run" / part) == _files(tmp_path / "local" / part), part
 
 
+@pytest.mark.slow  # waits out a 2 s greeting; imports the tune flow
 def test_an_address_that_is_no_dask_scheduler_is_one_line_at_once(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """Before: `banana` gave 61 lines and two tracebacks in 20 s; an HTTP server's address hung

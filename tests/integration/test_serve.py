@@ -327,6 +327,7 @@ def _tiny_parts(count: int) -> tuple[bytes, str]:
     return part * count + b"--b--\r\n", "multipart/form-data; boundary=b"
 
 
+@pytest.mark.slow  # a server, 300 connections, 33 MB of requests: CI runs it
 def test_slow_clients_many_parts_and_a_nan_threshold_do_not_stall_or_fool_the_server(
         production: Path, saved: Path, tiny_raw: Path, tmp_path: Path) -> None:
     """Under `ulimit -n 256`: 300 clients that never finish their request are closed after

@@ -88,16 +88,6 @@ def test_no_redis_server_and_no_shared_crawl_are_one_line(
         scrape(fast_params.scrape, fast_params.demo_site, tmp_path / "raw", tmp_path / "reports",
                tmp_path / "site")
     assert not (tmp_path / "site").exists()
-    import socket
-
-    with socket.socket() as silent:  # accepts (the kernel does) and never says a word
-        silent.bind(("127.0.0.1", 0))
-        silent.listen()
-        url = f"redis://127.0.0.1:{silent.getsockname()[1]}/0"
-        monkeypatch.setenv(stat.REDIS_ENV, url)
-        with pytest.raises(UserError, match=f"no Redis server answers at {url}.*Timeout"):
-            crawl(fast_params.scrape, tmp_path / "raw", tmp_path / "work", "http://127.0.0.1:1",
-                  None)
     with redis_server(tmp_path / "redis") as url:
         joined = subprocess.run([sys.executable, "-m", "scraper.crawl", "--shared", url],
                                 cwd=REPO, capture_output=True, text=True, timeout=120)
@@ -200,6 +190,7 @@ def test_a_killed_worker_loses_no_image_here_or_elsewhere(
     assert any("(exit code -9)" in m for m in gone), gone
 
 
+@pytest.mark.slow  # a shared crawl with its workers (~5 s): CI runs it
 def test_hostile_redis_state_is_refused_in_one_line_each_and_the_crawl_completes(
         tiny_site: Path, fast_params: Params, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture) -> None:
@@ -271,6 +262,7 @@ def test_a_joining_worker_with_a_broken_config_says_so_in_one_line(tmp_path: Pat
             assert why in said[0], said
 
 
+@pytest.mark.slow  # a shared crawl with its workers (~5 s): CI runs it
 def test_a_redis_server_gone_mid_crawl_is_one_line_and_no_worker_is_left(
         tiny_site: Path, fast_params: Params, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         capfd: pytest.CaptureFixture) -> None:
@@ -313,3 +305,18 @@ def _pid_of_any_worker() -> list[int]:
         if b"scraper.crawl" in args and b"--shared" in args:
             found.append(int(cmdline.parent.name))
     return found
+
+
+@pytest.mark.slow  # the client waits out its 10 s socket timeout
+def test_a_redis_address_where_nothing_answers_is_one_line_not_a_hang(
+        fast_params: Params, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import socket
+
+    with socket.socket() as silent:  # accepts (the kernel does) and never says a word
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        url = f"redis://127.0.0.1:{silent.getsockname()[1]}/0"
+        monkeypatch.setenv(stat.REDIS_ENV, url)
+        with pytest.raises(UserError, match=f"no Redis server answers at {url}.*Timeout"):
+            crawl(fast_params.scrape, tmp_path / "raw", tmp_path / "work", "http://127.0.0.1:1",
+                  None)
