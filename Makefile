@@ -97,13 +97,10 @@ tune: setup
 # "Sharing with a second machine"): `push` after committing dvc.lock and models/production.dvc,
 # `pull` on a fresh clone; then `dvc status` is clean and `happysad predict` answers at once.
 push: setup
-	@$(UV) run dvc remote default >/dev/null 2>&1 || { echo "make push: no default DVC remote; add one first: uv run dvc remote add -d storage PATH-OR-URL (s3://, gs://, ssh://, a folder), then commit .dvc/config" >&2; exit 2; }
-	$(UV) run dvc push
+	$(UV) run python -m flows.share push
 
 pull: setup
-	@$(UV) run dvc remote default >/dev/null 2>&1 || { echo "make pull: this clone has no default DVC remote; the machine that pushed sets one in .dvc/config (commit it), or run: uv run dvc remote add -d storage PATH-OR-URL" >&2; exit 2; }
-	$(UV) run dvc pull
-	$(UV) run dvc status
+	$(UV) run python -m flows.share pull
 
 # Headless Chromium and its WebDriver for the browser tests (the Prefect UI, the review page):
 # Debian's packages, installed when missing and possible.

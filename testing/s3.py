@@ -21,15 +21,20 @@ CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing
 
 
 @contextlib.contextmanager
-def s3_server(bucket: str, log: Path) -> Iterator[str]:
-    """A moto S3 server on 127.0.0.1 holding an empty ``bucket``; yields its endpoint URL."""
+def s3_server(bucket: str, log: Path, check_keys: bool = False) -> Iterator[str]:
+    """A moto S3 server on 127.0.0.1 holding an empty ``bucket``; yields its endpoint URL.
+    ``check_keys``: after the bucket is made, it refuses every request (403), as a real store
+    refuses keys it does not know (moto knows none)."""
     port = free_port()  # moto cannot say which port it took for 0
     endpoint = f"http://127.0.0.1:{port}"
     moto = Path(sys.executable).with_name("moto_server")
     with log.open("wb") as out:
         process = subprocess.Popen([str(moto), "-H", "127.0.0.1", "-p", str(port)], stdout=out,
                                    stderr=subprocess.STDOUT, start_new_session=True,
-                                   env={**os.environ, **CREDENTIALS})
+                                   env={**os.environ, **CREDENTIALS, **(
+                                       # moto's own switch: requests after the first two (the
+                                       # start-up probe below, the bucket) are checked
+                                       {"INITIAL_NO_AUTH_ACTION_COUNT": "2"} if check_keys else {})})
     try:
         deadline = time.monotonic() + 60
         while True:

@@ -331,11 +331,12 @@ def _share_and_pull(project: Path, clone: Path, remote: list[list[str]], env: di
     _ok(GIT + ["add", "-A"], project)
     _ok(GIT + ["commit", "-qm", "a retrained model and its data"], project)
     assert "models/production.dvc" in _ok(["git", "ls-files", "models"], project)
-    _ok(dvc + ["push"], project, env)
+    share = [sys.executable, "-m", "flows.share"]  # what `make push` and `make pull` run
+    pushed = _ok(share + ["push"], project, {**env, "PYTHONPATH": str(REPO)})
+    assert "pushed" in pushed and "Having any troubles" not in pushed
 
     _ok(["git", "clone", "-q", str(project), str(clone)], clone.parent)
-    _ok(dvc + ["pull"], clone, env)
-    assert "up to date" in _ok(dvc + ["status"], clone, env)
+    assert "up to date" in _ok(share + ["pull"], clone, {**env, "PYTHONPATH": str(REPO)})
     dry = _ok(dvc + ["repro", "--dry"], clone, env)
     assert "Running stage" not in dry and "didn't change, skipping" in dry
     images = sorted(str(p) for p in (project / "data" / "raw" / "happy").iterdir())[:3]

@@ -90,7 +90,10 @@ The fourth survey (issue "Faults, round four"), each with what a user now sees:
 9. smaller: here, ``make deploy`` with a dead PREFECT_API_URL names it and says to start it or
    unset it, and ``make serve`` on PostgreSQL names that database (password left out);
    e2e/test_whole_stages: the retrain flow names a FIFO or a dangling link in data/import or
-   data/pretrain in one line before Prefect starts the run (no traceback before it).
+   data/pretrain in one line before Prefect starts the run (no traceback before it); here:
+   ``make push``/``make pull`` (flows/share.py) against a real S3-API server say in one line
+   which remote refused the keys (naming AWS_ACCESS_KEY_ID), found none, has no such bucket
+   or did not answer, without DVC's support footer or Python's warnings.
 """
 
 from __future__ import annotations
@@ -472,3 +475,58 @@ def test_the_flow_commands_name_the_server_and_database_they_mean(
     line = next(r.getMessage() for r in caplog.records if "starting a Prefect server" in r.getMessage())
     assert line.endswith("(database postgresql+asyncpg at "
                          "postgresql+asyncpg://prefect@db.example:5432/prefect)"), line
+
+
+@pytest.mark.slow
+def test_make_push_and_pull_say_in_one_line_what_the_s3_remote_refused(tmp_path: Path) -> None:
+    """`make push`/`make pull` against a real S3-API server (moto): keys it refuses, no keys,
+    a bucket that is not there, an address where nothing answers; each one line naming the
+    remote and what to do, without DVC's support footer or a Python warning."""
+    from testing.project import GIT
+    from testing.s3 import CREDENTIALS, s3_server
+
+    project = tmp_path / "project"
+    project.mkdir()
+    dvc = [sys.executable, "-m", "dvc"]
+    subprocess.run(GIT + ["init", "-q"], cwd=project, check=True)
+    subprocess.run(dvc + ["init", "-q"], cwd=project, check=True)
+    (project / "a.txt").write_text("a file to share\n")
+    subprocess.run(dvc + ["add", "-q", "a.txt"], cwd=project, check=True)
+    home = tmp_path / "home"  # no ~/.aws here
+    home.mkdir()
+    env = {k: v for k, v in tool_env().items() if not k.startswith("AWS_")}
+    env.update(HOME=str(home), PYTHONPATH=str(REPO))
+
+    def share(direction: str, extra: dict[str, str]) -> str:
+        done = subprocess.run([sys.executable, "-m", "flows.share", direction], cwd=project,
+                              env={**env, **extra}, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 1, done.stdout + done.stderr
+        lines = done.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f"make {direction}: error: "), done.stderr
+        assert "Having any troubles" not in done.stdout + done.stderr
+        assert "never awaited" not in done.stdout + done.stderr
+        return lines[0]
+
+    def remote(url: str, endpoint: str) -> None:
+        subprocess.run(dvc + ["remote", "add", "-d", "-f", "team", url], cwd=project, check=True)
+        subprocess.run(dvc + ["remote", "modify", "team", "endpointurl", endpoint], cwd=project,
+                       check=True)
+
+    assert "no default DVC remote" in share("push", CREDENTIALS)
+    with s3_server("team-bucket", tmp_path / "moto.log", check_keys=True) as endpoint:
+        remote("s3://team-bucket/dvc", endpoint)
+        for direction in ("push", "pull"):
+            line = share(direction, {**CREDENTIALS, "AWS_ACCESS_KEY_ID": "not-a-key"})
+            assert f"'team' (s3://team-bucket/dvc at {endpoint}) refused the S3 keys" in line
+            assert "AWS_ACCESS_KEY_ID" in line
+        assert "found no S3 keys: export AWS_ACCESS_KEY_ID" in share("push", {})
+    with s3_server("team-bucket", tmp_path / "moto2.log") as endpoint:
+        remote("s3://another-bucket/dvc", endpoint)
+        assert "has no such bucket" in share("push", CREDENTIALS)
+        remote("s3://team-bucket/dvc", endpoint)
+        pushed = subprocess.run([sys.executable, "-m", "flows.share", "push"], cwd=project,
+                                env={**env, **CREDENTIALS}, capture_output=True, text=True,
+                                timeout=300)
+        assert pushed.returncode == 0 and "1 file pushed" in pushed.stdout, pushed.stderr
+    remote("s3://team-bucket/dvc", endpoint)  # the server is gone now
+    assert "did not answer: check its address" in share("pull", CREDENTIALS)
