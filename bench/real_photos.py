@@ -147,10 +147,10 @@ def _dev_option(work: Path, params: Params, name: str, changes: dict, folds: int
 def _fer_split(tar: Path, work: Path, params: Params) -> Path:
     """FER's train and validation cleaned together and split by folder (validation -> test;
     train's groups 85/15 into train and val), once; the split file."""
+    from pipeline.contracts.split import split_of
     from pipeline.runtime.outputs import write_jsonl
     from pipeline.scrape.folder import import_folder
     from pipeline.stages.clean import clean
-    from pipeline.stages.split import assign
 
     fer = work / "fer"
     if (fer / "split.jsonl").exists():
@@ -166,7 +166,7 @@ def _fer_split(tar: Path, work: Path, params: Params) -> Path:
     held_out = {r["group"] for r in rows if source[r["sha256"]] == "fer-validation"}
     inner = params.split.model_copy(update={"fractions": {"train": 0.85, "val": 0.149, "test": 0.001}})
     for row in rows:  # the 0.1% "test" of train's groups stays in train: test is validation's
-        drawn = assign(row["group"], inner)
+        drawn = split_of(row["group"], inner.fractions, inner.seed)
         row["split"] = "test" if row["group"] in held_out else "train" if drawn == "test" else drawn
     write_jsonl(fer / "split.jsonl", rows)
     return fer / "split.jsonl"

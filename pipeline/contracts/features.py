@@ -8,6 +8,10 @@ be traced to its image and its split). Records cut with a face detector (meta.js
 hold ``face``, the aligned face at ``crop.face_size`` px (black when none was found), beside
 the whole picture in ``image``. Pixels stay uint8 0-255: the model maps them to [0, 1] with
 its own Rescaling layer.
+
+A records folder (``data/tfrecords``, the pretrain stage's faces, a crossval fold, a tuning
+trial's view) is its shards and ``meta.json``; this module is the one that writes and reads
+that file (:func:`write_meta`, :func:`read_meta`), so a change of format is one edit.
 """
 
 from __future__ import annotations
@@ -122,6 +126,15 @@ def feature_spec(flag: bool = False, face: bool = False) -> dict[str, tf.io.Fixe
     return spec
 
 
+def parse_ids(serialized: tf.Tensor) -> tuple[str, int]:
+    """The ``sha256`` and ``label`` of one serialized example, without decoding its images."""
+    import tensorflow as tf
+
+    spec = {k: v for k, v in feature_spec().items() if k in ("sha256", "label")}
+    example = tf.io.parse_single_example(serialized, spec)
+    return example["sha256"].numpy().decode(), int(example["label"])
+
+
 def parse(serialized: tf.Tensor, image_size: int, flag: bool = False,
           face_side: int = 0) -> dict[str, tf.Tensor]:
     """A serialized example as uint8 ``image`` [size, size, 3], int64 ``label``, ``sha256``,
@@ -169,7 +182,7 @@ def dataset(directory: Path, split: str, image_size: int, meta: dict | None = No
     if not files:
         raise FileNotFoundError(f"{directory}: no {split} shards")
     if meta is None:
-        path = Path(directory) / "meta.json"
+        path = Path(directory) / META
         meta = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
     flag, side = has_face_flag(meta), face_size(meta)
     records = tf.data.TFRecordDataset(files, num_parallel_reads=min(len(files), 8))
@@ -177,9 +190,39 @@ def dataset(directory: Path, split: str, image_size: int, meta: dict | None = No
                        num_parallel_calls=tf.data.AUTOTUNE)
 
 
+META = "meta.json"  # a records folder's description, beside its shards
+
+
+def records_meta(image_size: int, class_names: list[str], counts: dict[str, dict[str, int]],
+                 shards: dict[str, int], encoding: str, resize: str, crop: dict,
+                 faces: dict[str, dict[str, int]] | None = None) -> dict:
+    """What ``meta.json`` says of a records folder: the input contract of its images (size,
+    resize, crop, pixels), the classes, and per split the images per class and the shards;
+    ``faces``: per split, the images whose face was found or not (records cut with a detector)."""
+    return {"image_size": image_size, "channels": 3, "class_names": class_names,
+            "counts": counts, "shards": shards, "encoding": encoding, "resize": resize,
+            "crop": crop, "pixels": PIXELS, **({"faces": faces} if faces else {})}
+
+
+def part_of(meta: dict, counts: dict[str, dict[str, int]], shards: dict[str, int]) -> dict:
+    """The meta of a folder made from another's records (a crossval fold, a trial's train and
+    val view): the same contract, its own ``counts`` and ``shards``."""
+    return {**meta, "counts": counts, "shards": shards}
+
+
+def write_meta(directory: Path, meta: dict) -> None:
+    """``meta.json`` of a records folder (the only writer: its shards are written first)."""
+    (Path(directory) / META).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+
+
+def meta_text(directory: Path) -> str:
+    """``meta.json`` as written, for a key that must change when the records do."""
+    return (Path(directory) / META).read_text(encoding="utf-8")
+
+
 def read_meta(directory: Path) -> dict:
     """meta.json of a records folder, or a one-line UserError saying how to make it."""
-    path = Path(directory) / "meta.json"
+    path = Path(directory) / META
     try:
         meta = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:

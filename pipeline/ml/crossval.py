@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
+from pipeline.contracts import features
 from pipeline.contracts.export import start_model
 from pipeline.contracts.metrics import HEADLINE
 from pipeline.runtime.errors import UserError
@@ -119,31 +120,26 @@ def _write_fold_records(records: Path, meta: dict, fold: Fold, dest: Path) -> No
     val, the rest as train (bytes copied from ``records``' train and val shards)."""
     import tensorflow as tf
 
-    from pipeline.contracts import features
     from pipeline.contracts.features import RecordWriter
 
     dest.mkdir(parents=True, exist_ok=True)
     names = meta["class_names"]
     files = [f for split in ("train", "val") for f in features.shard_files(records, split)]
-    spec = {"sha256": tf.io.FixedLenFeature([], tf.string),
-            "label": tf.io.FixedLenFeature([], tf.int64)}
     counts: dict[str, Counter] = {split: Counter() for split in ("train", "val", "test")}
     with contextlib.ExitStack() as stack:
         writers = {split: stack.enter_context(RecordWriter(dest / features.shard_name(split, 0, 1)))
                    for split in counts}
         for serialized in tf.data.TFRecordDataset(files):
-            example = tf.io.parse_single_example(serialized, spec)
-            sha = example["sha256"].numpy().decode()
+            sha, label = features.parse_ids(serialized)
             split = "test" if sha in fold.held_out else "val" if sha in fold.val else "train"
             writers[split].write(serialized.numpy())
-            counts[split][names[int(example["label"])]] += 1
+            counts[split][names[label]] += 1
     if (sum(counts["test"].values()), sum(counts["val"].values())) != (len(fold.held_out),
                                                                        len(fold.val)):
         raise UserError(f"{records}: its train and val shards do not hold the images the split "
                         "lists; rerun the tfrecords stage (dvc repro tfrecords)")
     counted = {split: {n: c.get(n, 0) for n in names} for split, c in counts.items()}
-    (dest / "meta.json").write_text(json.dumps({**meta, "counts": counted, "shards": {
-        split: 1 for split in counts}}, indent=2, sort_keys=True) + "\n")
+    features.write_meta(dest, features.part_of(meta, counted, dict.fromkeys(counts, 1)))
 
 
 def _run_fold(records: Path, meta: dict, fold: Fold, work: Path, params: Settings) -> dict:
@@ -166,8 +162,7 @@ def _run_fold(records: Path, meta: dict, fold: Fold, work: Path, params: Setting
     result = {"sha256": scores.sha256, "actual": scores.actual.tolist(),
               "probability": scores.probability.tolist(), "best_epoch": report.best_epoch,
               "epochs_run": report.epochs_run, "train": report.train, "val": report.val,
-              "gap": report.gap, "images": json.loads((work / "records" / "meta.json")
-                                                      .read_text())["counts"]}
+              "gap": report.gap, "images": features.read_meta(work / "records")["counts"]}
     done.write_text(json.dumps(result))
     for heavy in ("records", "model", "reports"):
         shutil.rmtree(work / heavy, ignore_errors=True)
@@ -196,8 +191,6 @@ def cross_validate(records: Path, split_file: Path, work: Path, params: Settings
                    folds: int) -> tuple[list[dict], Path]:
     """Every fold's result (its held-out images' probabilities, its training figures), and
     the folder that holds them (removed by the caller once the reports are written)."""
-    from pipeline.contracts import features
-
     rows = [r for r in read_records(split_file, ("sha256", "label", "group", "split"), "split",
                                     "split record") if r["split"] != "test"]
     meta = features.read_meta(records)

@@ -74,7 +74,7 @@ def _inputs(records: Path, meta: dict, params: TrainParams, seed: int, first_epo
     batch = batch_size or params.batch_size
     for split_name in ("train", "val"):
         if not sum(counts[split_name].values()):
-            raise UserError(f"{records / 'meta.json'}: the {split_name} split is empty; scrape more "
+            raise UserError(f"{records / features.META}: the {split_name} split is empty; scrape more "
                             "images or change split.fractions in params.yaml")
     train_images = sum(counts["train"].values())
     # Known cardinality: Keras then knows an epoch's length from the start (no "ran out of data").
@@ -106,7 +106,9 @@ def class_weights(counts: dict[str, int], class_names: list[str], mode: str) -> 
 
 
 def _backup_dir(model_dir: Path, records: Path, params: TrainParams, seed: int) -> Path:
-    key = hashlib.sha256(json.dumps([params.model_dump(), seed, (records / "meta.json").read_text()],
+    from pipeline.contracts import features
+
+    key = hashlib.sha256(json.dumps([params.model_dump(), seed, features.meta_text(records)],
                                     sort_keys=True).encode()).hexdigest()[:16]
     return model_dir.parent / ".backup" / f"train-{key}"
 
@@ -318,7 +320,7 @@ def _face_network(start: Path | None, meta: dict, records: Path):
     if not side:
         return None
     if start is None:
-        raise UserError(f"{records / 'meta.json'}: records with a face view (tfrecords.crop: "
+        raise UserError(f"{records / features.META}: records with a face view (tfrecords.crop: "
                         "views) need a face network to see it; set train.init_from: pretrain "
                         "(the pretrain stage's, `happysad preset web-photos` does) or a face "
                         "model.keras")

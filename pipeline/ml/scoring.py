@@ -91,7 +91,7 @@ def predict_test(model, records: Path, image_size: int, batch_size: int) -> Scor
         if "face_found" in batch:
             found.append(batch["face_found"].numpy().astype(bool))
     if not shas:
-        raise UserError(f"{records / 'meta.json'}: the test split is empty; scrape more images "
+        raise UserError(f"{records / features.META}: the test split is empty; scrape more images "
                         "or change split.fractions in params.yaml")
     probability = np.concatenate(probs)
     if not np.isfinite(probability).all():

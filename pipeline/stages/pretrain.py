@@ -34,7 +34,7 @@ from pipeline.config.loader import load_sections
 from pipeline.config.pretrain import PretrainParams, ScrapeClasses
 from pipeline.contracts import features
 from pipeline.contracts.export import FACE_SET
-from pipeline.contracts.split import SPLITS
+from pipeline.contracts.split import SPLITS, split_of
 from pipeline.runtime.entry import main
 from pipeline.runtime.errors import UserError
 from pipeline.runtime.files import write_atomic
@@ -95,33 +95,21 @@ def encoded_face(job: FaceJob) -> tuple[str, str, bytes, str] | tuple[str, str]:
             f"{phash(Image.fromarray(square)):016x}")
 
 
-def assign(group: str, fractions: dict[str, float], seed: int) -> str:
-    """The split of a perceptual-hash group: a hash of the group and the seed, cut by fractions."""
-    digest = hashlib.sha256(f"{seed}:{group}".encode()).digest()
-    where, edge = int.from_bytes(digest[:8], "big") / 2**64, 0.0
-    for split in SPLITS:
-        edge += fractions[split]
-        if where < edge:
-            return split
-    return SPLITS[-1]
-
-
 def _write_records(faces: list[tuple[str, str, bytes, str]], class_names: list[str],
                    params: PretrainParams, seed: int, out: Path) -> dict[str, dict[str, int]]:
     """The faces as TFRecords (one shard per split) and meta.json, as the tfrecords stage
     writes them; the counts per split and class."""
-    split_of = {sha: assign(group, params.fractions, seed) for sha, _, _, group in faces}
+    where = {sha: split_of(group, params.fractions, seed) for sha, _, _, group in faces}
     counts = {s: dict(sorted(Counter(label for sha, label, _, _ in faces
-                                     if split_of[sha] == s).items())) for s in SPLITS}
+                                     if where[sha] == s).items())) for s in SPLITS}
     for split in SPLITS:
         with features.RecordWriter(out / features.shard_name(split, 0, 1)) as writer:
             for sha, label, data, _ in faces:
-                if split_of[sha] == split:
+                if where[sha] == split:
                     writer.write(features.to_example(data, class_names.index(label), sha))
-    meta = {"image_size": params.image_size, "channels": 3, "class_names": class_names,
-            "counts": counts, "shards": dict.fromkeys(SPLITS, 1), "encoding": "jpeg",
-            "resize": "pad", "crop": {"kind": "none"}, "pixels": features.PIXELS}
-    (out / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    features.write_meta(out, features.records_meta(
+        params.image_size, class_names, counts, dict.fromkeys(SPLITS, 1), "jpeg", "pad",
+        {"kind": "none"}))
     return counts
 
 

@@ -10,7 +10,6 @@ report gives the realised counts and fractions per class.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 import sys
@@ -20,7 +19,7 @@ from pathlib import Path
 
 from pipeline.config.loader import load_sections
 from pipeline.config.split import SplitParams
-from pipeline.contracts.split import SPLITS
+from pipeline.contracts.split import SPLITS, split_of
 from pipeline.runtime.entry import main
 from pipeline.runtime.errors import UserError
 from pipeline.runtime.outputs import read_records, replacing_files, write_jsonl
@@ -34,24 +33,12 @@ class SplitReport:
     fractions: dict[str, dict[str, float]]  # class -> split -> realised share
 
 
-def assign(group: str, params: SplitParams) -> str:
-    """The split of a near-duplicate group: a uniform number from a hash, cut by fractions."""
-    digest = hashlib.sha256(f"{params.seed}:{group}".encode()).digest()
-    u = int.from_bytes(digest[:8], "big") / 2**64
-    edge = 0.0
-    for name in SPLITS:
-        edge += params.fractions[name]
-        if u < edge:
-            return name
-    return SPLITS[-1]
-
-
 def split(images_path: Path, out_dir: Path, params: SplitParams) -> SplitReport:
     """Write ``out_dir/split.jsonl`` (each kept image with its split) and ``report.json``."""
     rows = read_records(images_path, ("file", "label", "sha256", "group"), "clean",
                         "clean image")
     for row in rows:
-        row["split"] = assign(row["group"], params)
+        row["split"] = split_of(row["group"], params.fractions, params.seed)
     counts = {name: dict(sorted(Counter(str(r["label"]) for r in rows if r["split"] == name).items()))
               for name in SPLITS}
     labels = sorted({str(r["label"]) for r in rows})

@@ -10,7 +10,6 @@ output only when every shard is done. Outputs are bit-identical run to run.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import math
 import os
@@ -71,11 +70,9 @@ def tfrecords(split_path: Path, raw_dir: Path, out_dir: Path, params: TfrecordsP
             s: {"found": found[s]["found"], "none": found[s]["none"]} for s in SPLITS}
         counts = {s: dict(sorted(Counter(r["label"] for r in rows if r["split"] == s).items()))
                   for s in SPLITS}
-        meta = {"image_size": params.image_size, "channels": 3, "class_names": class_names,
-                "counts": counts, "shards": shards, "encoding": params.encoding,
-                "resize": params.resize, "crop": contract, "pixels": features.PIXELS,
-                **({"faces": face_counts} if face_counts else {})}
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+        features.write_meta(tmp, features.records_meta(
+            params.image_size, class_names, counts, shards, params.encoding, params.resize,
+            contract, face_counts))
         total_bytes = sum(p.stat().st_size for p in tmp.glob("*.tfrecord"))
     return TfrecordsReport(counts=counts, shards=shards, bytes=total_bytes, faces=face_counts)
 

@@ -26,6 +26,7 @@ from typing import Any
 from pipeline.config.params import Params, load_params
 from pipeline.config.train import TrainParams
 from pipeline.config.tune import Dimension, TuneParams
+from pipeline.contracts import features
 from pipeline.contracts.metrics import LOWER_IS_BETTER
 from pipeline.runtime.errors import UserError
 from pipeline.runtime.log import load_tensorflow
@@ -37,8 +38,6 @@ SEEN = ("train", "val")
 
 def train_val_view(records: Path, dest: Path) -> Path:
     """``dest`` as a records folder holding only the train and val shards of ``records``."""
-    from pipeline.contracts import features
-
     meta = features.read_meta(records)
     dest.mkdir(parents=True, exist_ok=True)
     for old in dest.glob("*.tfrecord"):
@@ -49,9 +48,9 @@ def train_val_view(records: Path, dest: Path) -> Path:
                 os.link(shard, dest / shard.name)  # no copy, and no path back to the original
             except OSError:
                 shutil.copyfile(shard, dest / shard.name)
-    view = {**meta, "counts": {k: v for k, v in meta["counts"].items() if k in SEEN},
-            "shards": {k: v for k, v in meta.get("shards", {}).items() if k in SEEN}}
-    (dest / "meta.json").write_text(json.dumps(view, indent=2, sort_keys=True) + "\n")
+    features.write_meta(dest, features.part_of(
+        meta, {k: v for k, v in meta["counts"].items() if k in SEEN},
+        {k: v for k, v in meta.get("shards", {}).items() if k in SEEN}))
     return dest
 
 
@@ -145,7 +144,7 @@ def study_key(records: Path, train: TrainParams, space: dict[str, Dimension], se
               metric: str, cv_folds: int = 0) -> str:
     """A search is resumed only over the same data, base params, space and scoring."""
     scoring = [metric, cv_folds] if cv_folds else metric  # the keys of searches before cv_folds
-    text = json.dumps([(records / "meta.json").read_text(), train.model_dump(),
+    text = json.dumps([features.meta_text(records), train.model_dump(),
                        {k: v.model_dump() for k, v in space.items()}, seed, scoring], sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -192,7 +191,6 @@ def _crossval_result(records: Path, split_file: Path, out: Path, trial: Params) 
     """A trial's result from k folds: its "val" figures are the pooled out-of-fold ones (every
     train and val image, each predicted by the model that did not see it), its "train"
     figures the folds' mean, its best epoch the folds' median."""
-    from pipeline.contracts import features
     from pipeline.ml.crossval import cross_validate, summarise
 
     results, place = cross_validate(records, split_file, out / "crossval", trial,

@@ -88,7 +88,7 @@ def test_a_face_set_trains_the_face_network_and_train_warms_from_it(
 
 
 def test_copies_share_a_split_and_the_shares_follow_the_fractions() -> None:
-    from pipeline.stages.pretrain import assign
+    from pipeline.contracts.split import split_of as assign
 
     fractions = {"train": 0.8, "val": 0.1, "test": 0.1}
     splits = [assign(f"{n:016x}", fractions, seed=7) for n in range(4000)]

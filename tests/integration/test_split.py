@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 
 from pipeline.config.split import SplitParams
+from pipeline.contracts.split import split_of
 from pipeline.runtime.errors import UserError
-from pipeline.stages.split import assign, split
+from pipeline.stages.split import split
 
 PARAMS = SplitParams(seed=7, fractions={"train": 0.7, "val": 0.15, "test": 0.15})
 
@@ -64,8 +65,9 @@ def test_fractions_hold_per_class_and_seed_matters(tmp_path: Path) -> None:
             assert abs(shares[name] - wanted) < 0.025, (label, name)
     other = SplitParams(seed=8, fractions=PARAMS.fractions)
     groups = [r["group"] for r in fake_images(200)]
-    assert [assign(g, PARAMS) for g in groups] != [assign(g, other) for g in groups]
-    assert Counter(assign(g, PARAMS) for g in groups) == Counter(
+    ours = [split_of(g, PARAMS.fractions, PARAMS.seed) for g in groups]
+    assert ours != [split_of(g, other.fractions, other.seed) for g in groups]
+    assert Counter(ours) == Counter(
         r["split"] for r in map(json.loads, (tmp_path / "s" / "split.jsonl").open())
         if r["group"] in set(groups))
 

@@ -159,6 +159,39 @@ def test_pipeline_imports_no_orchestrator_versioning_or_crawler() -> None:
         assert not bad, f"{path.relative_to(REPO)} imports {bad}"
 
 
+WRITES = {"write_text", "write_bytes", "write_atomic", "dump", "open", "replace", "copyfile",
+          "copy", "copy2", "link", "rename"}
+
+
+def meta_writers() -> list[str]:
+    """file:function of every call that writes a file and names ``meta.json`` (the literal or
+    the contract's ``META``) in its arguments or its receiver."""
+    found = []
+    for package in OURS:
+        if package == "tests":
+            continue
+        for path in _files(package):
+            tree = ast.parse(path.read_text())
+            for function in ast.walk(tree):
+                if not isinstance(function, ast.FunctionDef | ast.AsyncFunctionDef):
+                    continue
+                for call in ast.walk(function):
+                    if not (isinstance(call, ast.Call) and getattr(call.func, "attr", getattr(
+                            call.func, "id", None)) in WRITES):
+                        continue
+                    names = {n.value for n in ast.walk(call) if isinstance(n, ast.Constant)} | {
+                        getattr(n, "attr", getattr(n, "id", None)) for n in ast.walk(call)}
+                    if any(isinstance(n, str) and "meta.json" in n for n in names) or "META" in names:
+                        found.append(f"{path.relative_to(REPO)}:{function.name}")
+    return sorted(set(found))
+
+
+def test_only_the_records_contract_writes_meta_json() -> None:
+    """tfrecords, pretrain, crossval's folds and a trial's view all write it through
+    pipeline.contracts.features.write_meta, so a format change is one edit."""
+    assert meta_writers() == ["pipeline/contracts/features.py:write_meta"]
+
+
 def test_no_function_is_over_50_lines_outside_tests() -> None:
     assert not long_functions(), long_functions()
 
