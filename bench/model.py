@@ -81,13 +81,15 @@ def input_rows(records: Path, epochs: int) -> list[Row]:
 
     from pipeline.config.params import load_params
     from pipeline.contracts import features
-    from pipeline.ml.fit import _inputs, configure_runtime
-    from pipeline.ml.model import build_model, compile_model
+    from pipeline.ml.device import configure_runtime
+    from pipeline.ml.inputs import training_inputs
+    from pipeline.ml.model import compile_model
+    from pipeline.ml.network import build_model
 
     params = load_params(REPO / "params.yaml")
     meta = features.read_meta(records)
     size = meta["image_size"]
-    train_data, steps, _ = _inputs(records, meta, params.train, params.seed)
+    train_data, steps, _ = training_inputs(records, meta, params.train, params.seed)
     pairs = list(features.labelled(records, "train", size).as_numpy_iterator())
     images, labels = np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
 

@@ -39,7 +39,7 @@ def _model_dir(out: Path) -> Path:
     load_tensorflow()
     from pipeline.config.params import load_params
     from pipeline.contracts.export import LITE_FILE
-    from pipeline.ml.model import build_model
+    from pipeline.ml.network import build_model
     from pipeline.stages.save import export_lite
 
     params = load_params(REPO / "params.yaml")

@@ -39,7 +39,7 @@ def before_network(params, image_size: int, seed: int):
     the same body (a linear chain, so its layers can be called again in order)."""
     import keras
 
-    from pipeline.ml.model import build_model
+    from pipeline.ml.network import build_model
 
     stock = build_model(params, image_size, seed, augment=False)  # Keras' BatchNormalization
     aug = params.augment
@@ -149,8 +149,9 @@ def measure(rounds: int, steps: int, profile: bool) -> list[Row]:
     import keras
 
     from pipeline.config.params import load_params
-    from pipeline.ml.fit import configure_runtime
-    from pipeline.ml.model import build_model, compile_model
+    from pipeline.ml.device import configure_runtime
+    from pipeline.ml.model import compile_model
+    from pipeline.ml.network import build_model
 
     params = load_params(REPO / "params.yaml")
     size, seed, train = params.tfrecords.image_size, params.seed, params.train

@@ -21,10 +21,16 @@ every module):
   (headline metric names), ``suspects`` (flag names), ``export`` (what models/ ships).
 - ``vision/``: ``images`` (decoding and checks), ``near_duplicates``, ``faces`` (the detector
   and crops).
-- ``ml/``: ``model`` (the network), ``fit`` (phases, resume), ``callbacks`` (what Keras runs
-  each epoch), ``scoring`` (a model on a split), ``runtimes`` (LiteRT or Keras on uint8
-  pixels), ``labeller`` (image bytes to an answer, as a model card says: predict's and the
-  service's), ``crossval`` (grouped folds), ``bootstrap`` (intervals), ``curves``, ``plots``.
+- ``ml/``: the network, bottom up: ``model`` (loading a saved one safely, compiling one),
+  ``layers`` (augmentation, fused BatchNorm, view dropout), ``applications`` (a Keras
+  application as the body), ``network`` (the seed CNN, two views, the face scan, the ensemble,
+  the saved form), ``transfer`` (a face view, warm start, what trains in a phase). Fitting it:
+  ``context`` (what one run is about), ``device``, ``inputs`` (the batches), ``callbacks``
+  (what Keras runs each epoch), ``phases`` (one ``fit``, resumed), ``members``, ``report``,
+  ``fit`` (``train()``, start to end). Using it: ``scoring`` (a model on a split),
+  ``runtimes`` (LiteRT or Keras on uint8 pixels), ``labeller`` (image bytes to an answer, as
+  a model card says: predict's and the service's), ``crossval`` (grouped folds),
+  ``bootstrap`` (intervals), ``curves``, ``plots``.
 - ``scrape/``: the scrape stage's parts. ``config`` (the crawl's config), ``process`` (child
   processes), ``job`` (a paused crawl), ``shared`` (a crawl shared through Redis: the stage
   stores what its workers fetch, and queues again what a dead one held), ``handoff`` (what

@@ -1,6 +1,6 @@
 """The Keras callbacks training runs with, each a top-level class.
 
-``fit`` builds them in one order (``ml.fit.Callbacks``): what adds to an epoch's logs comes
+``phases`` builds them in one order (``ml.phases.phase_callbacks``): what adds to an epoch's logs comes
 before what reads them. Keras' own callbacks keep their progress in attributes that
 ``BackupAndRestore`` does not save; the names are Keras' internals, read and written only by
 ``counter_state`` and ``restore_counters`` here, and pinned by a test that fails when a Keras

@@ -19,7 +19,8 @@ from testing.fixtures import interrupted_after
 @pytest.mark.parametrize("backbone", ["mobilenet_v3_small", "efficientnet_b0"])
 def test_a_backbone_takes_uint8_pixels_and_loads_in_safe_mode(
         backbone: str, tiny_train_params: TrainParams, tmp_path: Path) -> None:
-    from pipeline.ml.model import build_model, load
+    from pipeline.ml.model import load
+    from pipeline.ml.network import build_model
 
     params = tiny_train_params.model_copy(update={"backbone": backbone, "weights": "none"})
     model = build_model(params, 32, seed=1, augment=False)
@@ -39,7 +40,7 @@ def test_a_weights_file_is_what_the_backbone_starts_from(tiny_train_params: Trai
                                                           tmp_path: Path) -> None:
     import keras
 
-    from pipeline.ml.model import build_model
+    from pipeline.ml.network import build_model
 
     written = keras.applications.MobileNetV3Small(input_shape=(32, 32, 3), include_top=False,
                                                   weights=None)
@@ -54,7 +55,7 @@ def test_a_weights_file_is_what_the_backbone_starts_from(tiny_train_params: Trai
         written.get_weights(), fresh.get_layer("backbone").get_weights(), strict=True))
     # BatchNorm: pretrained weights keep their statistics while training; random ones learn theirs
     pixels = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
-    from pipeline.ml.model import keeps_norm_statistics, set_trainable
+    from pipeline.ml.transfer import keeps_norm_statistics, set_trainable
 
     for model, varied, learns in ((build_model(params, 32, seed=1), params, False),
                                   (fresh, params.model_copy(update={"weights": "none"}), True)):
@@ -73,7 +74,7 @@ def test_unfetchable_imagenet_weights_stop_train_with_one_line(
     """An empty Keras cache and no way out (a proxy on a closed port): the real fetch fails."""
     import keras.src.backend.config as keras_config  # where Keras keeps $KERAS_HOME, read once
 
-    from pipeline.ml.model import build_model
+    from pipeline.ml.network import build_model
 
     monkeypatch.setattr(keras_config, "_KERAS_DIR", str(tmp_path / "keras"))
     for name in ("HTTPS_PROXY", "https_proxy"):
@@ -102,7 +103,7 @@ def test_warm_start_then_frozen_phase_then_fine_tuning_from_a_layer(
     import keras
 
     from pipeline.ml.fit import train
-    from pipeline.ml.model import build_model
+    from pipeline.ml.network import build_model
 
     earlier = build_model(tiny_train_params, 32, seed=99, augment=False)
     earlier.save(tmp_path / "earlier.keras")
@@ -151,7 +152,8 @@ def test_a_run_killed_after_its_frozen_phase_goes_on_with_fine_tuning(
 
 def test_warm_start_from_an_unrelated_model_is_one_line(tiny_train_params: TrainParams,
                                                         tmp_path: Path) -> None:
-    from pipeline.ml.model import build_model, warm_start
+    from pipeline.ml.network import build_model
+    from pipeline.ml.transfer import warm_start
 
     other = build_model(tiny_train_params.model_copy(update={
         "backbone": "mobilenet_v3_small", "weights": "none"}), 32, seed=1, augment=False)
@@ -159,7 +161,7 @@ def test_warm_start_from_an_unrelated_model_is_one_line(tiny_train_params: Train
     with pytest.raises(UserError, match="shares no layer of the body"):
         warm_start(build_model(tiny_train_params, 32, seed=1), tmp_path / "other.keras")
     with pytest.raises(UserError, match="'nope' is no layer"):
-        from pipeline.ml.model import set_trainable
+        from pipeline.ml.transfer import set_trainable
 
         set_trainable(build_model(tiny_train_params, 32, seed=1), "nope")
 

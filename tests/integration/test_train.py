@@ -27,7 +27,7 @@ from testing.project import REPO
 def test_model_has_the_shapes_params_ask_for(tiny_train_params: TrainParams) -> None:
     import keras
 
-    from pipeline.ml.model import build_model
+    from pipeline.ml.network import build_model
 
     params = tiny_train_params.model_copy(update={"filters": [4, 8, 16], "kernel_size": 5,
                                                   "convs_per_block": 2})

@@ -99,7 +99,7 @@ def two_views(repo_params: Params, tiny_train_params: TrainParams,
               tmp_path_factory: pytest.TempPathFactory) -> dict:
     """A tiny face network, the two-view records of the raw set, and the model trained on them."""
     from pipeline.ml.fit import train
-    from pipeline.ml.model import build_model
+    from pipeline.ml.network import build_model
     from pipeline.runtime.log import load_tensorflow
     from pipeline.stages.tfrecords import tfrecords
 
@@ -148,7 +148,8 @@ def test_two_view_records_hold_the_whole_picture_and_the_face_as_predict_makes_t
 @pytest.mark.slow  # save's export and a predict subprocess: CI runs it, test-fast does not
 def test_two_view_model_reloads_safely_ships_to_litert_and_predict_can_abstain(
         two_views: dict, repo_params: Params) -> None:
-    from pipeline.ml.model import FACE_NETWORK, load
+    from pipeline.ml.model import load
+    from pipeline.ml.network import FACE_NETWORK
     from pipeline.stages.evaluate import evaluate
     from pipeline.stages.save import save
     from pipeline.tools.predict import predict
@@ -211,15 +212,9 @@ def test_a_face_scan_copies_the_face_network_and_ships_as_it_trained(
         tiny_train_params: TrainParams, tmp_path: Path) -> None:
     import keras
 
-    from pipeline.ml.model import (
-        body_layers,
-        build_model,
-        compile_model,
-        face_branch,
-        load,
-        set_trainable,
-        without_augmentation,
-    )
+    from pipeline.ml.model import compile_model, load
+    from pipeline.ml.network import build_model, without_augmentation
+    from pipeline.ml.transfer import body_layers, face_branch, set_trainable
     from pipeline.runtime.log import load_tensorflow
     from pipeline.stages.save import export_lite, random_inputs
 
@@ -257,26 +252,28 @@ def test_members_average_in_one_file_and_a_crash_keeps_the_finished_ones(
 
     import keras
 
-    from pipeline.ml import fit
+    from pipeline.ml import fit, members
     from pipeline.ml.model import load
+    from pipeline.ml.phases import monitored
+    from pipeline.ml.phases import phases as phases_of
     from pipeline.stages.evaluate import evaluate
     from pipeline.stages.save import random_inputs, save
     from pipeline.tools.predict import predict
 
     work, calls = two_views["work"], []
     params = two_views["train"].model_copy(update={"members": 2})
-    real_phase = fit._fit_phase
+    real_phase = members.fit_phase
 
-    def crashing(model, phase, records, meta, params, seed, *rest):
+    def crashing(run, model, phase, seed, *rest):
         calls.append(seed)
         if calls.count(2) == 1:  # the second member's first phase, in the first run
             raise KeyboardInterrupt
-        return real_phase(model, phase, records, meta, params, seed, *rest)
+        return real_phase(run, model, phase, seed, *rest)
 
-    monkeypatch.setattr(fit, "_fit_phase", crashing)
+    monkeypatch.setattr(members, "fit_phase", crashing)
     with pytest.raises(KeyboardInterrupt):
         fit.train(work / "records", work / "m_members", work / "r_members", params, seed=1)
-    with caplog.at_level(logging.INFO, logger="pipeline.ml.fit"):
+    with caplog.at_level(logging.INFO, logger="pipeline.ml"):
         report = fit.train(work / "records", work / "m_members", work / "r_members", params, seed=1)
     assert "member 2 of 2 (seed 2)" in caplog.text  # the first was found finished: no ETA yet
     # TensorBoard's runs inside the folder the train stage's DVC out names: member 1's beside 0's
@@ -284,7 +281,7 @@ def test_members_average_in_one_file_and_a_crash_keeps_the_finished_ones(
         "history.csv", "members.csv", "metrics.json", "tensorboard"]
     assert (work / "r_members" / "tensorboard" / "member-1" / "train").is_dir()
     # the first member was kept from the crashed run: only the second trained again
-    phases = len(fit.phases(params))
+    phases = len(phases_of(params))
     assert calls == [1] * phases + [2] + [2] * phases
     assert report.epochs_run >= 1 and 0 <= report.val["accuracy"] <= 1
     model = load(work / "m_members" / "model.keras")  # safe_mode=True
@@ -305,7 +302,7 @@ def test_members_average_in_one_file_and_a_crash_keeps_the_finished_ones(
     kept = [int(r["epoch"]) for r in rows if r["kept"] == "1"]
     assert len(kept) == 2 and kept[0] == report.best_epoch
     for n, epoch in zip(("1", "2"), kept, strict=True):  # kept: the least monitored val loss
-        assert min(own[n], key=lambda r: float(r[fit.monitored(params)]))["epoch"] == str(epoch)
+        assert min(own[n], key=lambda r: float(r[monitored(params)]))["epoch"] == str(epoch)
     with (work / "r_members" / "history.csv").open() as handle:
         assert [r["val_loss"] for r in csv.DictReader(handle)] == [r["val_loss"] for r in own["1"]]
     # as a user gets it: evaluated, saved with its card and LiteRT file, and predict's answers
@@ -330,7 +327,9 @@ def test_members_average_in_one_file_and_a_crash_keeps_the_finished_ones(
 
 def test_a_warm_start_or_face_view_from_an_ensemble_takes_its_first_member(
         tiny_train_params: TrainParams, tmp_path: Path) -> None:
-    from pipeline.ml.model import build_model, ensemble, face_branch, load, warm_start
+    from pipeline.ml.model import load
+    from pipeline.ml.network import build_model, ensemble
+    from pipeline.ml.transfer import face_branch, warm_start
     from pipeline.runtime.log import load_tensorflow
 
     load_tensorflow()

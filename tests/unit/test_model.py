@@ -11,7 +11,7 @@ import math
 import numpy as np
 import pytest
 
-from pipeline.ml.model import FusedBatchNormalization, RandomAffine
+from pipeline.ml.layers import FusedBatchNormalization, RandomAffine
 
 
 def test_fused_batch_norm_matches_keras_in_training_and_inference() -> None:
@@ -109,3 +109,26 @@ def test_label_smoothing_moves_the_loss_minimum_off_the_hard_labels() -> None:
     # smoothing 0.2 trains a label 1 towards 0.9: there the loss is lowest, not at 0.99
     assert loss_at(0.2, 0.9) < loss_at(0.2, 0.99) and loss_at(0.2, 0.9) < loss_at(0.2, 0.8)
     assert loss_at(0.0, 0.99) < loss_at(0.0, 0.9)  # and without it, surer is better
+
+
+def test_the_saved_form_of_a_member_leaves_the_runs_precision_policy_alone(
+        tiny_train_params) -> None:
+    """A mixed-precision run (a GPU's) builds each member's saved form in float32, and the next
+    member is built under the run's own policy, not float32 (Keras' policy is global)."""
+    import keras
+
+    from pipeline.ml.network import build_model, without_augmentation
+
+    before = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        first = build_model(tiny_train_params, 32, seed=1)
+        saved = without_augmentation(first, tiny_train_params, 32)
+        second = build_model(tiny_train_params, 32, seed=2)
+        policy = keras.mixed_precision.global_policy().name
+    finally:
+        keras.mixed_precision.set_global_policy(before)
+    assert saved.get_layer("block1_conv").dtype_policy.name == "float32"
+    assert policy == "mixed_float16"
+    assert second.get_layer("block1_conv").dtype_policy.name == first.get_layer(
+        "block1_conv").dtype_policy.name == "mixed_float16"
