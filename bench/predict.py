@@ -82,13 +82,11 @@ def _first_line_s(command: list[str]) -> float:
 
 
 def _per_image_s(model_dir: Path, images: list[Path], runtime: str) -> float:
-    from pipeline.config.params import load_params
     from pipeline.tools.predict import predict
 
-    rules = load_params(REPO / "params.yaml").clean
-    list(predict(images[:1], model_dir, rules, runtime=runtime))  # load the model: not timed
+    list(predict(images[:1], model_dir, runtime=runtime))  # load the model: not timed
     started = time.perf_counter()
-    labelled = list(predict(images, model_dir, rules, runtime=runtime))
+    labelled = list(predict(images, model_dir, runtime=runtime))
     assert len(labelled) == len(images)
     return (time.perf_counter() - started) / len(images)
 

@@ -10,7 +10,7 @@ from demo.site import generate_site
 from pipeline.config.clean import CleanParams
 from pipeline.config.params import Params, load_params
 from pipeline.config.train import TrainParams
-from testing.project import REPO, TINY_SITE, demo_site  # noqa: F401 - for the tests
+from testing.project import REPO, TINY_SITE, demo_site, params_file  # noqa: F401 - for the tests
 
 
 @pytest.fixture(scope="session")
@@ -118,7 +118,8 @@ def saved(trained: Path, tiny_records: Path, repo_params: Params) -> Path:
     if not (trained / "reports" / "evaluate" / "metrics.json").exists():
         evaluate(trained / "models" / "train" / "model.keras", tiny_records,
                  trained / "reports" / "train", trained / "reports" / "evaluate", repo_params.evaluate)
+    settings = params_file(trained / "params.yaml", clean={"min_side": 32})  # the tiny faces
     save(trained / "models" / "train" / "model.keras", tiny_records,
-         trained / "reports" / "evaluate" / "details.json", REPO / "params.yaml",
+         trained / "reports" / "evaluate" / "details.json", settings,
          trained / "dvc.lock", trained / "models")
     return trained / "models"

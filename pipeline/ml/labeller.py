@@ -1,26 +1,32 @@
-"""A shipped model and everything it takes to label one image with it: the card's class names,
-threshold and input contract, the clean stage's checks and the tfrecords stage's views.
+"""A shipped model and everything it takes to label one image with it, all out of its card:
+the class names, threshold and input contract, the image rules it was trained under (the
+clean stage's checks) and the face finder it was shipped with; never the checkout's current
+params, so editing params.yaml for the next training changes nothing a running model does.
 ``happysad predict`` and ``happysad serve-model`` both label through a :class:`Labeller`, so a
 file and an upload of its bytes get the same answer."""
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
+from pipeline.config.clean import ImageRules
 from pipeline.contracts.export import read_card
 from pipeline.ml.runtimes import Runtime, load_runtime
+from pipeline.runtime.errors import UserError
 from pipeline.vision.faces import FaceCrop
 from pipeline.vision.images import UnusableImageError, Views, model_views, open_rgb, stacked
 
 if TYPE_CHECKING:
-    from pipeline.config.clean import CleanParams
     from pipeline.config.faces import FacesParams
 
 NO_FACE = "no face found (--require-face)"
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -34,6 +40,39 @@ class Answer:
     abstained: str | None = None
 
 
+def card_rules(card: dict, legacy: Callable[[], tuple[ImageRules, FacesParams]] | None = None
+               ) -> tuple[ImageRules, FacesParams]:
+    """The image rules and the face finder a model was shipped with (its card's ``accepts``
+    and ``faces``); for an older card without them, ``legacy()``, or a one-line error."""
+    from pipeline.config.faces import FacesParams
+    from pipeline.config.loader import validate
+    from pipeline.contracts.export import CARD_FILE
+
+    if "accepts" in card and "faces" in card:
+        return (validate(Path(f"{CARD_FILE} accepts"), ImageRules, card["accepts"]),
+                validate(Path(f"{CARD_FILE} faces"), FacesParams, card["faces"]))
+    if legacy is None:
+        raise UserError("the model card has no image rules (saved before cards carried them); "
+                        "save the model again (dvc repro save)")
+    return legacy()
+
+
+def params_rules(params_file: Path) -> Callable[[], tuple[ImageRules, FacesParams]]:
+    """For a card saved before cards carried their own rules: ``params_file``'s clean and faces
+    sections (only those: another section's error does not stop a model), with a warning."""
+    def rules() -> tuple[ImageRules, FacesParams]:
+        from pipeline.config.clean import CleanParams
+        from pipeline.config.faces import FacesParams
+        from pipeline.config.loader import load_sections
+
+        logger.warning("the model card was saved before cards carried their image rules; "
+                       "using %s's clean and faces sections (save or promote a newer model)",
+                       params_file)
+        sections = load_sections(params_file, clean=CleanParams, faces=FacesParams)
+        return ImageRules.of(sections.clean), sections.faces
+    return rules
+
+
 class Labeller:
     """Bytes of an image in, an :class:`Answer` out, as the model card says.
 
@@ -42,7 +81,7 @@ class Labeller:
     ``require_face``: no label for an image with no face.
     """
 
-    def __init__(self, card: dict, model: Runtime, rules: CleanParams,
+    def __init__(self, card: dict, model: Runtime, rules: ImageRules,
                  faces: FacesParams | None = None, threshold: float | None = None,
                  require_face: bool = False) -> None:
         self.card = card
@@ -56,12 +95,24 @@ class Labeller:
         self.crop = FaceCrop.of(self.contract.get("crop"))  # the model's own face crop, if any
 
     @classmethod
-    def load(cls, model_dir: Path, rules: CleanParams, faces: FacesParams | None = None,
-             threshold: float | None = None, runtime: str = "auto",
-             require_face: bool = False) -> Labeller:
+    def of(cls, card: dict, model: Runtime, look_for_faces: bool = False,
+           threshold: float | None = None, require_face: bool = False,
+           legacy: Callable[[], tuple[ImageRules, FacesParams]] | None = None) -> Labeller:
+        """The labeller a card describes; ``look_for_faces``: say ``face_found`` with the card's
+        face finder when the model cuts no faces itself. ``legacy``: the rules and finder for
+        a card saved before cards carried their own (params.yaml's, with a warning)."""
+        rules, faces = card_rules(card, legacy)
+        return cls(card, model, rules, faces if look_for_faces or require_face else None,
+                   threshold, require_face)
+
+    @classmethod
+    def load(cls, model_dir: Path, look_for_faces: bool = False, threshold: float | None = None,
+             runtime: str = "auto", require_face: bool = False,
+             legacy: Callable[[], tuple[ImageRules, FacesParams]] | None = None) -> Labeller:
         """The model in ``model_dir`` (its card, then its LiteRT export or Keras model)."""
         card = read_card(model_dir)
-        return cls(card, load_runtime(model_dir, runtime), rules, faces, threshold, require_face)
+        return cls.of(card, load_runtime(model_dir, runtime), look_for_faces, threshold,
+                      require_face, legacy)
 
     def views(self, data: bytes) -> Views:
         """An image's views as the model's input contract wants them (as tfrecords makes

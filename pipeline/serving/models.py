@@ -33,7 +33,7 @@ from pipeline.serving.batching import Batcher
 from pipeline.vision.images import Views
 
 if TYPE_CHECKING:
-    from pipeline.config.clean import CleanParams
+    from pipeline.config.clean import ImageRules
     from pipeline.config.faces import FacesParams
     from pipeline.config.serve import ServeParams
 
@@ -112,10 +112,11 @@ def blank_views(labeller: Labeller) -> Views:
                  np.zeros((face, face, 3), np.uint8) if face else None, False if face else None)
 
 
-def load_model(model_dir: Path, rules: CleanParams, faces: FacesParams | None,
-               require_face: bool) -> ServedModel:
+def load_model(model_dir: Path, look_for_faces: bool, require_face: bool,
+               legacy: Callable[[], tuple[ImageRules, FacesParams]] | None = None) -> ServedModel:
     """A snapshot of the model in ``model_dir``, tried on one image; a one-line ``UserError``
-    when there is none, it is incomplete, or it changes while being read."""
+    when there is none, it is incomplete, or it changes while being read. What it accepts and
+    its face finder come from its card (``legacy``: for a card saved before cards had them)."""
     before = signature(model_dir)
     card_of(model_dir)  # no model there: its own one-line error
     if before[1] is None:
@@ -131,7 +132,7 @@ def load_model(model_dir: Path, rules: CleanParams, faces: FacesParams | None,
     except (ValueError, RuntimeError) as err:
         raise UserError(f"{model_dir / LITE_FILE}: not a LiteRT model LiteRT can load ({err}); "
                         "export it again (dvc repro save)") from None
-    labeller = Labeller(card, runtime, rules, faces, require_face=require_face)
+    labeller = Labeller.of(card, runtime, look_for_faces, None, require_face, legacy)
     probability = labeller.probabilities([blank_views(labeller)])
     if not np.all(np.isfinite(probability)):
         raise UserError(f"{model_dir / LITE_FILE}: gives a non-finite probability ({probability[0]}); "

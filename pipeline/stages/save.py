@@ -21,7 +21,9 @@ from pathlib import Path
 
 import yaml
 
+from pipeline.config.clean import CleanParams, ImageRules
 from pipeline.config.evaluate import EvaluateParams
+from pipeline.config.faces import FacesParams
 from pipeline.config.loader import load_sections
 from pipeline.config.tfrecords import TfrecordsParams
 from pipeline.config.train import TrainParams
@@ -248,13 +250,18 @@ def save(trained: Path, records: Path, metrics_file: Path, params_file: Path, lo
     model.export(str(out / "serving"), format="tf_saved_model", verbose=False)
     lite_difference = export_lite(model, out / "serving", out / LITE_FILE)
     params = load_sections(params_file, seed=int, tfrecords=TfrecordsParams, train=TrainParams,
-                           evaluate=EvaluateParams)
+                           evaluate=EvaluateParams, clean=CleanParams, faces=FacesParams)
     card = {
         "name": "happysad CNN", "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "files": {"keras": "model.keras", "serving": "serving/", "litert": LITE_FILE},
         "litert_max_difference": lite_difference,
         "input": json.loads((trained.parent / "input.json").read_text()),  # written by train
         "threshold": params.evaluate.threshold, "metrics": metrics,
+        # what predict and serve-model apply to this model, whatever params.yaml says later:
+        # the images it accepts (the clean stage's rules it was trained under), and the face
+        # finder that says face_found when the model cuts no faces itself
+        "accepts": ImageRules.of(params.clean).model_dump(mode="json"),
+        "faces": params.faces.model_dump(mode="json"),
         "data_version": data_version(lock_file, records), "data_counts": meta["counts"],
         "params": {"seed": params.seed, "tfrecords": params.tfrecords.model_dump(),
                    "train": params.train.model_dump()},

@@ -2,18 +2,19 @@
 
 Files or folders (searched recursively) in; for each image a line with its path,
 label and the probability of that label. Images go through the clean stage's
-checks and the tfrecords stage's resize, so the model sees what it was trained
-on. A file that is not a usable image gets a one-line error on stderr and the
-rest still run; the exit status is then 1. The model runs on LiteRT (the save
-stage's ``model.tflite``: no TensorFlow import, so the first answer comes in a
-second or two) and falls back to Keras; the label's class names and threshold
-come from the model card.
+checks and the tfrecords stage's resize as the model card records them (not as
+params.yaml says today), so the model sees what it was trained on. A file that
+is not a usable image gets a one-line error on stderr and the rest still run;
+the exit status is then 1. The model runs on LiteRT (the save stage's
+``model.tflite``: no TensorFlow import, so the first answer comes in a second or
+two) and falls back to Keras; the label's class names and threshold come from
+the model card.
 
 Each line also says whether a face was found (``face_found``), by the model's own
-detector when it cuts faces (its input contract), else by params.yaml's ``faces``
-section. With ``--require-face`` an image with no face gets no label (``label``
-null, and the ``abstained`` reason): the model card says how much less its
-labels are worth there.
+detector when it cuts faces (its input contract), else by the face finder its card
+records (params.yaml's ``faces`` when it was saved). With ``--require-face`` an
+image with no face gets no label (``label`` null, and the ``abstained`` reason):
+the model card says how much less its labels are worth there.
 """
 
 from __future__ import annotations
@@ -27,14 +28,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pipeline.config.params import load_params
 from pipeline.contracts.export import read_card
 from pipeline.runtime.errors import UserError
 from pipeline.runtime.files import display_path, read_regular
 
 if TYPE_CHECKING:  # numpy and the image code load only once there is an image to label,
     # so a missing model is said before they are imported
-    from pipeline.config.clean import CleanParams
+    from pipeline.config.clean import ImageRules
     from pipeline.config.faces import FacesParams
     from pipeline.vision.images import Views
 
@@ -69,21 +69,24 @@ def _skip(path: Path, why: str) -> None:
     logger.warning("%s: %s; skipped", display_path(path), why)
 
 
-def predict(paths: list[Path], model_dir: Path, rules: CleanParams, batch_size: int = 32,
+def predict(paths: list[Path], model_dir: Path, batch_size: int = 32,
             on_error: Callable[[Path, str], None] = _skip, threshold: float | None = None,
-            runtime: str = "auto", faces: FacesParams | None = None,
-            require_face: bool = False) -> Iterator[Prediction]:
+            runtime: str = "auto", look_for_faces: bool = True, require_face: bool = False,
+            legacy: Callable[[], tuple[ImageRules, FacesParams]] | None = None
+            ) -> Iterator[Prediction]:
     """Predictions in input order; each unusable file goes to ``on_error`` and is skipped.
-    The label is the model card's class at the card's threshold unless ``threshold`` is given.
-    ``faces``: the detector that says ``face_found`` when the model cuts no faces itself;
-    ``require_face``: no label for an image with no face."""
+    Everything comes from the model's card: the label is its class at its threshold (unless
+    ``threshold`` is given), the images refused are those its rules refuse, and
+    ``look_for_faces`` says ``face_found`` with its face finder when the model cuts no faces
+    itself; ``require_face``: no label for an image with no face. ``legacy``: the rules for a
+    card saved before cards carried them."""
     read_card(model_dir)
     import numpy as np
 
     from pipeline.ml.labeller import Labeller
     from pipeline.vision.images import UnusableImageError
 
-    labeller = Labeller.load(model_dir, rules, faces, threshold, runtime, require_face)
+    labeller = Labeller.load(model_dir, look_for_faces, threshold, runtime, require_face, legacy)
     batch: list[tuple[Path, Views]] = []
 
     def flush() -> Iterator[Prediction]:
@@ -141,10 +144,11 @@ def run(args: argparse.Namespace) -> None:
     count = abstained = 0
     if args.threshold is not None and not 0.0 < args.threshold < 1.0:
         raise UserError(f"--threshold {args.threshold}: must be between 0 and 1")
-    read_card(args.model_dir)  # a missing model is said at once, before params are validated
-    params = load_params(args.params)
-    for prediction in predict(args.paths, args.model_dir, params.clean, args.batch_size, report,
-                              args.threshold, args.runtime, params.faces, args.require_face):
+    read_card(args.model_dir)  # a missing model is said at once
+    from pipeline.ml.labeller import params_rules
+
+    for prediction in predict(args.paths, args.model_dir, args.batch_size, report, args.threshold,
+                              args.runtime, True, args.require_face, params_rules(args.params)):
         sys.stdout.write(json.dumps(prediction.__dict__) + "\n")
         sys.stdout.flush()
         count += prediction.label is not None

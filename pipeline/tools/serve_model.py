@@ -29,7 +29,8 @@ import time
 from functools import partial
 from pathlib import Path
 
-from pipeline.config.params import load_params
+from pipeline.config.loader import load_sections
+from pipeline.config.serve import ServeParams
 from pipeline.runtime.errors import UserError
 
 logger = logging.getLogger(__name__)
@@ -43,8 +44,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, default=8501,
                         help="port (default: %(default)s, TF Serving's REST port; 0: any free one)")
     parser.add_argument("--face-found", action="store_true",
-                        help="say in each answer whether a face was found, with params.yaml's "
-                             "face detector (for a model that cuts no faces itself, it costs "
+                        help="say in each answer whether a face was found, with the face "
+                             "finder of the model's card (for a model that cuts no faces itself, it costs "
                              "more than the model: ~40 ms an image on 2 cores; without it "
                              "face_found is null)")
     parser.add_argument("--require-face", action="store_true",
@@ -73,11 +74,13 @@ def run(args: argparse.Namespace) -> None:
     started = time.perf_counter()
     if not 0 <= args.port <= 65535:
         raise UserError(f"--port {args.port}: must be between 0 and 65535")
-    params = load_params(args.params)
+    params = load_sections(args.params, serve=ServeParams)  # the service's own settings only:
+    # what the model accepts and how it finds faces come from its card
+    from pipeline.ml.labeller import params_rules
     from pipeline.serving.models import load_model
 
-    faces = params.faces if args.face_found or args.require_face else None
-    load = partial(load_model, args.model_dir, params.clean, faces, args.require_face)
+    load = partial(load_model, args.model_dir, args.face_found, args.require_face,
+                   params_rules(args.params))
     first = load()
     sock = listen(args.host, args.port)
 

@@ -19,7 +19,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from pipeline.runtime.errors import UserError
 
 if TYPE_CHECKING:  # annotations only: no runtime dependency on the schema
-    from pipeline.config.clean import CleanParams
+    from pipeline.config.clean import ImageRules
 
 
 class UnusableImageError(Exception):
@@ -232,7 +232,7 @@ def encode(pixels: np.ndarray, encoding: str, jpeg_quality: int = 95) -> bytes:
     return buf.tobytes()
 
 
-def open_rgb(data: bytes, rules: CleanParams) -> Image.Image:
+def open_rgb(data: bytes, rules: ImageRules) -> Image.Image:
     """Decode ``data`` fully into an upright RGB image, or raise :class:`UnusableImageError`.
 
     Size limits are checked from the header before any pixel is decoded, so a

@@ -127,8 +127,7 @@ def test_tf_serving_clients_and_plain_uploads_get_predicts_answers(
     from pipeline.tools.predict import predict
 
     files = _images(tiny_raw, 6)
-    expected = {p.path: p for p in predict(files, production, tiny_clean_params,
-                                           faces=repo_params.faces)}
+    expected = {p.path: p for p in predict(files, production)}
     version = _version(production)
     service = Service(production, tmp_path / "serve", {"max_instances": 8}, "--face-found")
     try:

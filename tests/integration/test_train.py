@@ -17,7 +17,6 @@ import numpy as np
 import pytest
 import yaml
 
-from pipeline.config.clean import CleanParams
 from pipeline.config.params import Params
 from pipeline.config.train import TrainParams
 from testing.fixtures import face_on_a_canvas, interrupted_after
@@ -217,7 +216,7 @@ def test_predict_crops_the_face_when_the_model_was_trained_on_crops(
     (model_dir / "model_card.json").write_text(json.dumps(card))
     canvas, _ = face_on_a_canvas()
     (tmp_path / "face.png").write_bytes(encode(canvas, "png"))
-    (line,) = predict([tmp_path / "face.png"], model_dir, repo_params.clean, runtime="keras")
+    (line,) = predict([tmp_path / "face.png"], model_dir, runtime="keras")
     model = keras.models.load_model(saved / "model.keras")
     data = (tmp_path / "face.png").read_bytes()
     cropped = float(model(square_rgb(data, 32, "pad", crop=FaceCrop.of(contract))[None])[0, 0])
@@ -230,14 +229,12 @@ def test_predict_labels_at_the_cards_threshold_on_litert_without_tensorflow(
         saved: Path, tiny_raw: Path, tmp_path: Path) -> None:
     """LiteRT answers as Keras does (within the export's 1e-4), starts no TensorFlow, and the
     label follows the card's threshold unless --threshold overrides it."""
-    from pipeline.config.params import load_params
     from pipeline.tools.predict import predict
 
     images = sorted(p for p in (tiny_raw / "happy").iterdir() if p.suffix == ".jpg")[:3]
     images += sorted(p for p in (tiny_raw / "sad").iterdir() if p.suffix == ".jpg")[:3]
-    rules = load_params(REPO / "params.yaml").clean.model_copy(update={"min_side": 32})
-    lite = list(predict(images, saved, rules, on_error=lambda *_: None, runtime="litert"))
-    slow = list(predict(images, saved, rules, on_error=lambda *_: None, runtime="keras"))
+    lite = list(predict(images, saved, on_error=lambda *_: None, runtime="litert"))
+    slow = list(predict(images, saved, on_error=lambda *_: None, runtime="keras"))
     assert len(lite) == len(slow) > 0
     for a, b in zip(lite, slow, strict=True):
         assert abs(a.probabilities["sad"] - b.probabilities["sad"]) <= 1e-4
@@ -246,9 +243,9 @@ def test_predict_labels_at_the_cards_threshold_on_litert_without_tensorflow(
     p_sad = sorted(x.probabilities["sad"] for x in lite)
     card["threshold"] = (p_sad[0] + p_sad[-1]) / 2 if p_sad[0] < p_sad[-1] else p_sad[0]
     (card_dir / "model_card.json").write_text(json.dumps(card))
-    labels = [x.label for x in predict(images, card_dir, rules, on_error=lambda *_: None)]
+    labels = [x.label for x in predict(images, card_dir, on_error=lambda *_: None)]
     assert labels == ["sad" if x.probabilities["sad"] >= card["threshold"] else "happy" for x in lite]
-    assert {x.label for x in predict(images, card_dir, rules, threshold=1e-9)} == {"sad"}
+    assert {x.label for x in predict(images, card_dir, threshold=1e-9)} == {"sad"}
 
     probe = ("import sys; from pipeline.cli import main; code = main(sys.argv[1:]); "
              "print('tensorflow' in sys.modules, file=sys.stderr); sys.exit(code)")
@@ -355,15 +352,14 @@ def _settings(repo_params: Params, rule: object) -> SimpleNamespace:
     return SimpleNamespace(seed=repo_params.seed, promote=rule, evaluate=repo_params.evaluate)
 
 
-def _loss_as_predict_sees_it(production: Path, predictions: Path, raw: Path,
-                             rules: CleanParams) -> float:
+def _loss_as_predict_sees_it(production: Path, predictions: Path, raw: Path) -> float:
     """The champion's test loss from ``happysad predict``'s own code on the raw test images."""
     from pipeline.contracts.predictions import read_predictions
     from pipeline.tools.predict import predict
 
     test = read_predictions(predictions)
     files = sorted(p for p in raw.glob("*/*") if p.stem in test)
-    answers = list(predict(files, production, rules))
+    answers = list(predict(files, production))
     assert len(answers) == len(files) == len(test)
     positive = json.loads((production / "model_card.json").read_text())["input"]["class_names"][1]
     probability = np.clip([a.probabilities[positive] for a in answers], 1e-7, 1 - 1e-7)
@@ -379,7 +375,6 @@ def test_promotion_keeps_a_better_champion_and_replaces_a_worse_one(
     from pipeline.tools.promote import promote
 
     settings = _settings(repo_params, PromoteParams(metric="loss", margin=0.0, confidence=0.9))
-    rules = repo_params.clean.model_copy(update={"min_side": 32})
     good = shutil.copytree(saved, tmp_path / "good",
                            ignore=shutil.ignore_patterns("production*", "promotions.jsonl"))
     bad = _overconfident(saved, tmp_path / "bad")
@@ -401,7 +396,7 @@ def test_promotion_keeps_a_better_champion_and_replaces_a_worse_one(
         # The champion was scored on the challenger's test images, as predict prepares them.
         expected = _loss_as_predict_sees_it(models / "production",
                                             metrics[challenger].parent / "predictions.csv",
-                                            tiny_raw, rules)
+                                            tiny_raw)
         assert decision["champion"] == pytest.approx(expected, abs=5e-4)  # predict rounds to 6 digits
         assert decision["paired_test"]["images"] == decision["test_images"]
         assert decision["promoted"] == (challenger == "good")
@@ -434,8 +429,7 @@ def test_a_champion_with_another_input_contract_is_scored_through_its_own(
         "kind": "face", "margin": 0.2, "faces": repo_params.faces.model_dump()}}
     card_path.write_text(json.dumps(card))
     predictions = trained / "reports" / "evaluate" / "predictions.csv"
-    rules = repo_params.clean.model_copy(update={"min_side": 32})
-    expected = _loss_as_predict_sees_it(models / "production", predictions, tiny_raw, rules)
+    expected = _loss_as_predict_sees_it(models / "production", predictions, tiny_raw)
     decision = promote(models, trained / "reports" / "evaluate" / "metrics.json", tiny_raw,
                        tmp_path / "out", _settings(repo_params, PromoteParams(
                            metric="loss", margin=0.0, confidence=0.9)))
@@ -499,9 +493,8 @@ def test_a_broken_model_is_refused_by_evaluate_save_promote_and_predict(
                 _settings(repo_params, PromoteParams(metric="loss", margin=0.0, confidence=0.9)))
     assert not (broken / "production").exists()
     errors: list[str] = []
-    rules = repo_params.clean.model_copy(update={"min_side": 32})
     images = sorted(p for p in (tiny_raw / "happy").iterdir() if p.suffix == ".jpg")[:2]
-    labelled = list(predict(images, broken, rules, on_error=lambda p, why: errors.append(why),
+    labelled = list(predict(images, broken, on_error=lambda p, why: errors.append(why),
                             runtime="keras"))
     assert labelled == [] and len(errors) == 2 and "non-finite probability" in errors[0]
 
@@ -537,17 +530,15 @@ def test_bad_model_files_are_one_line_errors(saved: Path, tmp_path: Path) -> Non
     from PIL import Image
 
     Image.new("RGB", (96, 96), (120, 30, 200)).save(image)
-    from pipeline.config.params import load_params
     from pipeline.runtime.errors import UserError
     from pipeline.tools.predict import predict
 
-    rules = load_params(REPO / "params.yaml").clean.model_copy(update={"min_side": 32})
     for name, message in (("truncated", "not a Keras model file"), ("not-a-zip", "not a Keras model file"),
                           ("bad-config", "cannot be loaded as a Keras model"),
                           ("lambda", "safe mode will not run"),
                           ("no-input", "not a model card the save stage wrote")):
         with pytest.raises(UserError) as raised:  # the CLI prints a UserError as its one line
-            list(predict([image], tmp_path / name, rules, runtime="keras"))
+            list(predict([image], tmp_path / name, runtime="keras"))
         text = str(raised.value)
         assert "\n" not in text and message in text and str(tmp_path / name) in text, text
 
@@ -567,3 +558,53 @@ def test_smoothed_val_loss_picks_the_kept_epoch(tiny_records: Path, tiny_train_p
         expected.append(0.5 * expected[-1] + 0.5 * value)  # the EMA, weight 0.5 on the past
     assert [float(r["val_loss_smoothed"]) for r in rows] == pytest.approx(expected, abs=1e-5)
     assert report.best_epoch == 1 + int(np.argmin(expected))
+
+
+def test_a_shipped_model_answers_by_its_card_whatever_params_yaml_says_later(
+        saved: Path, tiny_raw: Path, tmp_path: Path) -> None:
+    """params.yaml edited after the model was saved (the next training's image rules and face
+    finder, and a section broken outright): predict and serve-model answer exactly as before,
+    and refuse exactly the images they refused; the card carries what they apply."""
+    import urllib.request
+
+    from testing.project import params_file
+    from testing.serving import ServeModel
+
+    model_dir = Path(shutil.copytree(saved, tmp_path / "production",
+                                     ignore=shutil.ignore_patterns("production*")))
+    card = json.loads((model_dir / "model_card.json").read_text())
+    assert card["accepts"]["min_side"] == 32 and card["faces"]["detector"]
+    images = sorted(p for p in tiny_raw.glob("*/*") if p.suffix in (".jpg", ".png"))[:8]
+    tiny = params_file(tmp_path / "then.yaml", clean={"min_side": 32})
+    later = params_file(tmp_path / "later.yaml", clean={"min_side": 4000, "formats": ["GIF"]},
+                        faces={"detector": "no-such-finder"}, train={"epochs": -1})
+
+    def answers(params: Path) -> tuple[list[dict], str]:
+        done = subprocess.run([sys.executable, "-m", "pipeline", "predict", "--params", str(params),
+                               "--model-dir", str(model_dir), *map(str, images)],
+                              capture_output=True, text=True, timeout=300, cwd=tmp_path)
+        return [json.loads(line) for line in done.stdout.splitlines()], done.stderr
+
+    then, then_errors = answers(tiny)
+    assert len(then) == len(images) - then_errors.count("; skipped\n") and then
+    now, now_errors = answers(later)
+    assert now == then
+    assert [line for line in now_errors.splitlines() if line.endswith("; skipped")] == [
+        line for line in then_errors.splitlines() if line.endswith("; skipped")]
+    import base64
+
+    service = ServeModel(["--model-dir", str(model_dir), "--params", str(later), "--face-found"],
+                         tmp_path)
+    try:
+        labelled = [Path(line["path"]) for line in then]
+        body = json.dumps({"instances": [{"b64": base64.b64encode(p.read_bytes()).decode()}
+                                         for p in labelled]}).encode()
+        request = urllib.request.Request(f"{service.url}/v1/models/happysad:predict", body,
+                                         {"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=60) as response:
+            rows = json.loads(response.read())["predictions"]
+    finally:
+        service.stop()
+    for row, line in zip(rows, then, strict=True):
+        assert (row["label"], row["face_found"]) == (line["label"], line["face_found"])
+        assert row["probability"] == pytest.approx(line["probability"], abs=1e-5)

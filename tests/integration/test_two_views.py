@@ -174,12 +174,12 @@ def test_two_view_model_reloads_safely_ships_to_litert_and_predict_can_abstain(
     card_text = (work / "models" / "model_card.md").read_text()
     assert "## With and without a face" in card_text and "Two views (inputs" in card_text
     images = sorted((work / "raw").glob("*/*.jpg"))
-    answers = {runtime: list(predict(images, work / "models", repo_params.clean, runtime=runtime))
+    answers = {runtime: list(predict(images, work / "models", runtime=runtime))
                for runtime in ("litert", "keras")}
     for lite, keras_answer in zip(answers["litert"], answers["keras"], strict=True):
         assert abs(lite.probability - keras_answer.probability) <= 1e-4
     assert sum(a.face_found for a in answers["litert"]) == 12
-    required = list(predict(images, work / "models", repo_params.clean, require_face=True))
+    required = list(predict(images, work / "models", require_face=True))
     abstained = [a for a in required if a.label is None]
     assert len(abstained) == 12 and all(not a.face_found and a.abstained for a in abstained)
     assert all(a.label in ("happy", "sad") and a.face_found for a in required if a.label)
@@ -318,7 +318,7 @@ def test_members_average_in_one_file_and_a_crash_keeps_the_finished_ones(
     assert "the mean of 2 networks' answers" in text
     assert f"Best epochs {kept[0]} and {kept[1]} (one per network averaged)" in text
     images = sorted((work / "raw").glob("*/*.jpg"))
-    lite, full = (list(predict(images, work / "shipped_members", repo_params.clean, runtime=r))
+    lite, full = (list(predict(images, work / "shipped_members", runtime=r))
                   for r in ("litert", "keras"))
     assert max(abs(a.probability - b.probability) for a, b in zip(lite, full, strict=True)) <= 1e-4
     assert sum(a.face_found for a in full) == 12

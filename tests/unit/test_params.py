@@ -85,3 +85,70 @@ def test_a_missing_folder_or_non_utf8_params_file_is_one_line(tmp_path: Path) ->
                           (latin1, "is not UTF-8 text; save the file as UTF-8")):
         with pytest.raises(UserError, match=re.escape(message)):
             load_sections(path, clean=CleanParams)
+
+
+# A measurement in a comment goes stale the day the code or data changes: figures belong in
+# docs/ beside the command that measured them. What a figure looks like in a comment:
+FIGURE = re.compile(r"\d\s*%|\bimg/s\b|\d\s*(?:min|minutes|hours?)\b|\b0\.[5-9]\d\d|"
+                    r"\d(?:\.\d+)?x (?:faster|slower|the)|\bmeasured\b|\bon the dev\b",
+                    re.IGNORECASE)
+# Paths a comment may name, which must exist in the repository
+NAMED_PATH = re.compile(r"\b((?:pipeline|flows|docs|bench|presets|scraper|demo|testing|tests)/"
+                        r"[\w./-]*\w)")
+CONFIG_FILES = [REPO / "params.yaml", *sorted((REPO / "presets").glob("*.yaml"))]
+
+
+def _comments(path: Path) -> list[tuple[int, str]]:
+    found = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        code, hash_, comment = line.partition("#")
+        if hash_ and code.count('"') % 2 == 0 and code.count("'") % 2 == 0:
+            found.append((number, comment.strip()))
+    return found
+
+
+@pytest.mark.parametrize("path", CONFIG_FILES, ids=lambda p: p.name)
+def test_config_comments_say_what_a_key_means_not_what_was_measured(path: Path) -> None:
+    quoted = [f"{path.name}:{n}: {text}" for n, text in _comments(path) if FIGURE.search(text)]
+    assert not quoted, "\n".join(quoted)
+
+
+@pytest.mark.parametrize("path", CONFIG_FILES, ids=lambda p: p.name)
+def test_every_file_a_config_comment_names_exists(path: Path) -> None:
+    missing = [f"{path.name}:{n}: {name}" for n, text in _comments(path)
+               for name in NAMED_PATH.findall(text) if not (REPO / name).exists()]
+    assert not missing, "\n".join(missing)
+
+
+def _keys(model: type, prefix: str = "") -> set[str]:
+    """Every dotted key a section's schema knows, nested sections included."""
+    from pydantic import BaseModel
+
+    keys = set()
+    for name, field in model.model_fields.items():
+        keys.add(prefix + name)
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            keys |= _keys(annotation, f"{prefix}{name}.")
+    return keys
+
+
+def _given(data: dict, prefix: str = "") -> set[str]:
+    keys = set()
+    for name, value in data.items():
+        keys.add(prefix + name)
+        if isinstance(value, dict) and name not in ("classes", "sources", "space", "stage_timeout_s",
+                                                    "domain_limits", "weights", "fractions"):
+            keys |= _given(value, f"{prefix}{name}.")
+    return keys
+
+
+def test_every_key_the_schema_knows_is_in_params_yaml() -> None:
+    """A key left to a schema default is a number nobody sees: each is written out."""
+    import yaml
+
+    from pipeline.config.params import Params
+
+    given = _given(yaml.safe_load((REPO / "params.yaml").read_text()))
+    known = {k for k in _keys(Params) if not k.startswith("scrape.sources")}
+    assert not known - given, sorted(known - given)
