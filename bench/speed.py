@@ -6,7 +6,7 @@ machine's fp32 peak and where the step's time goes, before and after, side by si
 - ``after``: the training network of ``pipeline.ml.model``: RandomAffine (one resample) and
   FusedBatchNormalization (TensorFlow's fused kernel), the same weights and draws' bounds.
 - ``after, batch 32``: the same at twice the batch (fewer, larger steps; a training choice,
-  not only a speed one: see README's "Training speed").
+  not only a speed one: see docs/performance.md).
 
 All three train on the same synthetic uint8 batches from memory (the input pipeline's own
 cost is bench.model's), with op determinism on as the train stage has it on a CPU, in rounds

@@ -21,9 +21,10 @@ from pathlib import Path
 
 from demo.server import DemoSiteServer
 from demo.site import ensure_site, generate_site
-from pipeline.config.loader import DEFAULT_PARAMS, load_sections
+from pipeline.config.loader import load_sections
 from pipeline.config.scrape import DemoSiteParams
 from pipeline.runtime.errors import UserError
+from pipeline.runtime.project import DEFAULT_PARAMS
 
 log = logging.getLogger("demo")
 

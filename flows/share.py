@@ -57,7 +57,7 @@ _CAUSES: list[tuple[re.Pattern[str], str]] = [
     (re.compile(r"NoCredentials|Unable to locate credentials|config file \(.*\) could not be found|"
                 r"partial credentials", re.I),
      "found no S3 keys: export AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE) "
-     "in this shell, not in .dvc/config (docs/operations.md, 'An S3 bucket')"),
+     "in this shell, not in .dvc/config (docs/operations.md, 'An S3 bucket, or any S3-compatible store')"),
     (re.compile(r"InvalidAccessKeyId|SignatureDoesNotMatch|AccessDenied|Forbidden|\b403\b|"
                 r"ExpiredToken|InvalidToken", re.I),
      "refused the S3 keys in this shell (403): check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY "

@@ -9,16 +9,16 @@ every module):
   atomic writes, appends that repair a torn line), ``folders`` (hand-filled input folders:
   what DVC can hash, no link out), ``outputs`` (a stage's output replaced
   whole, JSON lines), ``workers`` (the per-image process pool), ``cluster`` (the same map
-  over a Dask cluster, every wait bounded).
-- ``config/``: params.yaml, typed. ``loader`` (safe YAML, one-line errors, ``load_sections``),
-  one schema module per section (``scrape`` with ``demo_site``, ``clean``, ``split``,
-  ``tfrecords``, ``faces``, ``pretrain``, ``train``, ``crossval``, ``evaluate``, ``suspects``, ``promote``,
-  ``serve``, ``flow``, ``tune``) and ``params``, the whole file for the flow and the tools.
+  over a Dask cluster, every wait bounded), ``project`` (where the project's files are).
 - ``contracts/``: the files stages hand each other, each with its one reader and writer.
   ``raw`` (data/raw and its manifest), ``crawl`` (what the scrape stage and its crawler
   agree on), ``decisions`` (review decisions), ``split`` (the split names), ``features``
   (TFRecords and meta.json), ``predictions`` (predictions.csv, oof.csv), ``metrics``
   (headline metric names), ``suspects`` (flag names), ``export`` (what models/ ships).
+- ``config/``: params.yaml, typed. ``loader`` (safe YAML, one-line errors, ``load_sections``),
+  one schema module per section (``scrape`` with ``demo_site``, ``clean``, ``split``,
+  ``tfrecords``, ``faces``, ``pretrain``, ``train``, ``crossval``, ``evaluate``, ``suspects``, ``promote``,
+  ``serve``, ``flow``, ``tune``) and ``params``, the whole file for the flow and the tools.
 - ``vision/``: ``images`` (decoding and checks), ``near_duplicates``, ``faces`` (the detector
   and crops).
 - ``ml/``: the network, bottom up: ``model`` (loading a saved one safely, compiling one),

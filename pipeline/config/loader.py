@@ -15,8 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
 
 from pipeline.runtime.errors import UserError
-
-DEFAULT_PARAMS = Path("params.yaml")
+from pipeline.runtime.project import DEFAULT_PARAMS
 
 Positive = Annotated[int, Field(gt=0)]
 Fraction = Annotated[float, Field(ge=0.0, le=1.0)]

@@ -13,7 +13,7 @@ from pipeline.config.crossval import CrossvalParams
 from pipeline.config.evaluate import EvaluateParams
 from pipeline.config.faces import FacesParams
 from pipeline.config.flow import FlowParams
-from pipeline.config.loader import DEFAULT_PARAMS, Section, read_yaml, validate
+from pipeline.config.loader import Section, read_yaml, validate
 from pipeline.config.pretrain import PretrainParams
 from pipeline.config.promote import PromoteParams
 from pipeline.config.scrape import DemoSiteParams, ScrapeParams
@@ -23,6 +23,7 @@ from pipeline.config.suspects import SuspectsParams
 from pipeline.config.tfrecords import TfrecordsParams
 from pipeline.config.train import TrainParams, check_depth
 from pipeline.config.tune import TuneParams
+from pipeline.runtime.project import DEFAULT_PARAMS
 
 
 class Params(Section):

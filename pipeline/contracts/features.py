@@ -35,7 +35,7 @@ PIXELS = {"dtype": "uint8", "stored_range": [0, 255], "model_input_range": [0.0,
 
 # Writing needs no TensorFlow: an Example is a few protobuf fields and a TFRecord is
 # length + CRC framing, so the tfrecords stage skips TensorFlow's import time and
-# ~450 MB of memory. tests/test_tfrecords.py checks these bytes against TensorFlow's own.
+# ~450 MB of memory. tests/integration/test_tfrecords.py checks these bytes against TensorFlow's own.
 def _varint(value: int) -> bytes:
     out = bytearray()
     while True:

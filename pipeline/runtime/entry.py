@@ -11,11 +11,11 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from pipeline.config.loader import DEFAULT_PARAMS
 from pipeline.runtime.errors import UserError
 from pipeline.runtime.files import describe_os_error
 from pipeline.runtime.lifeline import die_with_dvc
 from pipeline.runtime.log import setup_logging
+from pipeline.runtime.project import DEFAULT_PARAMS
 
 
 def add_common_arguments(parser: argparse.ArgumentParser, inherited: bool = False) -> None:

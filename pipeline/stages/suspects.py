@@ -7,7 +7,7 @@ Flags, each a hint for the review page (``happysad review``), never a verdict:
   and val images, the trained model's for the test images (it never saw them);
 - ``confident_mistake``: a test image the model gets wrong with at least
   ``suspects.confident_mistake`` probability for the wrong class;
-- ``no_face``: OpenCV's bundled detectors find no face (pipeline.vision.faces);
+- ``no_face``: the ``faces`` section's detector finds no face (pipeline.vision.faces);
 - ``near_duplicates``: clean folded confirmed copies into this image's group.
 
 The score adds each flag's weight (``suspects.weights``) and how unlikely the model finds the
@@ -126,14 +126,18 @@ def _scored(evidence: Evidence, faces: list[bool | None], params: SuspectsParams
     return sorted(out, key=lambda r: (-r["score"], r["sha256"]))
 
 
-def _report(scored: list[dict], class_names: list[str]) -> dict:
+DETECTORS = {"haar": "OpenCV Haar cascades", "mtcnn": "MTCNN (the mtcnn package)",
+             "mtcnn_then_haar": "MTCNN, then OpenCV Haar cascades where it finds none"}
+
+
+def _report(scored: list[dict], class_names: list[str], detector: str) -> dict:
     flags = {flag: {name: sum(1 for r in scored if flag in r["flags"] and r["class"] == name)
                     for name in class_names} for flag in FLAGS}
     return {"images": len(scored), "flags": flags,
             "flagged": sum(1 for r in scored if r["flags"]),
             "probability_from": dict(Counter(r["probability_from"] for r in scored)),
             "method": {"label_issue": "cleanlab.filter.find_label_issues (prune_by_noise_rate) "
-                       "on out-of-sample probabilities", "no_face": "OpenCV Haar cascades"}}
+                       "on out-of-sample probabilities", "no_face": DETECTORS[detector]}}
 
 
 def suspects(evidence: Evidence, raw: Path, out: Path, params: SuspectsParams,
@@ -142,7 +146,7 @@ def suspects(evidence: Evidence, raw: Path, out: Path, params: SuspectsParams,
     found = list(parallel_map(_face_job, [(raw / r["file"], faces) for r in evidence.rows],
                               params.workers, "faces"))
     scored = _scored(evidence, found, params, threshold)
-    report = _report(scored, evidence.class_names)
+    report = _report(scored, evidence.class_names, faces.detector)
     with replacing_files(out) as tmp:
         write_jsonl(tmp / "suspects.jsonl", scored)
         (tmp / "report.json").write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")

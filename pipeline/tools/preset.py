@@ -1,7 +1,7 @@
 """happysad preset NAME: set a preset's params (presets/NAME.yaml) in params.yaml.
 
-A preset is a params.yaml fragment of measured settings for a kind of data (README's
-"Training on real photos"). Its keys replace params.yaml's, which keeps its comments and its
+A preset is a params.yaml fragment of settings for a kind of data (docs/real-photos.md says
+which for which). Its keys replace params.yaml's, which keeps its comments and its
 other keys; the result is validated as a whole before anything is written, and each change
 is logged (``train.first_stride: 2 -> 1``). DVC then sees changed params: ``dvc repro`` (or
 ``dvc exp run``) trains with them, and ``git diff params.yaml`` shows what the preset did.

@@ -1,6 +1,6 @@
 """Source kinds as plugins: one module per kind, each with one :class:`WebSource` subclass.
 
-A kind's module reads its typed params (its model in :mod:`pipeline.config.params`),
+A kind's module reads its typed params (its model in :mod:`pipeline.config.scrape`),
 names the first requests for a class, and parses each answer into images and
 further requests. The spider (:mod:`scraper.spiders.images`) does the rest for
 every kind alike: counting, limits, opt-outs, errors, fetching and storing.

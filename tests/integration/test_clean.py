@@ -193,7 +193,7 @@ def test_phash_survives_reencoding_and_resizing_and_mostly_small_crops() -> None
         assert bits(phash(face), phash(face.resize((w * 2 // 3, h * 2 // 3)))) <= 4
         crops.append(bits(phash(face), phash(face.crop((w // 30, h // 30, w - w // 30,
                                                          h - h // 30)))))
-    assert np.median(crops) <= 8  # crops move more bits: bench/clean.py measures recall
+    assert np.median(crops) <= 8  # crops move more bits: bench/dedupe.py measures recall
     distinct = [bits(phash(a), phash(b)) for a, b in zip(faces, faces[1:], strict=False)]
     assert min(distinct) > 8
 

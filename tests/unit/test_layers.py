@@ -25,9 +25,9 @@ ALLOWED = {"pipeline": set(), "scraper": {"pipeline"}, "demo": {"pipeline"},
 FOREIGN_TO_PIPELINE = ("prefect", "dvc", "scrapy", "twisted")
 # The rooms of pipeline/, lower first: each may import only from the rooms before it in its row.
 ROOMS = {
-    "runtime": {"config"},  # entry reads config.loader's default params path
-    "config": {"runtime", "contracts"},
+    "runtime": set(),
     "contracts": {"runtime"},
+    "config": {"runtime", "contracts"},
     "vision": {"runtime", "config", "contracts"},
     "ml": {"runtime", "config", "contracts", "vision"},
     "scrape": {"runtime", "config", "contracts"},
@@ -151,6 +151,16 @@ def test_the_package_map_names_every_module_in_its_room() -> None:
         assert path.stem in rooms[room], (
             f"pipeline/__init__.py's {room} bullet does not name {path.relative_to(REPO)}")
     assert set(rooms) == set(ROOMS) - {"__main__"}
+
+
+def test_each_room_may_import_only_rooms_above_it_in_the_map() -> None:
+    """The map's order and ROOMS agree: what a room may import is listed above it."""
+    order = list(package_map())
+    for room, allowed in ROOMS.items():
+        if room in order:
+            above = set(order[:order.index(room)])
+            assert allowed <= above, f"pipeline/{room} may import {sorted(allowed - above)}, " \
+                                     "which the map in pipeline/__init__.py lists below it"
 
 
 def test_pipeline_imports_no_orchestrator_versioning_or_crawler() -> None:
