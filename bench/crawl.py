@@ -36,7 +36,7 @@ from demo.site import generate_site
 from flows.server import free_port
 from pipeline.config.params import Params, load_params
 from pipeline.config.scrape import DemoSiteParams
-from pipeline.scrape.config import crawl_config
+from pipeline.scrape.crawl_config import crawl_config
 from pipeline.scrape.process import run_crawl_subprocess
 
 

@@ -33,7 +33,7 @@ EDITS = [
     ("the training loop", "pipeline/train.py", "pipeline/ml/fit.py"),
     ("the evaluate stage", "pipeline/evaluate.py", "pipeline/stages/evaluate.py"),
     ("the face detector", "pipeline/faces.py", "pipeline/vision/faces.py"),
-    ("the crawl's config", "pipeline/scrape_config.py", "pipeline/scrape/config.py"),
+    ("the crawl's config", "pipeline/scrape_config.py", "pipeline/scrape/crawl_config.py"),
     ("logging set-up", "pipeline/log.py", "pipeline/runtime/log.py"),
 ]
 

@@ -13,7 +13,7 @@ exported by the save stage's code, as in bench.predict); the images are 200 demo
   p50 / p99 latency from the request's first byte to its answer's last;
 - time from starting `serve-model` to its first answer, and from a promotion (the promote
   tool's swap of models/production) to the first answer from the new model, at params.yaml's
-  serve.poll_s and serve.settle_polls.
+  serve_model.poll_s and serve_model.settle_polls.
 
 Targets (issue 30): p99 <= 100 ms at 8 clients; throughput >= 80% of the plain loop.
 
@@ -219,7 +219,7 @@ def rows(work: Path, total: int) -> list[Row]:
     out.append(("serve-model --face-found, 8 clients", value, note))
     out += [("start to first answer", f"{first:.2f} s", "a new serve-model process, LiteRT"),
             ("promotion to first answer from the new model", f"{swap:.2f} s",
-             "serve.poll_s x (serve.settle_polls + 1) at most, plus the load")]
+             "serve_model.poll_s x (serve_model.settle_polls + 1) at most, plus the load")]
     return out
 
 

@@ -32,7 +32,7 @@ import yaml
 from bench import print_table
 from bench.crawl import bare_scrapy_rate
 from pipeline.config.params import load_params
-from pipeline.scrape.config import crawl_config
+from pipeline.scrape.crawl_config import crawl_config
 from pipeline.scrape.process import run_crawl_subprocess
 from testing.sites import Answer, LoopbackSite, html, jpeg
 

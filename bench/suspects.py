@@ -52,7 +52,7 @@ def _accuracy(project: Path) -> str:
 def demo_rows(work: Path, folds: int = 5, images_per_class: int | None = None) -> list[Row]:
     """The demo figures; a project left in ``work/demo`` by an earlier run is reused (DVC's
     cache skips the stages that ran), and its before figures in ``work/before.json``."""
-    from pipeline.contracts import decisions as review
+    from pipeline.contracts import decisions as decision_log
     from testing.project import copy_project
 
     params = yaml.safe_load((REPO / "params.yaml").read_text())
@@ -80,8 +80,9 @@ def demo_rows(work: Path, folds: int = 5, images_per_class: int | None = None) -
              f"{folds}-fold crossval: {before['minutes']:.1f} min"),
             *ranking_rows(ranked, planted)]
     if not decisions.read_text().strip():
-        review.append(decisions, [review.Decision(sha, "relabel", label, review.now(), "ground truth")
-                                  for sha, label in planted.items()])
+        decision_log.append(decisions, [
+            decision_log.Decision(sha, "relabel", label, decision_log.now(), "ground truth")
+            for sha, label in planted.items()])
     _repro(project, "evaluate")
     return [*rows,
             ("demo: test accuracy before", before["accuracy"], "against the labels as scraped"),

@@ -18,7 +18,7 @@ every module):
 - ``config/``: params.yaml, typed. ``loader`` (safe YAML, one-line errors, ``load_sections``),
   one schema module per section (``scrape`` with ``demo_site``, ``clean``, ``split``,
   ``tfrecords``, ``faces``, ``pretrain``, ``train``, ``crossval``, ``evaluate``, ``suspects``, ``promote``,
-  ``serve``, ``flow``, ``tune``) and ``params``, the whole file for the flow and the tools.
+  ``serve_model``, ``flow``, ``tune``) and ``params``, the whole file for the flow and the tools.
 - ``vision/``: ``images`` (decoding and checks), ``near_duplicates``, ``faces`` (the detector
   and crops).
 - ``ml/``: the network, bottom up: ``model`` (loading a saved one safely, compiling one),
@@ -28,10 +28,10 @@ every module):
   ``context`` (what one run is about), ``device``, ``inputs`` (the batches), ``callbacks``
   (what Keras runs each epoch), ``phases`` (one ``fit``, resumed), ``members``, ``report``,
   ``fit`` (``train()``, start to end). Using it: ``scoring`` (a model on a split),
-  ``runtimes`` (LiteRT or Keras on uint8 pixels), ``labeller`` (image bytes to an answer, as
+  ``inference`` (LiteRT or Keras on uint8 pixels), ``labeller`` (image bytes to an answer, as
   a model card says: predict's and the service's), ``crossval`` (grouped folds),
   ``bootstrap`` (intervals), ``curves``, ``plots``.
-- ``scrape/``: the scrape stage's parts. ``config`` (the crawl's config), ``process`` (child
+- ``scrape/``: the scrape stage's parts. ``crawl_config`` (the crawl subprocess's config), ``process`` (child
   processes), ``job`` (a paused crawl), ``shared`` (a crawl shared through Redis: the stage
   stores what its workers fetch, and queues again what a dead one held), ``handoff`` (what
   the workers hand over, checked), ``report``, ``folder`` (the folder source).

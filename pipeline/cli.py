@@ -31,7 +31,7 @@ COMMANDS = {
 }
 
 
-def available_stages() -> list[str]:
+def available_commands() -> list[str]:
     """Every command's name, in ``COMMANDS`` order."""
     return list(COMMANDS)
 
@@ -57,7 +57,7 @@ def build_parser(stage: str | None = None) -> argparse.ArgumentParser:
     add_common_arguments(parser)
     parser.add_argument("--version", action="version", version=f"happysad {_version()}")
     sub = parser.add_subparsers(dest="stage", required=True, metavar="COMMAND")
-    for name in available_stages():
+    for name in available_commands():
         if stage is None or name != stage:
             sub.add_parser(name, add_help=False, help=summary(name))
             continue
@@ -79,7 +79,7 @@ def _version() -> str:
 
 
 def _stage_named(argv: list[str]) -> str | None:
-    stages = set(available_stages())
+    stages = set(available_commands())
     return next((a for a in argv if a in stages), None)
 
 

@@ -17,7 +17,7 @@ from pipeline.config.loader import Section, read_yaml, validate
 from pipeline.config.pretrain import PretrainParams
 from pipeline.config.promote import PromoteParams
 from pipeline.config.scrape import DemoSiteParams, ScrapeParams
-from pipeline.config.serve import ServeParams
+from pipeline.config.serve_model import ServeModelParams
 from pipeline.config.split import SplitParams
 from pipeline.config.suspects import SuspectsParams
 from pipeline.config.tfrecords import TfrecordsParams
@@ -40,7 +40,7 @@ class Params(Section):
     suspects: SuspectsParams
     evaluate: EvaluateParams
     promote: PromoteParams
-    serve: ServeParams
+    serve_model: ServeModelParams
     flow: FlowParams
     tune: TuneParams
 

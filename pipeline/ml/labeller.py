@@ -17,7 +17,7 @@ import numpy as np
 
 from pipeline.config.clean import ImageRules
 from pipeline.contracts.export import read_card
-from pipeline.ml.runtimes import Runtime, load_runtime
+from pipeline.ml.inference import Runtime, load_runtime
 from pipeline.runtime.errors import UserError
 from pipeline.vision.faces import FaceCrop
 from pipeline.vision.images import UnusableImageError, Views, model_views, open_rgb, stacked

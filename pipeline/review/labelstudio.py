@@ -23,7 +23,7 @@ from pathlib import Path
 from xml.sax.saxutils import quoteattr
 
 from pipeline.config.params import load_params
-from pipeline.contracts import decisions as review
+from pipeline.contracts import decisions as decision_log
 from pipeline.runtime.errors import UserError
 from pipeline.runtime.files import write_atomic
 
@@ -87,7 +87,7 @@ def _looks_json_min(export: list) -> bool:
                                 for t in export)
 
 
-def decisions_from_export(export: list, classes: list[str], where: Path) -> list[review.Decision]:
+def decisions_from_export(export: list, classes: list[str], where: Path) -> list[decision_log.Decision]:
     """One decision per answered task, every task checked before any is returned (so a bad
     export appends nothing). The note names the annotation, so a second import of the same
     export is recognised."""
@@ -104,29 +104,29 @@ def decisions_from_export(export: list, classes: list[str], where: Path) -> list
             continue
         choice, when, annotation = answer
         data = task.get("data")
-        if (not isinstance(data, dict) or not review.is_sha256(str(data.get("sha256", "")))
+        if (not isinstance(data, dict) or not decision_log.is_sha256(str(data.get("sha256", "")))
                 or data.get("class") not in classes or choice not in [*classes, EXCLUDE]):
             raise UserError(f"{at} is not one this pipeline exported (data.sha256, data.class "
                             f"one of {classes}, a choice of {[*classes, EXCLUDE]}); export the "
                             "tasks with happysad labelstudio export; nothing was appended")
         action = EXCLUDE if choice == EXCLUDE else "keep" if choice == data["class"] else "relabel"
-        out.append(review.Decision(data["sha256"], action, data["class"] if action != "relabel"
+        out.append(decision_log.Decision(data["sha256"], action, data["class"] if action != "relabel"
                                    else choice, when, f"{NOTE} annotation {annotation}".rstrip()))
     return out
 
 
-def new_decisions(made: list[review.Decision], path: Path) -> list[review.Decision]:
+def new_decisions(made: list[decision_log.Decision], path: Path) -> list[decision_log.Decision]:
     """``made`` less the decisions ``path`` already holds from an earlier import of the same
     export (same image, annotation and answer, at the same time where the export gives one),
     the rest timed now where the export gave no time."""
-    def key(d: review.Decision) -> tuple[str, ...]:
+    def key(d: decision_log.Decision) -> tuple[str, ...]:
         return d.sha256, d.note, d.action, d.label, d.time
 
     had = set()
-    for decision in review.read(path):
+    for decision in decision_log.read(path):
         if decision.note.startswith(NOTE):  # kept under its time, and as if it had none
             had |= {key(decision), key(replace(decision, time=""))}
-    return [d if d.time else replace(d, time=review.now()) for d in made if key(d) not in had]
+    return [d if d.time else replace(d, time=decision_log.now()) for d in made if key(d) not in had]
 
 
 def _read_json(path: Path) -> object:
@@ -148,7 +148,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--image-root", default="/data/local-files/?d=data/raw/",
                         help="export: URL prefix of data/raw's files in Label Studio")
     parser.add_argument("--suspects", type=Path, default=Path("reports/suspects/suspects.jsonl"))
-    parser.add_argument("--decisions", type=Path, default=review.DEFAULT_PATH)
+    parser.add_argument("--decisions", type=Path, default=decision_log.DEFAULT_PATH)
 
 
 def run(args: argparse.Namespace) -> None:
@@ -168,7 +168,7 @@ def run(args: argparse.Namespace) -> None:
         raise UserError(f"{args.file}: not a Label Studio JSON export (a list of tasks)")
     made = decisions_from_export(export, classes, args.file)
     fresh = new_decisions(made, args.decisions)
-    review.append(args.decisions, fresh)
+    decision_log.append(args.decisions, fresh)
     again = f"; {len(made) - len(fresh)} were imported before" if len(made) > len(fresh) else ""
     logger.info("labelstudio: %d decisions from %s appended to %s (applied by the next dvc "
                 "repro)%s", len(fresh), args.file, args.decisions, again)

@@ -25,7 +25,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
-from pipeline.contracts import decisions as review
+from pipeline.contracts import decisions as decision_log
 from pipeline.contracts.suspects import SUSPECT_FLAGS
 from pipeline.runtime.errors import UserError
 from pipeline.runtime.files import describe_os_error
@@ -49,7 +49,7 @@ class Store:
     kept: list[dict]  # suspects order: most suspect first
     rejected: list[dict]
     files: dict[str, Path]  # sha256 -> file under raw (the only paths ever opened)
-    standing: dict[str, review.Decision]
+    standing: dict[str, decision_log.Decision]
     lock: threading.Lock = field(default_factory=threading.Lock)
     thumbs: dict[str, bytes] = field(default_factory=dict)
 
@@ -82,7 +82,7 @@ def load_store(clean: Path, raw: Path, suspects: Path, decisions_path: Path) -> 
                 for r in left_out]
     files = {r["sha256"]: raw / r["file"] for r in [*kept, *left_out]}
     return Store(raw, decisions_path, sorted({r["class"] for r in rows}), rows, rejected, files,
-                 review.standing(review.read(decisions_path)))
+                 decision_log.standing(decision_log.read(decisions_path)))
 
 
 def _with_decision(store: Store, row: dict) -> dict:
@@ -127,7 +127,7 @@ def decide(store: Store, body: dict) -> dict:
     made = []
     for entry in wanted:
         sha, action = str(entry.get("sha256", "")), str(entry.get("action", ""))
-        if sha not in store.files or action not in review.ACTIONS:
+        if sha not in store.files or action not in decision_log.ACTIONS:
             raise ValueError(f"unknown image or action: {sha[:12]!r} {action!r}")
         label = str(entry.get("label") or "")
         if action == "relabel" and label not in store.classes:
@@ -135,10 +135,11 @@ def decide(store: Store, body: dict) -> dict:
         note = str(entry.get("note") or "")[:500]
         # A group's confirmed copies (rejected as near duplicates) go where it goes, or the
         # next clean would find the group across two classes.
-        made += [review.Decision(s, action, label, review.now(), note) for s in _copies(store, sha)]
+        made += [decision_log.Decision(s, action, label, decision_log.now(), note)
+                 for s in _copies(store, sha)]
     with store.lock:
-        review.append(store.decisions_path, made)
-        store.standing = review.standing(review.read(store.decisions_path))
+        decision_log.append(store.decisions_path, made)
+        store.standing = decision_log.standing(decision_log.read(store.decisions_path))
         return {d.sha256: _with_decision(store, {"sha256": d.sha256})["decision"] for d in made}
 
 
@@ -272,7 +273,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--clean", type=Path, default=Path("data/clean"))
     parser.add_argument("--raw", type=Path, default=Path("data/raw"))
     parser.add_argument("--suspects", type=Path, default=Path("reports/suspects/suspects.jsonl"))
-    parser.add_argument("--decisions", type=Path, default=review.DEFAULT_PATH)
+    parser.add_argument("--decisions", type=Path, default=decision_log.DEFAULT_PATH)
 
 
 def run(args: argparse.Namespace) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.config.scrape import DEMO_PLACEHOLDER, ScrapeParams
-from pipeline.scrape.config import crawl_config
+from pipeline.scrape.crawl_config import crawl_config
 from pipeline.scrape.process import CrawlPausedError, run_crawl_subprocess
 from pipeline.scrape.shared import run_shared_crawl, shared_redis_url
 

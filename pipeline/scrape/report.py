@@ -14,7 +14,7 @@ from pipeline.contracts import crawl as stat
 from pipeline.contracts.raw import read_manifest
 from pipeline.runtime.errors import UserError
 from pipeline.runtime.files import write_atomic
-from pipeline.scrape.config import web_sources
+from pipeline.scrape.crawl_config import web_sources
 from pipeline.scrape.folder import FolderImport
 
 

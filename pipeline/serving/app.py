@@ -43,7 +43,7 @@ from pipeline.serving.requests import (
 from pipeline.vision.images import UnusableImageError, Views
 
 if TYPE_CHECKING:
-    from pipeline.config.serve import ServeParams
+    from pipeline.config.serve_model import ServeModelParams
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -61,7 +61,7 @@ class Service:
     figures."""
 
     model_dir: Path
-    params: ServeParams
+    params: ServeModelParams
     watcher: Watcher
     metrics: Metrics
     prepare: ThreadPoolExecutor
@@ -260,7 +260,7 @@ class Observed:
             self.metrics.request(_route_of(scope["path"]), status, time.perf_counter() - start)
 
 
-def build_app(model_dir: Path, params: ServeParams, first: ServedModel,
+def build_app(model_dir: Path, params: ServeModelParams, first: ServedModel,
               load: Callable[[], ServedModel]) -> Starlette:
     """The service for the model in ``model_dir``, serving ``first`` until the watcher loads a
     newer one with ``load``."""

@@ -1,5 +1,5 @@
 """The connections serve-model keeps: each request must arrive whole within
-``serve.read_timeout_s``, and at most ``serve.max_connections`` are open at once (fewer when the
+``serve_model.read_timeout_s``, and at most ``serve_model.max_connections`` are open at once (fewer when the
 process may open fewer files), so slow or idle clients cannot hold every socket.
 
 A connection over the cap is closed as it opens; one that is still sending its request when
@@ -65,7 +65,7 @@ class Refusals:
         if self.counts["slow"]:
             parts.append(f"{self.counts['slow']} that had not sent a whole request in "
                          f"{self.read_timeout_s:g} s")
-        logger.warning("serve-model: closed %s (serve.max_connections, serve.read_timeout_s)",
+        logger.warning("serve-model: closed %s (serve_model.max_connections, serve_model.read_timeout_s)",
                        " and ".join(parts))
         self.counts.clear()
         self.said = time.monotonic()
@@ -135,7 +135,7 @@ class _AcceptErrors(logging.Filter):
             return False
         self.said = time.monotonic()
         record.msg, record.args = ("serve-model: the process is out of open files; new "
-                                   "connections wait (lower serve.max_connections or raise "
+                                   "connections wait (lower serve_model.max_connections or raise "
                                    "ulimit -n)"), ()
         record.exc_info = record.exc_text = None
         return True

@@ -26,8 +26,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from pipeline.contracts.export import CARD_FILE, LITE_FILE, card_of, parse_card
+from pipeline.ml.inference import LiteRuntime
 from pipeline.ml.labeller import Labeller
-from pipeline.ml.runtimes import LiteRuntime
 from pipeline.runtime.errors import UserError
 from pipeline.serving.batching import Batcher
 from pipeline.vision.images import Views
@@ -35,7 +35,7 @@ from pipeline.vision.images import Views
 if TYPE_CHECKING:
     from pipeline.config.clean import ImageRules
     from pipeline.config.faces import FacesParams
-    from pipeline.config.serve import ServeParams
+    from pipeline.config.serve_model import ServeModelParams
 
 logger = logging.getLogger(__name__)
 WATCHED = (CARD_FILE, LITE_FILE)
@@ -78,7 +78,7 @@ class ServedModel:
     requests: int = 0  # in flight now
     idle: asyncio.Event = field(default_factory=asyncio.Event)
 
-    def start(self, executor: Executor, params: ServeParams, on_batch: Callable[[int], None]) -> None:
+    def start(self, executor: Executor, params: ServeModelParams, on_batch: Callable[[int], None]) -> None:
         self.batcher = Batcher(self.labeller.probabilities, executor, params.max_batch,
                                params.max_wait_ms / 1000, on_batch)
         self.batcher.start()
@@ -144,7 +144,7 @@ class Watcher:
     """Keeps ``current`` the newest loadable model in ``model_dir`` (see the module's doc)."""
 
     def __init__(self, model_dir: Path, load: Callable[[], ServedModel], first: ServedModel,
-                 params: ServeParams, on_swap: Callable[[ServedModel], None],
+                 params: ServeModelParams, on_swap: Callable[[ServedModel], None],
                  on_failure: Callable[[], None]) -> None:
         self.model_dir = model_dir
         self.load = load

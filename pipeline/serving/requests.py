@@ -1,5 +1,5 @@
 """What a request may hold, read entirely in memory (nothing from a request reaches the
-filesystem): a body up to ``serve.max_body_bytes``, at most ``serve.max_instances`` images, as
+filesystem): a body up to ``serve_model.max_body_bytes``, at most ``serve_model.max_instances`` images, as
 TF Serving's JSON (``{"instances": [{"b64": ...}]}``, or columnar ``{"inputs": ...}``), a
 multipart form of files, or one image as the raw body. Anything else is a :class:`RequestError`:
 an HTTP status and a one-line message, answered as ``{"error": message}``."""
@@ -38,13 +38,13 @@ async def read_body(request: Request, limit: int) -> bytes:
     """The whole body, refused (413) as soon as it passes ``limit`` bytes."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise RequestError(413, f"the body is {int(declared)} bytes, over serve.max_body_bytes "
+        raise RequestError(413, f"the body is {int(declared)} bytes, over serve_model.max_body_bytes "
                               f"({limit}); send fewer or smaller images per request")
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
-            raise RequestError(413, f"the body is over serve.max_body_bytes ({limit} bytes); send "
+            raise RequestError(413, f"the body is over serve_model.max_body_bytes ({limit} bytes); send "
                                   "fewer or smaller images per request")
         chunks.append(chunk)
     return b"".join(chunks)
@@ -52,7 +52,7 @@ async def read_body(request: Request, limit: int) -> bytes:
 
 def _check_count(count: int, limit: int) -> None:
     if count > limit:
-        raise RequestError(413, f"{count} images in one request, over serve.max_instances "
+        raise RequestError(413, f"{count} images in one request, over serve_model.max_instances "
                                 f"({limit}); split them into several requests")
 
 

@@ -29,7 +29,7 @@ import numpy as np
 
 from pipeline.config.clean import CleanParams
 from pipeline.config.loader import load_sections
-from pipeline.contracts import decisions as review
+from pipeline.contracts import decisions as decision_log
 from pipeline.contracts.raw import RawRecord, read_manifest
 from pipeline.runtime.entry import main
 from pipeline.runtime.errors import UserError
@@ -220,7 +220,7 @@ def _refuse_missing_classes(raw_dir: Path, records: list[RawRecord], report: Cle
                         "check scrape.classes")
 
 
-def _apply_review(records: list[RawRecord], standing: dict[str, review.Decision], where: Path,
+def _apply_review(records: list[RawRecord], standing: dict[str, decision_log.Decision], where: Path,
                   rejected: list[dict[str, object]]) -> tuple[list[RawRecord], set[str]]:
     """The records with excluded images taken out (rejected, with the reviewer's note) and
     relabelled ones under their new class; and the sha256s whose class a review changed."""
@@ -242,7 +242,7 @@ def _apply_review(records: list[RawRecord], standing: dict[str, review.Decision]
     return out, moved
 
 
-def _mark_reviewed(kept: list[dict[str, object]], standing: dict[str, review.Decision],
+def _mark_reviewed(kept: list[dict[str, object]], standing: dict[str, decision_log.Decision],
                    moved: set[str]) -> dict[str, int]:
     for row in kept:
         row["label_source"] = "review" if row["sha256"] in moved else "scrape"
@@ -259,7 +259,7 @@ def clean(raw_dir: Path, out_dir: Path, params: CleanParams,
     """Validate and deduplicate ``raw_dir`` into ``out_dir``, after applying the review
     ``decisions`` standing (a decisions.jsonl; none when None); see the module docstring."""
     rejected: list[dict[str, object]] = []
-    standing = review.standing(review.read(decisions)) if decisions else {}
+    standing = decision_log.standing(decision_log.read(decisions)) if decisions else {}
     records, moved = _apply_review(_read_records(raw_dir), standing, decisions or Path(),
                                    rejected)
     files = _drop_exact_copies(records, rejected)
@@ -300,7 +300,7 @@ def _report(records: list[RawRecord], files: list[RawRecord], kept: list[dict[st
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--raw", type=Path, default=Path("data/raw"))
     parser.add_argument("--out", type=Path, default=Path("data/clean"))
-    parser.add_argument("--decisions", type=Path, default=review.DEFAULT_PATH,
+    parser.add_argument("--decisions", type=Path, default=decision_log.DEFAULT_PATH,
                         help="review decisions to apply (default: %(default)s)")
     parser.add_argument("--metrics", type=Path, default=Path("reports/clean/metrics.json"),
                         help="headline counts for `dvc metrics show` (default: %(default)s)")

@@ -212,7 +212,7 @@ def export_lite(model, serving: Path, out: Path, seed: int = 0) -> float:
     import numpy as np
     import tensorflow as tf
 
-    from pipeline.ml.runtimes import LiteRuntime
+    from pipeline.ml.inference import LiteRuntime
 
     out.write_bytes(tf.lite.TFLiteConverter.from_saved_model(str(serving)).convert())
     inputs = random_inputs(model, 8, seed)

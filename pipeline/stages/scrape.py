@@ -10,7 +10,7 @@ its queue in ``scrape.crawl.job_dir``; the stage then exits non-zero, and the
 next run resumes from that queue. A crawl that did not stop cleanly leaves no
 usable queue, and the next run starts over, skipping every image data/raw has.
 
-The jobs are in their own modules: the crawl's config (:mod:`pipeline.scrape.config`),
+The jobs are in their own modules: the crawl's config (:mod:`pipeline.scrape.crawl_config`),
 the child processes and their signals (:mod:`pipeline.scrape.process`), the
 paused-crawl folder (:mod:`pipeline.scrape.job`) and the report
 (:mod:`pipeline.scrape.report`).
@@ -32,7 +32,7 @@ from pipeline.config.loader import load_sections
 from pipeline.config.scrape import DemoSiteParams, ScrapeParams
 from pipeline.runtime.entry import main
 from pipeline.runtime.files import write_atomic
-from pipeline.scrape.config import web_sources
+from pipeline.scrape.crawl_config import web_sources
 from pipeline.scrape.folder import FolderImport, import_folder
 from pipeline.scrape.job import crawl, paused_demo_port
 from pipeline.scrape.process import WORK_PREFIX, demo_site_served, remove_orphaned_work_dirs

@@ -32,7 +32,7 @@ from pipeline.config.promote import PromoteParams
 from pipeline.contracts.export import SHIPPED, read_card
 from pipeline.contracts.metrics import HEADLINE, LOWER_IS_BETTER, refuse_non_finite
 from pipeline.contracts.predictions import read_predictions
-from pipeline.ml.runtimes import load_runtime
+from pipeline.ml.inference import load_runtime
 from pipeline.ml.scoring import Scores, summary
 from pipeline.runtime.errors import UserError
 from pipeline.runtime.files import append_lines, write_atomic

@@ -14,7 +14,7 @@
 It runs the LiteRT export (no TensorFlow), labels as ``happysad predict`` does (the model
 card's threshold, class names and face crop; the clean stage's checks; ``face_found`` only with
 ``--face-found`` or ``--require-face``, as the detector costs more than the model), groups concurrent
-images into one model call (params.yaml's ``serve`` section), and picks up a new model in the
+images into one model call (params.yaml's ``serve_model`` section), and picks up a new model in the
 folder (a promotion, a ``dvc pull``) by itself, without dropping a request. Every answer's
 ``X-Model-Version`` header says which model made it.
 """
@@ -30,7 +30,7 @@ from functools import partial
 from pathlib import Path
 
 from pipeline.config.loader import load_sections
-from pipeline.config.serve import ServeParams
+from pipeline.config.serve_model import ServeModelParams
 from pipeline.runtime.errors import UserError
 
 logger = logging.getLogger(__name__)
@@ -74,7 +74,7 @@ def run(args: argparse.Namespace) -> None:
     started = time.perf_counter()
     if not 0 <= args.port <= 65535:
         raise UserError(f"--port {args.port}: must be between 0 and 65535")
-    params = load_sections(args.params, serve=ServeParams)  # the service's own settings only:
+    params = load_sections(args.params, serve_model=ServeModelParams)  # the service's own settings only:
     # what the model accepts and how it finds faces come from its card
     from pipeline.ml.labeller import params_rules
     from pipeline.serving.models import load_model
@@ -97,9 +97,9 @@ def run(args: argparse.Namespace) -> None:
         quiet_accept_errors,
     )
 
-    app = build_app(args.model_dir, params.serve, first, load)
-    cap = connection_cap(params.serve.max_connections)
-    refusals = Refusals(cap, params.serve.read_timeout_s)
+    app = build_app(args.model_dir, params.serve_model, first, load)
+    cap = connection_cap(params.serve_model.max_connections)
+    refusals = Refusals(cap, params.serve_model.read_timeout_s)
     quiet_accept_errors()
     host, port = sock.getsockname()[:2]
     url = f"http://{f'[{host}]' if ':' in host else host}:{port}"
@@ -108,7 +108,7 @@ def run(args: argparse.Namespace) -> None:
                 MODEL_NAME, url, time.perf_counter() - started)
     server = uvicorn.Server(uvicorn.Config(
         app, log_config=None, access_log=False, lifespan="on", timeout_graceful_shutdown=10,
-        http=guarded_protocol(cap, params.serve.read_timeout_s, refusals)))
+        http=guarded_protocol(cap, params.serve_model.read_timeout_s, refusals)))
     # uvicorn answers Ctrl-C or SIGTERM (no new requests; those in flight finish), then raises
     # the signal again: Ctrl-C ends here, as the normal way to stop a server
     with contextlib.suppress(KeyboardInterrupt):

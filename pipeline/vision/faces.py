@@ -169,10 +169,10 @@ def aligned_crop(pixels: np.ndarray, face: Face, margin: float) -> np.ndarray:
 @dataclass(frozen=True)
 class FaceCrop:
     """Crop to the largest face before resizing (``pipeline.vision.images.model_view``): ``margin``
-    face sides added on each side; ``detector`` the faces section of params.yaml, as items."""
+    face sides added on each side; ``faces`` how to find it (a ``faces`` section)."""
 
     margin: float
-    detector: tuple[tuple[str, Any], ...]
+    faces: FacesParams
 
     @classmethod
     def of(cls, contract: dict | None) -> FaceCrop | None:
@@ -181,9 +181,9 @@ class FaceCrop:
             return None
         # models trained before the detector was a choice used Haar
         faces = {"detector": "haar", "min_confidence": 0.9, **contract["faces"]}
-        return cls(float(contract["margin"]), tuple(sorted(faces.items())))
+        return cls(float(contract["margin"]), FacesParams(**faces))
 
     def __call__(self, pixels: np.ndarray) -> np.ndarray | None:
         """The largest face with its margin (eyes level with MTCNN); None when there is none."""
-        found = detect(pixels, FacesParams(**dict(self.detector)))
+        found = detect(pixels, self.faces)
         return aligned_crop(pixels, found[0], self.margin) if found else None

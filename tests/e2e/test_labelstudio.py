@@ -20,7 +20,7 @@ import pytest
 from PIL import Image
 
 from flows.server import free_port
-from pipeline.contracts import decisions as review
+from pipeline.contracts import decisions as decision_log
 from testing.project import REPO
 
 pytestmark = pytest.mark.slow
@@ -148,15 +148,15 @@ def test_label_studio_shows_the_images_and_its_export_comes_back_as_decisions(la
         studio.call("GET", f"/api/projects/{project['id']}/export?exportType=JSON"))
     imported = _happysad(root, "import", "export.json")
     assert imported.returncode == 0, imported.stderr
-    made = review.read(root / review.DEFAULT_PATH)
+    made = decision_log.read(root / decision_log.DEFAULT_PATH)
     assert [(d.sha256, d.action, d.label) for d in made] == [
         (rows[0]["sha256"], "relabel", "sad"), (rows[1]["sha256"], "exclude", "sad")]
     again = _happysad(root, "import", "export.json")  # the same export twice adds nothing
     assert again.returncode == 0 and "2 were imported before" in again.stderr
-    assert review.read(root / review.DEFAULT_PATH) == made
+    assert decision_log.read(root / decision_log.DEFAULT_PATH) == made
     (root / "min.json").write_bytes(
         studio.call("GET", f"/api/projects/{project['id']}/export?exportType=JSON_MIN"))
     refused = _happysad(root, "import", "min.json")
     assert refused.returncode == 2 and "JSON-MIN" in refused.stderr
     assert len(refused.stderr.strip().splitlines()) == 1
-    assert review.read(root / review.DEFAULT_PATH) == made
+    assert decision_log.read(root / decision_log.DEFAULT_PATH) == made

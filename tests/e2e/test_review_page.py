@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from pipeline.config.clean import CleanParams
-from pipeline.contracts import decisions as review
+from pipeline.contracts import decisions as decision_log
 from testing.browser import browser as open_browser
 
 
@@ -59,7 +59,7 @@ def test_a_person_relabels_and_excludes_in_a_real_browser(review_server, tiny_ra
     before = {r["sha256"]: r for r in store.kept}
     other = next(c for c in store.classes if c != before[first]["class"])
     assert shown == f"relabel → {other}"
-    made = review.read(store.decisions_path)
+    made = decision_log.read(store.decisions_path)
     assert [(d.sha256, d.action, d.label) for d in made] == [
         (first, "relabel", other), (second, "exclude", before[second]["class"])]
     clean(tiny_raw, tmp_path / "next", tiny_clean_params, store.decisions_path)  # the next run

@@ -65,7 +65,7 @@ The fourth survey (issue "Faults, round four"), each with what a user now sees:
    bundled ``redis-server``'s path); docs/scale.md's Dask commands bind 127.0.0.1 (dashboard
    too), and TLS across machines.
 5. serve-model stalls: test_serve (300 slow clients under ``ulimit -n 256``: closed after
-   ``serve.read_timeout_s`` or refused over ``serve.max_connections``, said in a line or two,
+   ``serve_model.read_timeout_s`` or refused over ``serve_model.max_connections``, said in a line or two,
    no traceback, /health answers; a 19 MB form of tiny parts refused at part 65, and 14 MB
    of TF Serving JSON with a million instances refused, both parsed off the event loop
    while /health answers; a card whose threshold is NaN is refused in one line
@@ -220,16 +220,16 @@ def test_names_dvc_cannot_hash_and_special_files_stop_the_scrape_in_one_line(tmp
 
 
 def test_appends_after_a_torn_line_start_a_line_of_their_own(tmp_path: Path) -> None:
-    from pipeline.contracts import decisions as review
+    from pipeline.contracts import decisions as decision_log
     from pipeline.contracts.raw import RawStore
 
     a, b = "a" * 64, "b" * 64
     path = tmp_path / "decisions.jsonl"
-    review.append(path, [review.Decision(a, "keep", "happy", "t1")])
+    decision_log.append(path, [decision_log.Decision(a, "keep", "happy", "t1")])
     with path.open("ab") as handle:
         handle.write(b'{"sha256": "' + b[:30].encode())  # kill -9 mid-write
-    review.append(path, [review.Decision(b, "exclude", "sad", "t2")])
-    assert [(d.sha256, d.action) for d in review.read(path)] == [(a, "keep"), (b, "exclude")]
+    decision_log.append(path, [decision_log.Decision(b, "exclude", "sad", "t2")])
+    assert [(d.sha256, d.action) for d in decision_log.read(path)] == [(a, "keep"), (b, "exclude")]
     store = RawStore(tmp_path / "raw")
     stored, sniffed, _ = store.store("happy", jpeg(1))
     record = RawRecord(url="u1", final_url="u1", page_url="p", source="s", query="", label="happy",
@@ -294,7 +294,7 @@ def test_label_studio_exports_are_checked_before_anything_is_appended(task, mess
 
 
 def test_label_studio_json_min_is_refused_and_a_second_import_adds_nothing(tmp_path: Path) -> None:
-    from pipeline.contracts import decisions as review
+    from pipeline.contracts import decisions as decision_log
     from pipeline.review.labelstudio import decisions_from_export, new_decisions
     from pipeline.runtime.errors import UserError
 
@@ -304,11 +304,11 @@ def test_label_studio_json_min_is_refused_and_a_second_import_adds_nothing(tmp_p
         decisions_from_export(json_min, ["happy", "sad"], tmp_path / "e.json")
     path = tmp_path / "decisions.jsonl"
     made = decisions_from_export([LS_TASK], ["happy", "sad"], tmp_path / "e.json")
-    review.append(path, new_decisions(made, path))
-    review.append(path, [review.Decision("a" * 64, "undo", "", "t")])  # a person took it back
+    decision_log.append(path, new_decisions(made, path))
+    decision_log.append(path, [decision_log.Decision("a" * 64, "undo", "", "t")])  # a person took it back
     again = decisions_from_export([LS_TASK], ["happy", "sad"], tmp_path / "e.json")
     assert new_decisions(again, path) == []  # the undo still stands
-    assert review.standing(review.read(path)) == {}
+    assert decision_log.standing(decision_log.read(path)) == {}
 
 
 def test_untimed_annotations_and_deep_json_and_a_torn_last_decision(
@@ -320,7 +320,7 @@ def test_untimed_annotations_and_deep_json_and_a_torn_last_decision(
     all three refused to start.)"""
     import logging
 
-    from pipeline.contracts import decisions as review
+    from pipeline.contracts import decisions as decision_log
     from pipeline.review.labelstudio import _read_json, decisions_from_export, new_decisions
     from pipeline.runtime.errors import UserError
 
@@ -329,8 +329,8 @@ def test_untimed_annotations_and_deep_json_and_a_torn_last_decision(
     path = tmp_path / "decisions.jsonl"
     for _ in range(3):
         made = decisions_from_export([untimed], ["happy", "sad"], tmp_path / "e.json")
-        review.append(path, new_decisions(made, path))
-    kept = review.read(path)
+        decision_log.append(path, new_decisions(made, path))
+    kept = decision_log.read(path)
     assert len(kept) == 1 and kept[0].time and kept[0].action == "relabel"
 
     (tmp_path / "deep.json").write_text("[" * 100_000)
@@ -340,14 +340,14 @@ def test_untimed_annotations_and_deep_json_and_a_torn_last_decision(
     with path.open("ab") as handle:
         handle.write(b'{"action": "exclude", "sha256": "bbbb')  # what kill -9 mid-write leaves
     with caplog.at_level(logging.WARNING):
-        assert review.read(path) == kept
+        assert decision_log.read(path) == kept
     assert any("decisions.jsonl:2: the last line was cut short" in r.getMessage()
                for r in caplog.records)
-    review.append(path, [review.Decision("c" * 64, "exclude", "happy", review.now())])
-    assert [d.sha256[0] for d in review.read(path)] == ["a", "c"]
+    decision_log.append(path, [decision_log.Decision("c" * 64, "exclude", "happy", decision_log.now())])
+    assert [d.sha256[0] for d in decision_log.read(path)] == ["a", "c"]
     path.write_text(path.read_text() + "not a decision\n")  # a whole bad line: still refused
     with pytest.raises(UserError, match="decisions.jsonl:3: not a review decision"):
-        review.read(path)
+        decision_log.read(path)
 
 
 def test_redirect_loops_and_long_chains_are_errors_not_blocked(tmp_path: Path) -> None:
@@ -404,7 +404,7 @@ def full_disk(tmp_path: Path):
 
 
 def test_a_full_disk_is_one_line_and_the_old_file_stays_whole(full_disk, tmp_path: Path) -> None:
-    from pipeline.contracts import decisions as review
+    from pipeline.contracts import decisions as decision_log
 
     mount, fill = full_disk
     rows = [{"sha256": f"{n:064x}", "class": "happy", "label": "happy", "group": str(n),
@@ -413,7 +413,7 @@ def test_a_full_disk_is_one_line_and_the_old_file_stays_whole(full_disk, tmp_pat
     (tmp_path / "suspects.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     (mount / "tasks.json").write_text("[]\n")  # an earlier export
     shutil.copyfile(REPO / "params.yaml", mount / "params.yaml")
-    review.append(mount / "decisions.jsonl", [review.Decision("a" * 64, "keep", "happy", "t")])
+    decision_log.append(mount / "decisions.jsonl", [decision_log.Decision("a" * 64, "keep", "happy", "t")])
     before = (mount / "decisions.jsonl").read_bytes()
     fill()
     export = subprocess.run([sys.executable, "-m", "pipeline", "--params", str(REPO / "params.yaml"),
@@ -426,8 +426,8 @@ def test_a_full_disk_is_one_line_and_the_old_file_stays_whole(full_disk, tmp_pat
                                      "to a larger disk) and run again")
     assert (mount / "tasks.json").read_text() == "[]\n"
     with pytest.raises(OSError, match="No space left"):
-        review.append(mount / "decisions.jsonl",
-                      [review.Decision("b" * 64, "exclude", "sad", "t", note="x" * 8192)])
+        decision_log.append(mount / "decisions.jsonl",
+                      [decision_log.Decision("b" * 64, "exclude", "sad", "t", note="x" * 8192)])
     assert (mount / "decisions.jsonl").read_bytes() == before
     preset = subprocess.run([sys.executable, "-m", "pipeline", "--params",
                              str(mount / "params.yaml"), "preset", "web-photos"],

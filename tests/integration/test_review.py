@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from pipeline.config.clean import CleanParams
-from pipeline.contracts import decisions as review
+from pipeline.contracts import decisions as decision_log
 from pipeline.contracts.decisions import Decision
 from pipeline.runtime.errors import UserError
 
@@ -17,28 +17,28 @@ A, B = "a" * 64, "b" * 64
 
 
 def _d(sha: str, action: str, label: str = "happy") -> Decision:
-    return Decision(sha, action, label, review.now())
+    return Decision(sha, action, label, decision_log.now())
 
 
 def test_latest_decision_stands_and_undo_takes_back_one_at_a_time() -> None:
     history = [_d(A, "exclude"), _d(A, "relabel", "sad"), _d(B, "keep"), _d(B, "undo")]
-    standing = review.standing(history)
+    standing = decision_log.standing(history)
     assert standing[A].action == "relabel" and standing[A].label == "sad" and B not in standing
-    standing = review.standing([*history, _d(A, "undo")])
+    standing = decision_log.standing([*history, _d(A, "undo")])
     assert standing[A].action == "exclude"  # the relabel taken back: the exclude stands again
-    assert review.standing([*history, _d(A, "undo"), _d(A, "undo"), _d(A, "undo")]) == {}
+    assert decision_log.standing([*history, _d(A, "undo"), _d(A, "undo"), _d(A, "undo")]) == {}
 
 
 def test_decisions_round_trip_and_a_bad_line_names_itself(tmp_path: Path) -> None:
     path = tmp_path / "review" / "decisions.jsonl"
-    assert review.read(path) == []
-    review.append(path, [_d(A, "exclude"), Decision(B, "relabel", "sad", "t", note="a cartoon")])
-    assert [d.action for d in review.read(path)] == ["exclude", "relabel"]
-    assert review.read(path)[1].note == "a cartoon"
+    assert decision_log.read(path) == []
+    decision_log.append(path, [_d(A, "exclude"), Decision(B, "relabel", "sad", "t", note="a cartoon")])
+    assert [d.action for d in decision_log.read(path)] == ["exclude", "relabel"]
+    assert decision_log.read(path)[1].note == "a cartoon"
     with path.open("a") as handle:
         handle.write(json.dumps({"sha256": A, "action": "delete"}) + "\n")
     with pytest.raises(UserError, match=r"decisions.jsonl:3: action 'delete' is not one of"):
-        review.read(path)
+        decision_log.read(path)
 
 
 def test_clean_applies_exclusions_and_relabels(tiny_raw: Path, tiny_clean_params: CleanParams,
@@ -50,7 +50,7 @@ def test_clean_applies_exclusions_and_relabels(tiny_raw: Path, tiny_clean_params
     happy = [r for r in kept if r["label"] == "happy" and r["group_size"] == 1]
     excluded, moved, looked = happy[0]["sha256"], happy[1]["sha256"], happy[2]["sha256"]
     path = tmp_path / "decisions.jsonl"
-    review.append(path, [Decision(excluded, "exclude", "happy", "t", note="an emoji"),
+    decision_log.append(path, [Decision(excluded, "exclude", "happy", "t", note="an emoji"),
                          _d(moved, "relabel", "sad"), _d(looked, "keep")])
     after = clean(tiny_raw, tmp_path / "after", tiny_clean_params, path)
 
@@ -65,7 +65,7 @@ def test_clean_applies_exclusions_and_relabels(tiny_raw: Path, tiny_clean_params
     assert after.kept == {"happy": before.kept["happy"] - 2, "sad": before.kept["sad"] + 1}
     assert after.review == {"decisions": 3, "excluded": 1, "relabelled": 1, "marked_keep": 1,
                             "kept_reviewed": 2, "kept_unreviewed": sum(after.kept.values()) - 2}
-    review.append(path, [_d(excluded, "undo")])  # taken back: the image is kept again
+    decision_log.append(path, [_d(excluded, "undo")])  # taken back: the image is kept again
     clean(tiny_raw, tmp_path / "undone", tiny_clean_params, path)
     assert excluded in (tmp_path / "undone" / "images.jsonl").read_text()
 
@@ -76,7 +76,7 @@ def test_a_relabel_to_an_unknown_class_is_one_clear_error(tiny_raw: Path, tmp_pa
 
     sha = json.loads((tiny_raw / "manifest.jsonl").read_text().splitlines()[0])["sha256"]
     path = tmp_path / "decisions.jsonl"
-    review.append(path, [_d(sha, "relabel", "angry")])
+    decision_log.append(path, [_d(sha, "relabel", "angry")])
     with pytest.raises(UserError, match=r"relabelled 'angry', not one of the classes"):
         clean(tiny_raw, tmp_path / "out", tiny_clean_params, path)
 
@@ -151,7 +151,7 @@ def test_review_server_refuses_paths_foreign_origins_and_big_bodies(review_serve
         {"sha256": "f" * 64, "action": "exclude"}]}).encode(), own)[0] == 400
     assert not store.decisions_path.exists()  # nothing refused was written
     assert _call(url, "/api/decisions", good, own)[0] == 200
-    assert [d.action for d in review.read(store.decisions_path)] == ["exclude"]
+    assert [d.action for d in decision_log.read(store.decisions_path)] == ["exclude"]
     listed = json.loads(_call(url, "/api/items?reviewed=yes")[1])
     assert [i["sha256"] for i in listed["items"]] == [sha]
     grouped = next(r for r in store.kept if r["group_size"] > 1)  # with a planted near copy
@@ -159,7 +159,7 @@ def test_review_server_refuses_paths_foreign_origins_and_big_bodies(review_serve
     other = next(c for c in store.classes if c != grouped["class"])
     assert _call(url, "/api/decisions", json.dumps({"decisions": [
         {"sha256": grouped["sha256"], "action": "relabel", "label": other}]}).encode(), own)[0] == 200
-    moved = {d.sha256 for d in review.read(store.decisions_path) if d.action == "relabel"}
+    moved = {d.sha256 for d in decision_log.read(store.decisions_path) if d.action == "relabel"}
     assert moved == {grouped["sha256"], *copies} and copies  # the copies follow their group
     members = json.loads(_call(url, f"/api/items?group={grouped['group']}")[1])["items"]
     assert {i["sha256"] for i in members} == {grouped["sha256"], *copies}  # the group's view
@@ -175,12 +175,12 @@ def test_a_decision_after_a_torn_line_is_saved_and_a_broken_file_is_refused_in_j
     token = re.search(rb'name="review-token" content="([^"]+)"', _call(url, "/")[1]).group(1)
     own = {"Origin": url, "X-Review-Token": token.decode(), "Content-Type": "application/json"}
     first, second = store.kept[0]["sha256"], store.kept[1]["sha256"]
-    review.append(store.decisions_path, [_d(first, "keep", store.kept[0]["class"])])
+    decision_log.append(store.decisions_path, [_d(first, "keep", store.kept[0]["class"])])
     whole = store.decisions_path.read_bytes()
     store.decisions_path.write_bytes(whole + b'{"sha256": "' + second.encode()[:20])  # torn
     exclude = json.dumps({"decisions": [{"sha256": second, "action": "exclude"}]}).encode()
     assert _call(url, "/api/decisions", exclude, own)[0] == 200
-    assert [(d.sha256, d.action) for d in review.read(store.decisions_path)] == [
+    assert [(d.sha256, d.action) for d in decision_log.read(store.decisions_path)] == [
         (first, "keep"), (second, "exclude")]
     store.decisions_path.write_bytes(store.decisions_path.read_bytes() + b"{broken}\n")
     status, body = _call(url, "/api/decisions", exclude, own)
@@ -224,7 +224,7 @@ def test_label_studio_tasks_round_trip_into_decisions(tmp_path: Path) -> None:
                                             "type": "choices", "value": {"choices": [choice]}}]}]
     (tmp_path / "export.json").write_text(json.dumps(tasks))
     assert cli("import", "export.json").returncode == 0
-    made = review.read(tmp_path / "decisions.jsonl")
+    made = decision_log.read(tmp_path / "decisions.jsonl")
     assert [(d.sha256, d.action, d.label) for d in made] == [(A, "relabel", "sad"),
                                                              (B, "exclude", "sad")]
     (tmp_path / "bad.json").write_text(json.dumps([{"data": {}, "annotations": tasks[0]["annotations"]}]))

@@ -19,7 +19,7 @@ from PIL import Image
 from demo.server import DemoSiteServer
 from pipeline.config.params import Params
 from pipeline.contracts.raw import RawRecord, RawStore, read_manifest
-from pipeline.scrape.config import crawl_config
+from pipeline.scrape.crawl_config import crawl_config
 from pipeline.scrape.process import run_crawl_subprocess
 from pipeline.stages.scrape import scrape
 from testing.project import REPO

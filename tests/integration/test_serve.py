@@ -29,13 +29,13 @@ from testing.serving import ServeModel
 
 class Service(ServeModel):
     """``happysad serve-model`` with an empty working folder and TMPDIR (so the test sees
-    anything it writes) and params.yaml's ``serve`` section changed by ``serve``."""
+    anything it writes) and params.yaml's ``serve_model`` section changed by ``serve``."""
 
     def __init__(self, model_dir: Path, work: Path, serve: dict, *flags: str,
                  max_files: int | None = None) -> None:
         params = yaml.safe_load((REPO / "params.yaml").read_text())
         params["clean"].update({"min_side": 32, "workers": 1})  # the tiny site's faces
-        params["serve"].update(serve)
+        params["serve_model"].update(serve)
         self.cwd, self.tmp = work / "cwd", work / "tmp"
         self.cwd.mkdir(parents=True)
         self.tmp.mkdir()
@@ -330,7 +330,7 @@ def _tiny_parts(count: int) -> tuple[bytes, str]:
 def test_slow_clients_many_parts_and_a_nan_threshold_do_not_stall_or_fool_the_server(
         production: Path, saved: Path, tiny_raw: Path, tmp_path: Path) -> None:
     """Under `ulimit -n 256`: 300 clients that never finish their request are closed after
-    serve.read_timeout_s or refused over the cap, in a line or two, and /health answers; a
+    serve_model.read_timeout_s or refused over the cap, in a line or two, and /health answers; a
     19 MB form of tiny parts is refused at part 65 while /health answers; a card whose
     threshold is NaN is not swapped in, and predict refuses it in one line. (Before: /health
     timed out, then 202,661 tracebacks; 55.7 s parsing with /health waiting; every image

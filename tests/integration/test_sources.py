@@ -464,7 +464,7 @@ def test_crawl_settings_carry_politeness_from_params(tmp_path: Path) -> None:
                                       "image_selector": "img", "max_pages": 1, "max_images": 1}},
                              site, tmp_path, job_dir="job",
                              domain_limits={"upload.example.org": {"concurrency": 2, "delay_s": 1.5}})
-    from pipeline.scrape.config import crawl_config
+    from pipeline.scrape.crawl_config import crawl_config
 
     config = crawl_config(params.scrape, tmp_path / "raw", tmp_path, None)
     settings = crawl_settings({**config, "job_dir": str(tmp_path / "job")})

@@ -1,4 +1,4 @@
-"""The ``serve`` section: what ``happysad serve-model`` accepts and how it batches and swaps."""
+"""The ``serve_model`` section: what ``happysad serve-model`` accepts and how it batches and swaps."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pydantic import Field
 from pipeline.config.loader import Positive, Section
 
 
-class ServeParams(Section):
+class ServeModelParams(Section):
     max_body_bytes: Annotated[int, Field(ge=1024)]   # a larger request gets 413
     max_instances: Annotated[int, Field(ge=1, le=1024)]  # images in one request (413 beyond)
     max_batch: Annotated[int, Field(ge=1, le=256)]   # images in one model call
