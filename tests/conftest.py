@@ -10,7 +10,7 @@ from demo.site import generate_site
 from pipeline.config.clean import CleanParams
 from pipeline.config.params import Params, load_params
 from pipeline.config.train import TrainParams
-from testing.project import REPO, TINY_SITE, demo_site, params_file  # noqa: F401 - for the tests
+from testing.project import REPO, TINY_SITE, TINY_TRAIN, demo_site, params_file  # noqa: F401 - for the tests
 
 
 @pytest.fixture(scope="session")
@@ -76,8 +76,7 @@ def tiny_records(tiny_raw: Path, tiny_clean_params: CleanParams, repo_params: Pa
 @pytest.fixture(scope="session")
 def tiny_train_params(repo_params: Params):
     """A two-block CNN for 32 px images that trains in seconds."""
-    return repo_params.train.model_copy(update={
-        "filters": [4, 8], "dense_units": 8, "batch_size": 4, "epochs": 2})
+    return repo_params.train.model_copy(update=TINY_TRAIN)
 
 
 @pytest.fixture()
@@ -110,14 +109,21 @@ def trained(tiny_records: Path, tiny_train_params: TrainParams, tmp_path_factory
 
 
 @pytest.fixture(scope="session")
-def saved(trained: Path, tiny_records: Path, repo_params: Params) -> Path:
-    """``trained``'s model evaluated and saved: the shipped files under its models/."""
+def evaluated(trained: Path, tiny_records: Path, repo_params: Params) -> dict:
+    """``trained``'s model evaluated on the test split (its reports/evaluate), once; its
+    metrics. No test writes into ``trained``: they read what this wrote."""
     from pipeline.stages.evaluate import evaluate
+
+    return evaluate(trained / "models" / "train" / "model.keras", tiny_records,
+                    trained / "reports" / "train", trained / "reports" / "evaluate",
+                    repo_params.evaluate)
+
+
+@pytest.fixture(scope="session")
+def saved(trained: Path, tiny_records: Path, evaluated: dict) -> Path:
+    """``trained``'s model evaluated and saved: the shipped files under its models/."""
     from pipeline.stages.save import save
 
-    if not (trained / "reports" / "evaluate" / "metrics.json").exists():
-        evaluate(trained / "models" / "train" / "model.keras", tiny_records,
-                 trained / "reports" / "train", trained / "reports" / "evaluate", repo_params.evaluate)
     settings = params_file(trained / "params.yaml", clean={"min_side": 32})  # the tiny faces
     save(trained / "models" / "train" / "model.keras", tiny_records,
          trained / "reports" / "evaluate" / "details.json", settings,
