@@ -35,8 +35,8 @@ every module):
   processes), ``job`` (a paused crawl), ``shared`` (a crawl shared through Redis: the stage
   stores what its workers fetch, and queues again what a dead one held), ``handoff`` (what
   the workers hand over, checked), ``report``, ``folder`` (the folder source).
-- ``review/``: a person in the loop. ``server`` (``happysad review``) with ``page.html``,
-  ``labelstudio`` (Label Studio tasks out, decisions in).
+- ``review/``: a person in the loop. ``server`` (the review page's server) with
+  ``page.html``, ``labelstudio`` (Label Studio tasks out, decisions in).
 - ``serving/``: the prediction service (``happysad serve-model``). ``app`` (the routes: TF
   Serving's REST API, ``/predict``, ``/health``, ``/metrics``), ``requests`` (what a request
   may hold), ``models`` (the served model, its snapshot and hot swap), ``batching`` (images of
@@ -46,7 +46,8 @@ every module):
   ``split``, ``tfrecords``, ``pretrain``, ``train``, ``crossval``, ``evaluate``, ``save``,
   ``suspects``;
   each is run as ``python -m pipeline.stages.<stage>``, and none imports another.
-- ``tools/``: commands that are not stages. ``predict``, ``promote`` (run by the flow),
-  ``preset``, ``tune`` (one trial of the tune flow), ``serve_model`` (the service's command).
+- ``tools/``: every command that is not a stage, and nothing else. ``predict``, ``promote``
+  (run by the flow), ``preset``, ``tune`` (one trial of the tune flow), ``serve_model`` (the
+  service's command), ``review`` (the review page), ``labelstudio`` (tasks out, decisions in).
 - ``cli``: ``happysad <command>``, dispatching to the stages and tools by its ``COMMANDS``.
 """

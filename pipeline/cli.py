@@ -26,7 +26,7 @@ COMMANDS = {
     "crossval": "stages.crossval",
     "evaluate": "stages.evaluate", "save": "stages.save", "suspects": "stages.suspects",
     "predict": "tools.predict", "promote": "tools.promote", "tune": "tools.tune",
-    "preset": "tools.preset", "review": "review.server", "labelstudio": "review.labelstudio",
+    "preset": "tools.preset", "review": "tools.review", "labelstudio": "tools.labelstudio",
     "serve-model": "tools.serve_model",
 }
 

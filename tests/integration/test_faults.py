@@ -321,7 +321,7 @@ def test_untimed_annotations_and_deep_json_and_a_torn_last_decision(
     import logging
 
     from pipeline.contracts import decisions as decision_log
-    from pipeline.review.labelstudio import _read_json, decisions_from_export, new_decisions
+    from pipeline.review.labelstudio import decisions_from_export, new_decisions, read_export
     from pipeline.runtime.errors import UserError
 
     untimed = {**LS_TASK, "annotations": [{k: v for k, v in LS_TASK["annotations"][0].items()
@@ -335,7 +335,7 @@ def test_untimed_annotations_and_deep_json_and_a_torn_last_decision(
 
     (tmp_path / "deep.json").write_text("[" * 100_000)
     with pytest.raises(UserError, match="deep.json: JSON nested too deeply"):
-        _read_json(tmp_path / "deep.json")
+        read_export(tmp_path / "deep.json")
 
     with path.open("ab") as handle:
         handle.write(b'{"action": "exclude", "sha256": "bbbb')  # what kill -9 mid-write leaves

@@ -34,7 +34,7 @@ ROOMS = {
     "review": {"runtime", "config", "contracts"},
     "stages": {"runtime", "config", "contracts", "vision", "ml", "scrape"},
     "serving": {"runtime", "config", "contracts", "vision", "ml"},
-    "tools": {"runtime", "config", "contracts", "vision", "ml", "serving"},
+    "tools": {"runtime", "config", "contracts", "vision", "ml", "review", "serving"},
     "cli": {"runtime"},
     "__main__": {"cli"},
 }
