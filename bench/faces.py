@@ -32,6 +32,8 @@ from bench import print_table
 from bench.crossval import DEV_TAR, REPO
 
 SETTINGS = {  # faces-section changes, by name
+    "blazeface": {"detector": "blazeface", "min_confidence": 0.5},
+    "blazeface_0.7": {"detector": "blazeface", "min_confidence": 0.7},
     "haar": {"detector": "haar"},
     "mtcnn": {"detector": "mtcnn"},
     "mtcnn_640": {"detector": "mtcnn", "max_side": 640},

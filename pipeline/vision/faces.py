@@ -91,7 +91,15 @@ def detect(rgb: np.ndarray, params: FacesParams) -> list[Face]:
     """Faces in an RGB uint8 image, largest first."""
     small, scale = _shrunk(rgb, params.max_side)
     side = max(1, round(params.min_face * min(small.shape[:2])))
-    found = _haar(small, side, params) if params.detector == "haar" else _mtcnn_faces(small, side, params)
+    if params.detector == "blazeface":
+        from pipeline.vision import blazeface
+
+        found = [Face(x, y, w, h, eyes, score) for x, y, w, h, eyes, score
+                 in blazeface.detect(small, params.min_confidence, side)]
+    elif params.detector == "haar":
+        found = _haar(small, side, params)
+    else:
+        found = _mtcnn_faces(small, side, params)
     if not found and params.detector == "mtcnn_then_haar":
         found = _haar(small, side, params)  # faces MTCNN misses: in grids, small, turned away
     faces = [Face(round(f.x / scale), round(f.y / scale), round(f.width / scale),

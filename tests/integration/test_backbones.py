@@ -189,6 +189,7 @@ def _photo(name: str, size: int = 224) -> np.ndarray:
     return np.asarray(image, dtype="float32")[None]
 
 
+@pytest.mark.slow
 def test_efficientnet_lite0_from_the_wheel_knows_imagenet(tmp_path: Path) -> None:
     """The conversion, proved on photos no test here made: the packaged cat, coffee and rocket
     are each in their ImageNet classes' top 5. What would fail: the wrong padding (TensorFlow's
@@ -258,6 +259,7 @@ def test_a_hostile_checkpoint_is_refused_and_nothing_of_it_runs(tmp_path: Path) 
                                      if not k.endswith("num_batches_tracked")) == 4_694_024
 
 
+@pytest.mark.slow
 def test_the_two_view_model_on_efficientnet_lite_saves_loads_safely_and_exports(
         tiny_train_params: TrainParams, tmp_path: Path) -> None:
     """The whole view on EfficientNet-Lite0 (ImageNet's weights), the face view a face network:
