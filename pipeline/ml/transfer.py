@@ -38,17 +38,18 @@ def face_branch(face_model: keras.Model, path: Path | str = "") -> keras.Model:
     return keras.Model(inputs, x, name=FACE_NETWORK)
 
 def body_layers(model: keras.Model) -> list[keras.layers.Layer]:
-    """The layers the frozen phase freezes, in order: a two-view model's face network, the
-    application's own layers, or the seed CNN's blocks (every layer between the augmentation
-    and the pooling head)."""
+    """The layers the frozen phase freezes, in order: the application's own layers (a
+    pretrained whole view), then a two-view model's face network and its scan; or the seed
+    CNN's blocks (every layer between the augmentation and the pooling head). A two-view
+    model's seed-CNN whole view is not among them: it learns from scratch, so never freezes."""
+    application: list[keras.layers.Layer] = []
     with contextlib.suppress(ValueError):
-        return [*model.get_layer(FACE_NETWORK).layers,
+        application = list(model.get_layer(BODY).layers)
+    with contextlib.suppress(ValueError):
+        return [*application, *model.get_layer(FACE_NETWORK).layers,
                 *(layer for layer in model.layers if layer.name.startswith(SCAN_PREFIX)
                   and layer.weights)]
-    try:
-        return list(model.get_layer(BODY).layers)
-    except ValueError:
-        return [layer for layer in model.layers if layer.name.startswith("block")]
+    return application or [layer for layer in model.layers if layer.name.startswith("block")]
 
 def keeps_norm_statistics(params: TrainParams) -> bool:
     """Whether a Keras application's BatchNorm layers stay frozen (inference mode) throughout:

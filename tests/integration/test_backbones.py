@@ -278,6 +278,20 @@ def test_the_two_view_model_on_efficientnet_lite_saves_loads_safely_and_exports(
     model = build_model(params, 64, seed=1, face=face_branch(load(tmp_path / "face.keras")))
     assert [i.name for i in model.inputs] == ["pixels", "face", "face_found"]
     assert keeps_norm_statistics(params)
+    # the frozen phase freezes the pretrained whole view too, not only the face network; the
+    # fine-tuning trains the whole view from the block named on, and the face network
+    from pipeline.ml.transfer import set_trainable
+
+    whole = model.get_layer("backbone")
+    face = model.get_layer("face_network")
+    set_trainable(model, None, True)
+    assert not any(la.trainable for la in whole.layers + face.layers if la.weights)
+    assert model.get_layer("probability").trainable
+    set_trainable(model, "block10_expand_conv", True)
+    trains = {la.name for la in whole.layers if la.trainable and la.weights}
+    assert "block10_expand_conv" in trains and "block9_expand_conv" not in trains
+    assert not any(la.trainable for la in whole.layers if "_bn" in la.name)  # ImageNet's statistics
+    assert any(la.trainable for la in face.layers if la.weights and "conv" in la.name)
     inference = without_augmentation(model, params, 64)
     inference.save(tmp_path / "model.keras")
     again = load(tmp_path / "model.keras")  # safe_mode=True
