@@ -252,7 +252,9 @@ def main(argv: list[str] | None = None) -> int:
         rows, table = _rows(cv, sources, found, params)
         print_table(f"dev web set, {args.folds}-fold grouped crossval (pooled out-of-fold accuracy, "
                     "95% interval); per source; face found or not (MTCNN)", rows)
-        print_table("which to keep", _choice(table, sorted(set(sources.values()))))
+        choice = _choice(table, sorted(set(sources.values())))
+        if choice:  # it compares options with the default: none with one option alone
+            print_table("which to keep", choice)
     return 0
 
 
