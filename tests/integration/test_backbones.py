@@ -16,7 +16,8 @@ from pipeline.runtime.errors import UserError
 from testing.fixtures import interrupted_after
 
 
-@pytest.mark.parametrize("backbone", ["mobilenet_v3_small", "efficientnet_b0"])
+@pytest.mark.parametrize("backbone", ["mobilenet_v3_small",
+                                      pytest.param("efficientnet_b0", marks=pytest.mark.slow)])
 def test_a_backbone_takes_uint8_pixels_and_loads_in_safe_mode(
         backbone: str, tiny_train_params: TrainParams, tmp_path: Path) -> None:
     from pipeline.ml.model import load
