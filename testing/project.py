@@ -53,19 +53,21 @@ def copy_project(dest: Path, params: str | None = None) -> Path:
     return dest
 
 
-# The tiny network every test trains: two blocks for 32 px images, seconds an epoch
-TINY_TRAIN = {"filters": [4, 8], "dense_units": 8, "batch_size": 4, "epochs": 2}
+# The tiny network every test trains: two blocks for 32 px images, seconds an epoch. How many
+# epochs is each caller's: a whole-DAG run needs one, a test of the kept epoch two.
+TINY_TRAIN = {"filters": [4, 8], "dense_units": 8, "batch_size": 4}
 
 
-def tiny_params(site: DemoSiteParams, text: str | None = None) -> str:
-    """params.yaml shrunk to seconds: a tiny demo site, 32 px images, the tiny network."""
+def tiny_params(site: DemoSiteParams, text: str | None = None, epochs: int = 1) -> str:
+    """params.yaml shrunk to seconds: a tiny demo site, 32 px images, the tiny network trained
+    ``epochs`` epochs."""
     params = yaml.safe_load(text if text is not None else (REPO / "params.yaml").read_text())
     params["demo_site"].update(site.model_dump(mode="json"))
     params["scrape"]["crawl"].update({"autothrottle": False, "download_timeout_s": 5.0})
     params["clean"].update({"min_side": 32, "workers": 1})
     params["split"]["fractions"] = {"train": 0.5, "val": 0.25, "test": 0.25}
     params["tfrecords"].update({"image_size": 32, "workers": 1})
-    params["train"].update(TINY_TRAIN)
+    params["train"].update({**TINY_TRAIN, "epochs": epochs})
     params["flow"].update({"retry_delay_s": 0.0})
     return yaml.safe_dump(params, sort_keys=False)
 

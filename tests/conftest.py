@@ -76,7 +76,7 @@ def tiny_records(tiny_raw: Path, tiny_clean_params: CleanParams, repo_params: Pa
 @pytest.fixture(scope="session")
 def tiny_train_params(repo_params: Params):
     """A two-block CNN for 32 px images that trains in seconds."""
-    return repo_params.train.model_copy(update=TINY_TRAIN)
+    return repo_params.train.model_copy(update={**TINY_TRAIN, "epochs": 2})
 
 
 @pytest.fixture()

@@ -495,7 +495,8 @@ def test_make_push_and_pull_say_in_one_line_what_the_s3_remote_refused(tmp_path:
     home = tmp_path / "home"  # no ~/.aws here
     home.mkdir()
     env = {k: v for k, v in tool_env().items() if not k.startswith("AWS_")}
-    env.update(HOME=str(home), PYTHONPATH=str(REPO))
+    env.update(HOME=str(home), PYTHONPATH=str(REPO),
+               AWS_MAX_ATTEMPTS="1")  # botocore's: an address where nothing answers, tried once
 
     def share(direction: str, extra: dict[str, str]) -> str:
         done = subprocess.run([sys.executable, "-m", "flows.share", direction], cwd=project,
