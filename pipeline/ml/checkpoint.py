@@ -93,9 +93,10 @@ def read_state_dict(path: Path) -> dict[str, np.ndarray]:
         state = load()
         keys = load()
         raw: dict[str, np.ndarray] = {}
+        dtypes = {t.storage.key: t.storage.dtype for t in _tensors(state)}  # once, not per key
         for key in keys:
             count = int.from_bytes(stream.read(8), "little")
-            dtype = next((t.storage.dtype for t in _tensors(state) if t.storage.key == key), np.float32)
+            dtype = dtypes.get(key, np.float32)
             size = count * np.dtype(dtype).itemsize
             chunk = stream.read(size)
             if len(chunk) != size:
