@@ -25,7 +25,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -123,7 +122,6 @@ class Worker:
              "--limit", "1", "--name", self.name],
             env={**os.environ, CHECKOUT: str(checkout)}, start_new_session=True,
             preexec_fn=parent_death_signal(signal.SIGTERM))  # it ends with this command
-        self.stopping = threading.Event()
 
     def ours(self, name: str) -> bool:
         return name == self.name
